@@ -1,0 +1,339 @@
+//! The one place configuration lives: every flag, its `CDC_GATEWAY_*` variable, its default,
+//! and the checks that turn a bad value into a startup error naming the flag. Other modules
+//! receive the parts they need as plain values and never read the environment themselves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Streams database change events from Kafka to WebSocket clients, filtered per subscription.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cdc-gateway", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run on an embedded mock Kafka cluster with a generator of order and customer events.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Change events the demo generator produces per second.
+    #[arg(long, env = "CDC_GATEWAY_DEMO_EVENTS_PER_SECOND", default_value_t = 5)]
+    pub events_per_second: u32,
+}
+
+/// How the value of a source record is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Detect the envelope per record.
+    Auto,
+    /// Only the simple envelope (`entity_type`, `entity_id`, `operation`, ...).
+    Simple,
+    /// Only Debezium's envelope, with or without the JSON converter's schema/payload wrapper.
+    Debezium,
+}
+
+/// What happens to a client whose outbound queue stays full past the grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowClientPolicy {
+    /// Close the connection with 4004.
+    Close,
+    /// Keep the connection and skip the messages it cannot take, counting each.
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the gateway. Each flag also reads `CDC_GATEWAY_<FLAG>`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT].
+    #[arg(long, env = "CDC_GATEWAY_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+
+    /// Source topics, comma-separated. An entry starting with `^` is a regular expression.
+    #[arg(
+        long,
+        env = "CDC_GATEWAY_SOURCE_TOPICS",
+        default_value = "cdc.events",
+        value_delimiter = ','
+    )]
+    pub source_topics: Vec<String>,
+
+    /// Kafka consumer group id.
+    #[arg(long, env = "CDC_GATEWAY_GROUP_ID", default_value = "cdc-gateway")]
+    pub group_id: String,
+
+    /// Address for WebSocket, health and metrics endpoints.
+    #[arg(long, env = "CDC_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Envelope of the source records.
+    #[arg(long, env = "CDC_GATEWAY_INPUT_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
+    pub input_format: InputFormat,
+
+    /// Entity rename map, e.g. `orders=order,customers=customer`.
+    #[arg(long, env = "CDC_GATEWAY_ENTITY_MAP", value_delimiter = ',', value_parser = parse_pair)]
+    pub entity_map: Vec<(String, String)>,
+
+    /// Topic that receives a copy of every record that cannot be decoded.
+    #[arg(long, env = "CDC_GATEWAY_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// librdkafka property `key=value` (repeatable; SASL, TLS, fetch tuning ...).
+    #[arg(long = "kafka-property", env = "CDC_GATEWAY_KAFKA_PROPERTY", value_delimiter = ',', value_parser = parse_pair)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// Where a group without committed offsets starts reading.
+    #[arg(long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
+    pub auto_offset_reset: OffsetReset,
+
+    /// Concurrent WebSocket connections; more are closed with 1008.
+    #[arg(long, env = "CDC_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Subscriptions per connection; more get TOO_MANY_SUBSCRIPTIONS.
+    #[arg(long, env = "CDC_GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions: u32,
+
+    /// Messages queued per connection before it counts as full.
+    #[arg(long, env = "CDC_GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub outbound_queue: u32,
+
+    /// What to do with a client whose queue stays full past the grace period.
+    #[arg(long, env = "CDC_GATEWAY_SLOW_CLIENT_POLICY", value_enum, default_value_t = SlowClientPolicy::Close)]
+    pub slow_client_policy: SlowClientPolicy,
+
+    /// How long an outbound queue may stay full (Kafka is paced meanwhile).
+    #[arg(long, env = "CDC_GATEWAY_SLOW_CLIENT_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub slow_client_grace: Duration,
+
+    /// Largest client message in bytes; a bigger one closes with 1009.
+    #[arg(long, env = "CDC_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(128..))]
+    pub max_message_size: u32,
+
+    /// A connection that sends nothing (not even a pong) this long is closed with 4003.
+    #[arg(long, env = "CDC_GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Interval of RFC 6455 ping frames.
+    #[arg(long, env = "CDC_GATEWAY_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Interval of JSON `{"type":"ping"}` heartbeats; 0s turns them off.
+    #[arg(long, env = "CDC_GATEWAY_APP_PING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    pub app_ping_interval: Duration,
+
+    /// Client messages per second per connection; more get RATE_LIMITED.
+    #[arg(long, env = "CDC_GATEWAY_CLIENT_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_rate_limit: u32,
+
+    /// Burst of client messages allowed above the rate.
+    #[arg(long, env = "CDC_GATEWAY_CLIENT_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_rate_burst: u32,
+
+    /// Allowed `Origin` header values, comma-separated; empty allows any.
+    #[arg(long, env = "CDC_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// On shutdown, /readyz reports 503 this long before the listener closes.
+    #[arg(long, env = "CDC_GATEWAY_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Bound on closing connections and committing offsets at shutdown.
+    #[arg(long, env = "CDC_GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Interval of librdkafka statistics (consumer lag, broker state).
+    #[arg(long, env = "CDC_GATEWAY_STATS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+
+    /// Log output format.
+    #[arg(long, env = "CDC_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `info,cdc_gateway=debug`.
+    #[arg(long, env = "CDC_GATEWAY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Checks that clap's per-flag parsers cannot: relations between values and names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "--brokers",
+                "must name at least one HOST:PORT",
+            ));
+        }
+        if self.source_topics.is_empty() || self.source_topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "--source-topics",
+                "must list non-empty topic names",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(ConfigError::new("--group-id", "must not be empty"));
+        }
+        for (from, to) in &self.entity_map {
+            if !crate::event::is_valid_entity(to) {
+                return Err(ConfigError::new(
+                    "--entity-map",
+                    format!(
+                        "`{from}={to}`: `{to}` is not a valid entity name ([A-Za-z0-9_-]{{1,128}})"
+                    ),
+                ));
+            }
+        }
+        if let Some(topic) = &self.dead_letter_topic {
+            if topic.trim().is_empty() || self.source_topics.contains(topic) {
+                return Err(ConfigError::new(
+                    "--dead-letter-topic",
+                    "must be a non-empty topic that is not a source topic",
+                ));
+            }
+        }
+        for (flag, value) in [
+            ("--idle-timeout", self.idle_timeout),
+            ("--ping-interval", self.ping_interval),
+            ("--slow-client-grace", self.slow_client_grace),
+            ("--stats-interval", self.stats_interval),
+            ("--drain-timeout", self.drain_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(flag, "must be greater than 0"));
+            }
+        }
+        if self.ping_interval >= self.idle_timeout {
+            return Err(ConfigError::new(
+                "--ping-interval",
+                "must be shorter than --idle-timeout, or healthy idle clients would time out",
+            ));
+        }
+        if self
+            .log_level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::new(
+                "--log-level",
+                format!("`{}` is not a valid filter", self.log_level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rename map as a lookup table.
+    pub fn entity_renames(&self) -> HashMap<String, String> {
+        self.entity_map.iter().cloned().collect()
+    }
+}
+
+/// A configuration value that cannot be used, naming the flag it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 5s, 2m)"))
+}
+
+fn parse_pair(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, val)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), val.trim().to_string()))
+        }
+        _ => Err(format!("`{value}` is not of the form key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cdc-gateway").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cli = parse(&[]).unwrap();
+        cli.config.validate().unwrap();
+        assert_eq!(cli.config.source_topics, vec!["cdc.events"]);
+        assert_eq!(cli.config.slow_client_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn lists_and_pairs_parse() {
+        let cli = parse(&[
+            "--source-topics",
+            "a,b",
+            "--entity-map",
+            "orders=order,customers=customer",
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+            "--kafka-property",
+            "sasl.mechanism=PLAIN",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.source_topics, vec!["a", "b"]);
+        assert_eq!(cli.config.entity_renames()["orders"], "order");
+        assert_eq!(cli.config.kafka_properties.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = parse(&["--slow-client-grace", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--slow-client-grace"), "{err}");
+        let err = parse(&["--kafka-property", "novalue"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kafka-property"), "{err}");
+        let cli = parse(&["--entity-map", "orders=or.der"]).unwrap();
+        assert_eq!(cli.config.validate().unwrap_err().flag, "--entity-map");
+        let cli = parse(&["--ping-interval", "90s"]).unwrap();
+        assert_eq!(cli.config.validate().unwrap_err().flag, "--ping-interval");
+    }
+}

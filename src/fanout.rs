@@ -1,0 +1,387 @@
+//! Fan-out: one event -> the queues of every matching subscriber. Each event's payload is
+//! serialized once, each gateway topic's data message once, and every recipient gets the same
+//! `Bytes`. Queues are bounded per connection. A full queue pauses dispatch (and with it the
+//! Kafka consumer) for at most the slow-client grace period: a burst reaches every client that
+//! keeps reading, and a client that stays full is closed with 4004 or, under the drop policy,
+//! skipped with a count. No lock is held while waiting.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SlowClientPolicy;
+use crate::event::{ChangeEvent, SourcePosition};
+use crate::index::TopicIndex;
+use crate::metrics::{DropReason, Metrics};
+use crate::ws::close::CloseCode;
+
+/// The sending side of one connection: its bounded queue of serialized messages and the
+/// switch the dispatcher uses to close it.
+pub struct Outbound {
+    id: u64,
+    queue: mpsc::Sender<Bytes>,
+    /// Milliseconds since `EPOCH` at which the queue was first found full; 0 while not full.
+    full_since_ms: AtomicI64,
+    close: CancellationToken,
+    close_code: AtomicU16,
+}
+
+/// Reference instant for `full_since_ms`.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn elapsed_ms() -> i64 {
+    // +1 so that 0 keeps meaning "not full" even at the first millisecond.
+    EPOCH.elapsed().as_millis() as i64 + 1
+}
+
+impl Outbound {
+    pub fn new(id: u64, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
+        let (queue, receiver) = mpsc::channel(capacity);
+        let outbound = Outbound {
+            id,
+            queue,
+            full_since_ms: AtomicI64::new(0),
+            close: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+        };
+        (Arc::new(outbound), receiver)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn close(&self, code: CloseCode) {
+        if self
+            .close_code
+            .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close.cancel();
+        }
+    }
+
+    /// Resolves once [`Outbound::close`] was called; yields the code.
+    pub async fn closed(&self) -> CloseCode {
+        self.close.cancelled().await;
+        CloseCode::from_u16(self.close_code.load(Ordering::Acquire))
+    }
+
+    fn is_closing(&self) -> bool {
+        self.close.is_cancelled()
+    }
+}
+
+/// The highest source offset dispatched per partition: the `position` in subscribe acks.
+#[derive(Default)]
+pub struct DispatchedPositions {
+    offsets: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl DispatchedPositions {
+    pub fn record(&self, position: SourcePosition) {
+        let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = offsets.entry(position.partition).or_insert(position.offset);
+        *entry = (*entry).max(position.offset);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<i32, i64> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Hands events to the subscribers of their topics.
+pub struct FanOut {
+    index: Arc<TopicIndex>,
+    metrics: Arc<Metrics>,
+    positions: Arc<DispatchedPositions>,
+    policy: SlowClientPolicy,
+    grace: Duration,
+}
+
+impl FanOut {
+    pub fn new(
+        index: Arc<TopicIndex>,
+        metrics: Arc<Metrics>,
+        positions: Arc<DispatchedPositions>,
+        policy: SlowClientPolicy,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            index,
+            metrics,
+            positions,
+            policy,
+            grace,
+        }
+    }
+
+    /// Queues the event for every matching subscriber of its entity and row topics. Returns
+    /// once every recipient has it queued, was skipped under the policy, or is gone.
+    pub async fn dispatch(&self, event: &ChangeEvent) {
+        let mut payload: Option<Vec<u8>> = None;
+        let topics = [Some(event.entity_topic()), event.row_topic()];
+        for topic in topics.iter().flatten() {
+            let Some(subscribers) = self.index.subscribers(topic) else {
+                continue;
+            };
+            let mut message: Option<Bytes> = None;
+            for subscriber in subscribers.iter() {
+                if !subscriber.filter.matches(event) {
+                    continue;
+                }
+                let bytes = message
+                    .get_or_insert_with(|| {
+                        let payload = payload.get_or_insert_with(|| event.payload_json());
+                        data_message(topic, payload, event.position)
+                    })
+                    .clone();
+                self.offer(&subscriber.outbound, bytes).await;
+            }
+        }
+        self.positions.record(event.position);
+        if let Some(ts) = event.kafka_timestamp_ms {
+            let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);
+            self.metrics
+                .enqueue_latency
+                .observe(latency_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Queues one message for one connection, waiting up to the grace period while its queue
+    /// is full.
+    async fn offer(&self, outbound: &Outbound, message: Bytes) {
+        let message = match outbound.queue.try_send(message) {
+            Ok(()) => return self.delivered(outbound),
+            Err(TrySendError::Closed(_)) => {
+                return self.metrics.count_drop(DropReason::ConnectionClosed)
+            }
+            Err(TrySendError::Full(message)) => message,
+        };
+        if outbound.is_closing() {
+            return self.metrics.count_drop(DropReason::SlowConsumerClosed);
+        }
+        let now = elapsed_ms();
+        let since = match outbound.full_since_ms.compare_exchange(
+            0,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => now,
+            Err(earlier) => earlier,
+        };
+        let grace_ms = self.grace.as_millis() as i64;
+        let remaining = grace_ms - (now - since);
+        if remaining > 0 {
+            let wait = tokio::time::timeout(
+                Duration::from_millis(remaining as u64),
+                outbound.queue.reserve(),
+            );
+            tokio::select! {
+                reserved = wait => match reserved {
+                    Ok(Ok(permit)) => {
+                        permit.send(message);
+                        return self.delivered(outbound);
+                    }
+                    Ok(Err(_)) => return self.metrics.count_drop(DropReason::ConnectionClosed),
+                    Err(_elapsed) => {}
+                },
+                _ = outbound.close.cancelled() => return self.metrics.count_drop(DropReason::SlowConsumerClosed),
+            }
+        }
+        match self.policy {
+            SlowClientPolicy::Close => {
+                tracing::info!(
+                    connection = outbound.id,
+                    "closing slow consumer: queue full past the grace period"
+                );
+                outbound.close(CloseCode::SlowConsumer);
+                self.metrics.count_drop(DropReason::SlowConsumerClosed);
+            }
+            SlowClientPolicy::Drop => self.metrics.count_drop(DropReason::QueueFull),
+        }
+    }
+
+    fn delivered(&self, outbound: &Outbound) {
+        if outbound.full_since_ms.load(Ordering::Relaxed) != 0 {
+            outbound.full_since_ms.store(0, Ordering::Release);
+        }
+        self.metrics.deliveries.inc();
+    }
+}
+
+/// `{"type":"data","topic":..,"payload":..,"partition":..,"offset":..,"timestamp":..}`, built
+/// around the payload bytes serialized once per event.
+fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> Bytes {
+    let sent_at = crate::clock::now_rfc3339();
+    let mut out = Vec::with_capacity(payload.len() + topic.len() + sent_at.len() + 96);
+    out.extend_from_slice(br#"{"type":"data","topic":"#);
+    serde_json::to_writer(&mut out, topic).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(br#","payload":"#);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(br#","partition":"#);
+    out.extend_from_slice(position.partition.to_string().as_bytes());
+    out.extend_from_slice(br#","offset":"#);
+    out.extend_from_slice(position.offset.to_string().as_bytes());
+    out.extend_from_slice(br#","timestamp":""#);
+    out.extend_from_slice(sent_at.as_bytes());
+    out.extend_from_slice(br#""}"#);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Operation;
+    use crate::index::Filter;
+    use serde_json::{json, Value};
+
+    fn event(id: &str, offset: i64) -> ChangeEvent {
+        ChangeEvent {
+            entity_type: "order".into(),
+            entity_id: Some(id.into()),
+            operation: Operation::Insert,
+            data: Some(json!({"id": id, "status": "new"})),
+            before: None,
+            timestamp: "2026-11-22T10:00:00Z".into(),
+            position: SourcePosition {
+                partition: 1,
+                offset,
+            },
+            kafka_timestamp_ms: None,
+        }
+    }
+
+    fn fanout(policy: SlowClientPolicy, grace_ms: u64) -> (FanOut, Arc<TopicIndex>, Arc<Metrics>) {
+        let index = Arc::new(TopicIndex::new());
+        let metrics = Arc::new(Metrics::new());
+        let positions = Arc::new(DispatchedPositions::default());
+        let f = FanOut::new(
+            index.clone(),
+            metrics.clone(),
+            positions,
+            policy,
+            Duration::from_millis(grace_ms),
+        );
+        (f, index, metrics)
+    }
+
+    #[tokio::test]
+    async fn one_serialization_shared_by_every_recipient() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 100);
+        let (a, mut rx_a) = Outbound::new(1, 4);
+        let (b, mut rx_b) = Outbound::new(2, 4);
+        index.subscribe("cdc.order", &a, Arc::new(Filter::default()));
+        index.subscribe("cdc.order", &b, Arc::new(Filter::default()));
+        index.subscribe("cdc.order.7", &b, Arc::new(Filter::default()));
+        fanout.dispatch(&event("7", 10)).await;
+        let (ma, mb1, mb2) = (
+            rx_a.recv().await.unwrap(),
+            rx_b.recv().await.unwrap(),
+            rx_b.recv().await.unwrap(),
+        );
+        assert_eq!(ma.as_ptr(), mb1.as_ptr(), "the same bytes, not a copy");
+        let v: Value = serde_json::from_slice(&mb2).unwrap();
+        assert_eq!(v["topic"], "cdc.order.7");
+        assert_eq!(v["payload"]["entity_id"], "7");
+        assert_eq!(v["offset"], 10);
+        assert_eq!(v["partition"], 1);
+        assert_eq!(metrics.deliveries.get(), 3);
+        assert_eq!(fanout.positions.snapshot(), BTreeMap::from([(1, 10)]));
+    }
+
+    #[tokio::test]
+    async fn filters_select_recipients() {
+        let (fanout, index, _) = fanout(SlowClientPolicy::Close, 100);
+        let (a, mut rx_a) = Outbound::new(1, 4);
+        let only_9 = Filter::compile(Some(&json!({"entity_id": "9"}))).unwrap();
+        index.subscribe("cdc.order", &a, Arc::new(only_9));
+        fanout.dispatch(&event("7", 1)).await;
+        fanout.dispatch(&event("9", 2)).await;
+        let v: Value = serde_json::from_slice(&rx_a.recv().await.unwrap()).unwrap();
+        assert_eq!(v["payload"]["entity_id"], "9");
+        assert!(rx_a.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_waits_then_closes_with_4004() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 1000);
+        let (slow, mut rx) = Outbound::new(1, 1);
+        index.subscribe("cdc.order", &slow, Arc::new(Filter::default()));
+        fanout.dispatch(&event("1", 1)).await;
+        let started = Instant::now();
+        fanout.dispatch(&event("2", 2)).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "dispatch is paced by the full queue"
+        );
+        assert_eq!(slow.closed().await, CloseCode::SlowConsumer);
+        assert_eq!(
+            metrics
+                .drops
+                .with_label_values(&["slow_consumer_closed"])
+                .get(),
+            1
+        );
+        assert_eq!(rx.recv().await.map(|m| m.len() > 0), Some(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_catches_up_within_the_grace_gets_everything() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 5000);
+        let (client, mut rx) = Outbound::new(1, 2);
+        index.subscribe("cdc.order", &client, Arc::new(Filter::default()));
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            while got < 50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                rx.recv().await.unwrap();
+                got += 1;
+            }
+            got
+        });
+        for i in 0..50 {
+            fanout.dispatch(&event(&i.to_string(), i)).await;
+        }
+        assert_eq!(reader.await.unwrap(), 50);
+        assert_eq!(metrics.deliveries.get(), 50);
+        assert_eq!(
+            metrics
+                .drops
+                .with_label_values(&["slow_consumer_closed"])
+                .get(),
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_policy_skips_and_counts() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Drop, 100);
+        let (client, mut rx) = Outbound::new(1, 1);
+        index.subscribe("cdc.order", &client, Arc::new(Filter::default()));
+        for i in 0..4 {
+            fanout.dispatch(&event(&i.to_string(), i)).await;
+        }
+        assert_eq!(metrics.drops.with_label_values(&["queue_full"]).get(), 3);
+        assert!(!client.is_closing());
+        rx.recv().await.unwrap();
+        fanout.dispatch(&event("5", 5)).await;
+        assert_eq!(
+            metrics.deliveries.get(),
+            2,
+            "delivery resumes once the client reads"
+        );
+    }
+}

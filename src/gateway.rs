@@ -1,0 +1,127 @@
+//! Wiring: builds every stage from the configuration, runs the consumer and the server side by
+//! side, and holds the state they share. The data path it assembles reads top to bottom:
+//! Kafka -> decode -> index lookup -> filter -> serialize once -> per-connection queue -> socket.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::fanout::{DispatchedPositions, FanOut};
+use crate::health::Health;
+use crate::index::TopicIndex;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::ws::SessionSettings;
+
+/// State shared by the HTTP side and every WebSocket session.
+pub struct Shared {
+    pub index: Arc<TopicIndex>,
+    pub metrics: Arc<Metrics>,
+    pub positions: Arc<DispatchedPositions>,
+    pub health: Arc<Health>,
+    pub settings: SessionSettings,
+    /// One permit per allowed connection (`--max-connections`).
+    pub connection_slots: Arc<Semaphore>,
+    /// Cancelled when sessions must close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for them to finish closing.
+    pub sessions: TaskTracker,
+    /// Serves the demo page at `/` (only under `cdc-gateway demo`).
+    pub demo_page: bool,
+    next_connection_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl SessionSettings {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            max_subscriptions: config.max_subscriptions as usize,
+            max_message_size: config.max_message_size as usize,
+            outbound_queue: config.outbound_queue as usize,
+            idle_timeout: config.idle_timeout,
+            ping_interval: config.ping_interval,
+            app_ping_interval: Some(config.app_ping_interval).filter(|d| !d.is_zero()),
+            rate_limit: config.client_rate_limit,
+            rate_burst: config.client_rate_burst,
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then shuts down in order.
+pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(Arc::clone(&metrics)));
+    let index = Arc::new(TopicIndex::new());
+    let positions = Arc::new(DispatchedPositions::default());
+    let fanout = FanOut::new(
+        Arc::clone(&index),
+        Arc::clone(&metrics),
+        Arc::clone(&positions),
+        config.slow_client_policy,
+        config.slow_client_grace,
+    );
+    let ingest = Ingest::new(&config, fanout, Arc::clone(&health), Arc::clone(&metrics))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        brokers = config.brokers,
+        topics = ?config.source_topics,
+        group = config.group_id,
+        "cdc-gateway {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let shared = Arc::new(Shared {
+        index,
+        metrics,
+        positions,
+        health: Arc::clone(&health),
+        settings: SessionSettings::from_config(&config),
+        connection_slots: Arc::new(Semaphore::new(config.max_connections as usize)),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        demo_page,
+        next_connection_id: AtomicU64::new(1),
+    });
+    let stop_accepting = CancellationToken::new();
+    let stop_consuming = CancellationToken::new();
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        Arc::clone(&shared),
+        stop_accepting.clone(),
+    ));
+    let consumer = tokio::spawn(ingest.run(stop_consuming.clone()));
+
+    crate::shutdown::signal().await;
+    crate::shutdown::drain(crate::shutdown::Drain {
+        shared: &shared,
+        delay: config.shutdown_delay,
+        timeout: config.drain_timeout.max(Duration::from_millis(100)),
+        stop_accepting,
+        stop_consuming,
+        server,
+        consumer,
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The HTTP side of the one listening port: accept loop, router, and the small JSON endpoints.
+//! `/ws` hands over to the WebSocket module; everything else answers here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Shared;
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// Accepts connections until `stop` fires. Open keep-alive HTTP connections are then told to
+/// finish their current request; WebSocket sessions are closed by their own shutdown path.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(request, shared)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"code": "METHOD_NOT_ALLOWED", "message": "only GET is served"}),
+        );
+    }
+    match request.uri().path() {
+        "/ws" => crate::ws::upgrade(request, shared),
+        "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/readyz" => match shared.health.readiness() {
+            Ok(()) => json_response(StatusCode::OK, &json!({"ready": true})),
+            Err(reason) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ready": false, "reason": reason}),
+            ),
+        },
+        "/health" => health(&shared),
+        "/metrics" => Response::builder()
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(shared.metrics.render())))
+            .expect("static response parts are valid"),
+        "/" if shared.demo_page => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())))
+            .expect("static response parts are valid"),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"code": "NOT_FOUND", "message": "no such endpoint"}),
+        ),
+    }
+}
+
+fn health(shared: &Shared) -> Response<Full<Bytes>> {
+    let status = match shared.health.readiness() {
+        Ok(()) => "ok",
+        Err(_) if shared.health.is_shutting_down() => "shutting_down",
+        Err(_) => "degraded",
+    };
+    let body = json!({
+        "status": status,
+        "active_connections": shared.metrics.connections_active.get(),
+        "subscriptions": shared.metrics.subscriptions_active.get(),
+        "topics": shared.index.topic_count(),
+        "kafka": shared.health.kafka(),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
+}

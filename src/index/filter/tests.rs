@@ -1,0 +1,219 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::event::{Operation, SourcePosition};
+
+fn event(operation: Operation, data: Value, before: Value) -> ChangeEvent {
+    let row = |v: Value| if v.is_null() { None } else { Some(v) };
+    ChangeEvent {
+        entity_type: "order".into(),
+        entity_id: Some("42".into()),
+        operation,
+        data: row(data),
+        before: row(before),
+        timestamp: "2026-11-22T10:00:00Z".into(),
+        position: SourcePosition {
+            partition: 0,
+            offset: 1,
+        },
+        kafka_timestamp_ms: None,
+    }
+}
+
+fn update() -> ChangeEvent {
+    event(
+        Operation::Update,
+        json!({"status": "shipped", "amount": 150, "price": 9.5, "region": "eu", "tenant": "acme",
+               "customer": {"country": "NZ"}, "note": null, "code": "10"}),
+        json!({"status": "new", "amount": 150}),
+    )
+}
+
+fn delete() -> ChangeEvent {
+    event(
+        Operation::Delete,
+        Value::Null,
+        json!({"status": "shipped", "tenant": "acme", "amount": 5}),
+    )
+}
+
+fn matches(filter: Value, event: &ChangeEvent) -> bool {
+    Filter::compile(Some(&filter))
+        .unwrap_or_else(|e| panic!("{filter}: {e}"))
+        .matches(event)
+}
+
+#[test]
+fn no_filter_matches_everything() {
+    assert!(Filter::compile(None).unwrap().matches(&update()));
+    assert!(Filter::compile(Some(&Value::Null))
+        .unwrap()
+        .matches(&delete()));
+    assert!(matches(json!({}), &update()));
+}
+
+#[test]
+fn scalars_mean_equal() {
+    assert!(matches(json!({"data.status": "shipped"}), &update()));
+    assert!(!matches(json!({"data.status": "new"}), &update()));
+    assert!(matches(
+        json!({"operation": "update", "entity_id": "42", "entity_type": "order"}),
+        &update()
+    ));
+    assert!(
+        matches(json!({"data.amount": 150.0}), &update()),
+        "numbers compare as numbers"
+    );
+    assert!(
+        !matches(json!({"data.code": 10}), &update()),
+        "mixed types never match"
+    );
+    assert!(matches(json!({"data.note": null}), &update()));
+    assert!(
+        !matches(json!({"data.missing": null}), &update()),
+        "missing is not null"
+    );
+    assert!(matches(json!({"data.customer.country": "NZ"}), &update()));
+}
+
+#[test]
+fn arrays_mean_one_of() {
+    assert!(matches(
+        json!({"operation": ["insert", "update"]}),
+        &update()
+    ));
+    assert!(!matches(
+        json!({"operation": ["insert", "update"]}),
+        &delete()
+    ));
+    assert!(!matches(json!({"operation": []}), &update()));
+}
+
+#[test]
+fn comparison_operators() {
+    let e = update();
+    assert!(matches(json!({"data.amount": {"gte": 100}}), &e));
+    assert!(matches(json!({"data.amount": {"gt": 149, "lt": 151}}), &e));
+    assert!(!matches(json!({"data.amount": {"gt": 150}}), &e));
+    assert!(matches(
+        json!({"data.amount": {"lte": 150, "gte": 150}}),
+        &e
+    ));
+    assert!(matches(json!({"data.price": {"lt": 10}}), &e));
+    assert!(
+        matches(json!({"data.status": {"gt": "new"}}), &e),
+        "strings compare lexicographically"
+    );
+    assert!(matches(json!({"timestamp": {"gte": "2026-01-01"}}), &e));
+    assert!(
+        !matches(json!({"data.code": {"gt": 5}}), &e),
+        "string field vs number bound"
+    );
+    assert!(
+        !matches(json!({"data.amount": {"lt": "z"}}), &e),
+        "number field vs string bound"
+    );
+    assert!(matches(
+        json!({"data.status": {"eq": "shipped", "ne": "new"}}),
+        &e
+    ));
+}
+
+#[test]
+fn set_operators() {
+    let e = update();
+    assert!(matches(json!({"data.region": {"in": ["eu", "us"]}}), &e));
+    assert!(!matches(json!({"data.region": {"nin": ["eu", "us"]}}), &e));
+    assert!(matches(json!({"data.region": {"nin": ["apac"]}}), &e));
+    assert!(matches(json!({"data.amount": {"in": [1, 150]}}), &e));
+}
+
+#[test]
+fn exists_operator() {
+    let e = update();
+    assert!(
+        matches(json!({"data.note": {"exists": true}}), &e),
+        "null is present"
+    );
+    assert!(matches(json!({"data.nope": {"exists": false}}), &e));
+    assert!(!matches(json!({"data.nope": {"exists": true}}), &e));
+    assert!(!matches(json!({"data.status": {"exists": false}}), &e));
+}
+
+#[test]
+fn missing_fields_satisfy_only_exists_false_ne_and_nin() {
+    let e = update();
+    for (filter, expected) in [
+        (json!({"data.nope": "x"}), false),
+        (json!({"data.nope": {"eq": "x"}}), false),
+        (json!({"data.nope": {"ne": "x"}}), true),
+        (json!({"data.nope": {"gt": 1}}), false),
+        (json!({"data.nope": {"gte": 1}}), false),
+        (json!({"data.nope": {"lt": 1}}), false),
+        (json!({"data.nope": {"lte": 1}}), false),
+        (json!({"data.nope": {"in": ["x"]}}), false),
+        (json!({"data.nope": {"nin": ["x"]}}), true),
+        (json!({"data.nope": {"exists": false}}), true),
+        (json!({"data.status.deeper": "x"}), false),
+        (json!({"before.region": {"ne": "eu"}}), true),
+    ] {
+        assert_eq!(matches(filter.clone(), &e), expected, "{filter}");
+    }
+}
+
+#[test]
+fn ne_and_nin_hold_for_other_types() {
+    assert!(matches(json!({"data.code": {"ne": 10}}), &update()));
+    assert!(matches(json!({"data.code": {"nin": [10]}}), &update()));
+}
+
+#[test]
+fn row_reads_data_or_before() {
+    let tenant = json!({"row.tenant": "acme"});
+    assert!(matches(tenant.clone(), &update()));
+    assert!(
+        matches(tenant, &delete()),
+        "a delete matches on its before image"
+    );
+    assert!(
+        !matches(json!({"data.tenant": "acme"}), &delete()),
+        "data is null on a delete"
+    );
+    assert!(matches(json!({"row.amount": {"lt": 10}}), &delete()));
+    assert!(matches(
+        json!({"before.status": {"ne": "cancelled"}}),
+        &update()
+    ));
+}
+
+#[test]
+fn every_entry_must_hold() {
+    let f = json!({"data.status": "shipped", "data.amount": {"gte": 100}});
+    assert!(matches(f.clone(), &update()));
+    assert!(!matches(f, &delete()));
+}
+
+#[test]
+fn invalid_filters_are_refused() {
+    for bad in [
+        json!("status=shipped"),
+        json!([1]),
+        json!({"data.amount": {"between": [1, 2]}}),
+        json!({"data.amount": {}}),
+        json!({"data.amount": {"gt": true}}),
+        json!({"data.amount": {"gt": [1]}}),
+        json!({"data.amount": {"in": 5}}),
+        json!({"data.amount": {"nin": [[1]]}}),
+        json!({"data.amount": {"exists": "yes"}}),
+        json!({"data.amount": {"eq": {"a": 1}}}),
+        json!({"data.tags": [{"a": 1}]}),
+        json!({"status": "shipped"}),
+        json!({"data..status": "shipped"}),
+        json!({"operation.x": "insert"}),
+    ] {
+        assert!(
+            Filter::compile(Some(&bad)).is_err(),
+            "{bad} should be refused"
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! The topic index: gateway topic -> the subscriptions on it. Sharded (dashmap) so that
+//! subscribe/unsubscribe on one topic never blocks lookups on another, and copy-on-write per
+//! topic: a lookup clones an `Arc` of the subscriber list and releases the shard at once, so
+//! the fan-out path iterates (and may await on a full queue) without holding any lock.
+
+pub mod filter;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+pub use filter::{Filter, FilterError};
+
+use crate::fanout::Outbound;
+
+/// One subscription: a connection's queue and the filter its messages must pass.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub outbound: Arc<Outbound>,
+    pub filter: Arc<Filter>,
+}
+
+#[derive(Default)]
+pub struct TopicIndex {
+    topics: DashMap<Box<str>, Arc<[Subscriber]>>,
+}
+
+impl TopicIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the connection to the topic, or replaces its filter if it is already there.
+    /// Returns true when the subscription is new.
+    pub fn subscribe(&self, topic: &str, outbound: &Arc<Outbound>, filter: Arc<Filter>) -> bool {
+        let subscriber = Subscriber {
+            outbound: Arc::clone(outbound),
+            filter,
+        };
+        let mut entry = self
+            .topics
+            .entry(topic.into())
+            .or_insert_with(|| Arc::from(Vec::new()));
+        let mut list: Vec<Subscriber> = entry.iter().cloned().collect();
+        let is_new = match list.iter_mut().find(|s| s.outbound.id() == outbound.id()) {
+            Some(existing) => {
+                *existing = subscriber;
+                false
+            }
+            None => {
+                list.push(subscriber);
+                true
+            }
+        };
+        *entry = Arc::from(list);
+        is_new
+    }
+
+    /// Removes the connection from the topic; returns whether it was subscribed.
+    pub fn unsubscribe(&self, topic: &str, connection_id: u64) -> bool {
+        let mut removed = false;
+        self.topics.remove_if_mut(topic, |_, list| {
+            let remaining: Vec<Subscriber> = list
+                .iter()
+                .filter(|s| s.outbound.id() != connection_id)
+                .cloned()
+                .collect();
+            removed = remaining.len() != list.len();
+            *list = Arc::from(remaining);
+            list.is_empty()
+        });
+        removed
+    }
+
+    /// The subscribers of a topic at this moment; no lock is held once this returns.
+    pub fn subscribers(&self, topic: &str) -> Option<Arc<[Subscriber]>> {
+        self.topics.get(topic).map(|list| Arc::clone(&list))
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::Outbound;
+
+    #[test]
+    fn subscribe_replace_unsubscribe() {
+        let index = TopicIndex::new();
+        let (a, _rx_a) = Outbound::new(1, 8);
+        let (b, _rx_b) = Outbound::new(2, 8);
+        assert!(index.subscribe("cdc.order", &a, Arc::new(Filter::default())));
+        assert!(index.subscribe("cdc.order", &b, Arc::new(Filter::default())));
+        let strict = Filter::compile(Some(&serde_json::json!({"operation": "insert"}))).unwrap();
+        assert!(
+            !index.subscribe("cdc.order", &a, Arc::new(strict.clone())),
+            "a second subscribe replaces"
+        );
+        let subs = index.subscribers("cdc.order").unwrap();
+        assert_eq!(subs.len(), 2);
+        assert_eq!(
+            *subs.iter().find(|s| s.outbound.id() == 1).unwrap().filter,
+            strict
+        );
+        assert!(index.unsubscribe("cdc.order", 1));
+        assert!(!index.unsubscribe("cdc.order", 1));
+        assert_eq!(
+            subs.len(),
+            2,
+            "a list handed out earlier is not changed under its reader"
+        );
+        assert_eq!(index.topic_count(), 1);
+        assert!(index.unsubscribe("cdc.order", 2));
+        assert_eq!(index.topic_count(), 0, "empty topics are removed");
+        assert!(index.subscribers("cdc.order").is_none());
+    }
+}

@@ -1,0 +1,80 @@
+//! librdkafka callbacks: statistics (broker state -> readiness, consumer lag -> metrics),
+//! errors (all brokers down -> not ready at once), and rebalances (the assignment readiness
+//! waits for).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::health::{Health, Partition};
+
+pub struct GatewayContext {
+    health: Arc<Health>,
+}
+
+impl GatewayContext {
+    pub fn new(health: Arc<Health>) -> Self {
+        Self { health }
+    }
+}
+
+impl ClientContext for GatewayContext {
+    fn stats(&self, statistics: Statistics) {
+        let connected = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
+        self.health.set_kafka_connected(connected);
+        let mut lag = BTreeMap::new();
+        for (topic, stats) in &statistics.topics {
+            for (id, partition) in &stats.partitions {
+                if *id >= 0 && partition.consumer_lag >= 0 {
+                    lag.insert(
+                        Partition {
+                            topic: topic.clone(),
+                            partition: *id,
+                        },
+                        partition.consumer_lag,
+                    );
+                }
+            }
+        }
+        self.health.set_lag(lag);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_connected(false);
+        }
+        tracing::warn!("Kafka client error: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for GatewayContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) | Rebalance::Revoke(_) => {
+                let partitions = consumer
+                    .assignment()
+                    .map(|tpl| {
+                        tpl.elements()
+                            .iter()
+                            .map(|e| Partition {
+                                topic: e.topic().to_owned(),
+                                partition: e.partition(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                tracing::info!(?partitions, "partition assignment changed");
+                self.health.set_assignment(partitions);
+            }
+            Rebalance::Error(e) => tracing::warn!("rebalance failed: {e}"),
+        }
+    }
+}

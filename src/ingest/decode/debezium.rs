@@ -1,0 +1,79 @@
+//! Debezium's change envelope (`before`, `after`, `source`, `op`, `ts_ms`). The entity is
+//! `source.table`; the id comes from the record key, else from the row's `id` field.
+
+use serde_json::{Map, Value};
+
+use super::{id_of, key, take_row, timestamp_of, DecodeError, EventFields, RawRecord};
+use crate::event::Operation;
+
+pub(super) fn decode(
+    mut object: Map<String, Value>,
+    record: &RawRecord<'_>,
+) -> Result<EventFields, DecodeError> {
+    let operation = match object.get("op") {
+        Some(Value::String(op)) => {
+            operation_of(op).ok_or_else(|| DecodeError::InvalidOperation(op.clone()))?
+        }
+        Some(other) => return Err(DecodeError::InvalidOperation(other.to_string())),
+        None => return Err(DecodeError::MissingField("op")),
+    };
+    let source = match object.get("source") {
+        Some(Value::Object(source)) => source,
+        Some(_) => {
+            return Err(DecodeError::InvalidField {
+                field: "source",
+                problem: "must be an object",
+            })
+        }
+        None => return Err(DecodeError::MissingField("source")),
+    };
+    let entity = match source.get("table") {
+        Some(Value::String(table)) => table.clone(),
+        Some(_) => {
+            return Err(DecodeError::InvalidField {
+                field: "source.table",
+                problem: "must be a string",
+            })
+        }
+        None => return Err(DecodeError::MissingField("source.table")),
+    };
+    let timestamp = match object.get("ts_ms").or_else(|| source.get("ts_ms")) {
+        None | Some(Value::Null) => None,
+        Some(ts) => Some(timestamp_of(ts)?),
+    };
+    let data = take_row(&mut object, "after")?;
+    let before = take_row(&mut object, "before")?;
+    let entity_id = if operation == Operation::Truncate {
+        None
+    } else {
+        match record.key.filter(|k| !k.is_empty()) {
+            Some(bytes) => Some(key::id_from_key(bytes)?),
+            None => {
+                let row = data.as_ref().or(before.as_ref());
+                let id = row
+                    .and_then(|row| row.get("id"))
+                    .ok_or(DecodeError::MissingField("id"))?;
+                Some(id_of(id)?)
+            }
+        }
+    };
+    Ok(EventFields {
+        entity,
+        entity_id,
+        operation,
+        data,
+        before,
+        timestamp,
+    })
+}
+
+fn operation_of(op: &str) -> Option<Operation> {
+    Some(match op {
+        "c" => Operation::Insert,
+        "u" => Operation::Update,
+        "d" => Operation::Delete,
+        "r" => Operation::Snapshot,
+        "t" => Operation::Truncate,
+        _ => return None,
+    })
+}

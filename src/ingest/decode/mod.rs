@@ -1,0 +1,215 @@
+//! Kafka record -> normalized [`ChangeEvent`]. One submodule per envelope; this module picks
+//! the envelope (per record under `auto`), applies the entity rename map, and names every way
+//! a record can fail so that metrics count failures by reason and the consumer moves on.
+
+mod debezium;
+mod key;
+mod simple;
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::config::InputFormat;
+use crate::event::{is_valid_entity, is_valid_id, ChangeEvent, SourcePosition};
+
+/// The parts of a Kafka record that decoding needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub position: SourcePosition,
+    pub timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Event(Box<ChangeEvent>),
+    /// A record with a null value: Debezium's marker for log compaction after a delete.
+    Tombstone,
+}
+
+/// Why a record could not be decoded. [`DecodeError::reason`] is the metric label.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("value is not JSON: {0}")]
+    InvalidJson(String),
+    #[error("value is not a JSON object")]
+    NotAnObject,
+    #[error("value is neither a simple nor a Debezium envelope")]
+    UnknownEnvelope,
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("field `{field}` {problem}")]
+    InvalidField {
+        field: &'static str,
+        problem: &'static str,
+    },
+    #[error("entity `{0}` does not match [A-Za-z0-9_-]{{1,128}}")]
+    InvalidEntity(String),
+    #[error("entity id is empty or longer than 512 bytes, or the key is not usable as an id")]
+    InvalidId,
+    #[error("unknown operation `{0}`")]
+    InvalidOperation(String),
+    #[error("timestamp is neither RFC 3339 nor epoch milliseconds")]
+    InvalidTimestamp,
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::NotAnObject => "not_an_object",
+            DecodeError::UnknownEnvelope => "unknown_envelope",
+            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::InvalidEntity(_) => "invalid_entity",
+            DecodeError::InvalidId => "invalid_id",
+            DecodeError::InvalidOperation(_) => "invalid_operation",
+            DecodeError::InvalidTimestamp => "invalid_timestamp",
+        }
+    }
+
+    /// Every reason label, so metrics can show zeroes before the first failure.
+    pub const REASONS: [&'static str; 9] = [
+        "invalid_json",
+        "not_an_object",
+        "unknown_envelope",
+        "missing_field",
+        "invalid_field",
+        "invalid_entity",
+        "invalid_id",
+        "invalid_operation",
+        "invalid_timestamp",
+    ];
+}
+
+/// Decodes records of the configured envelope into normalized events.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    format: InputFormat,
+    renames: HashMap<String, String>,
+}
+
+impl Decoder {
+    pub fn new(format: InputFormat, renames: HashMap<String, String>) -> Self {
+        Self { format, renames }
+    }
+
+    pub fn decode(&self, record: &RawRecord<'_>) -> Result<Decoded, DecodeError> {
+        let Some(bytes) = record.value else {
+            return Ok(Decoded::Tombstone);
+        };
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        let Value::Object(mut object) = value else {
+            return Err(DecodeError::NotAnObject);
+        };
+        if is_schema_wrapper(&object) {
+            match object.remove("payload") {
+                Some(Value::Object(payload)) => object = payload,
+                Some(Value::Null) => return Ok(Decoded::Tombstone),
+                _ => return Err(DecodeError::NotAnObject),
+            }
+        }
+        let fields = match self.format {
+            InputFormat::Simple => simple::decode(object, record)?,
+            InputFormat::Debezium => debezium::decode(object, record)?,
+            InputFormat::Auto if object.contains_key("op") => debezium::decode(object, record)?,
+            InputFormat::Auto if object.contains_key("entity_type") => {
+                simple::decode(object, record)?
+            }
+            InputFormat::Auto => return Err(DecodeError::UnknownEnvelope),
+        };
+        self.finish(fields, record)
+    }
+
+    /// Applies the rename map and the rules every envelope shares.
+    fn finish(&self, fields: EventFields, record: &RawRecord<'_>) -> Result<Decoded, DecodeError> {
+        let entity_type = self
+            .renames
+            .get(&fields.entity)
+            .cloned()
+            .unwrap_or(fields.entity);
+        if !is_valid_entity(&entity_type) {
+            return Err(DecodeError::InvalidEntity(entity_type));
+        }
+        if let Some(id) = &fields.entity_id {
+            if !is_valid_id(id) {
+                return Err(DecodeError::InvalidId);
+            }
+        }
+        let timestamp = match fields.timestamp {
+            Some(timestamp) => timestamp,
+            None => record
+                .timestamp_ms
+                .and_then(crate::clock::rfc3339_from_millis)
+                .unwrap_or_else(crate::clock::now_rfc3339),
+        };
+        Ok(Decoded::Event(Box::new(ChangeEvent {
+            entity_type,
+            entity_id: fields.entity_id,
+            operation: fields.operation,
+            data: fields.data,
+            before: fields.before,
+            timestamp,
+            position: record.position,
+            kafka_timestamp_ms: record.timestamp_ms,
+        })))
+    }
+}
+
+/// What an envelope decoder extracts before the shared rules apply.
+struct EventFields {
+    entity: String,
+    entity_id: Option<String>,
+    operation: crate::event::Operation,
+    data: Option<Value>,
+    before: Option<Value>,
+    timestamp: Option<String>,
+}
+
+/// Kafka Connect's JSON converter with schemas on wraps the value as `{"schema":..,"payload":..}`.
+fn is_schema_wrapper(object: &Map<String, Value>) -> bool {
+    object.len() == 2 && object.contains_key("schema") && object.contains_key("payload")
+}
+
+/// A row image: an object, or absent/null.
+fn take_row(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<Value>, DecodeError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(row @ Value::Object(_)) => Ok(Some(row)),
+        Some(_) => Err(DecodeError::InvalidField {
+            field,
+            problem: "must be an object or null",
+        }),
+    }
+}
+
+/// A timestamp given as RFC 3339 text or epoch milliseconds.
+fn timestamp_of(value: &Value) -> Result<String, DecodeError> {
+    match value {
+        Value::String(text) if crate::clock::is_rfc3339(text) => Ok(text.clone()),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .and_then(crate::clock::rfc3339_from_millis)
+            .ok_or(DecodeError::InvalidTimestamp),
+        _ => Err(DecodeError::InvalidTimestamp),
+    }
+}
+
+/// An id given as a string or a number.
+fn id_of(value: &Value) -> Result<String, DecodeError> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(DecodeError::InvalidId),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,46 @@
+//! The simple envelope: `entity_type`, `entity_id`, `operation`, `data`, `before`, `timestamp`.
+
+use serde_json::{Map, Value};
+
+use super::{id_of, take_row, timestamp_of, DecodeError, EventFields, RawRecord};
+use crate::event::Operation;
+
+pub(super) fn decode(
+    mut object: Map<String, Value>,
+    _record: &RawRecord<'_>,
+) -> Result<EventFields, DecodeError> {
+    let entity = match object.remove("entity_type") {
+        Some(Value::String(entity)) => entity,
+        Some(_) => {
+            return Err(DecodeError::InvalidField {
+                field: "entity_type",
+                problem: "must be a string",
+            })
+        }
+        None => return Err(DecodeError::MissingField("entity_type")),
+    };
+    let operation = match object.get("operation") {
+        Some(Value::String(op)) => {
+            Operation::parse(op).ok_or_else(|| DecodeError::InvalidOperation(op.clone()))?
+        }
+        Some(other) => return Err(DecodeError::InvalidOperation(other.to_string())),
+        None => return Err(DecodeError::MissingField("operation")),
+    };
+    let entity_id = match object.get("entity_id") {
+        None | Some(Value::Null) if operation == Operation::Truncate => None,
+        None | Some(Value::Null) => return Err(DecodeError::MissingField("entity_id")),
+        Some(id) => Some(id_of(id)?),
+    };
+    let timestamp = match object.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(ts) => Some(timestamp_of(ts)?),
+    };
+    Ok(EventFields {
+        entity,
+        entity_id,
+        operation,
+        data: take_row(&mut object, "data")?,
+        before: take_row(&mut object, "before")?,
+        timestamp,
+    })
+}

@@ -1,0 +1,220 @@
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::event::Operation;
+
+fn record<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> RawRecord<'a> {
+    RawRecord {
+        key,
+        value,
+        position: SourcePosition {
+            partition: 2,
+            offset: 99,
+        },
+        timestamp_ms: Some(1_763_805_600_000),
+    }
+}
+
+fn decoder(format: InputFormat) -> Decoder {
+    let renames = HashMap::from([("orders".to_string(), "order".to_string())]);
+    Decoder::new(format, renames)
+}
+
+fn decode_with(
+    format: InputFormat,
+    key: Option<&str>,
+    value: Value,
+) -> Result<ChangeEvent, DecodeError> {
+    let bytes = serde_json::to_vec(&value).unwrap();
+    match decoder(format).decode(&record(key.map(str::as_bytes), Some(&bytes)))? {
+        Decoded::Event(event) => Ok(*event),
+        Decoded::Tombstone => panic!("unexpected tombstone"),
+    }
+}
+
+fn decode(key: Option<&str>, value: Value) -> Result<ChangeEvent, DecodeError> {
+    decode_with(InputFormat::Auto, key, value)
+}
+
+fn debezium(op: &str, before: Value, after: Value) -> Value {
+    json!({"before": before, "after": after, "op": op, "ts_ms": 1_763_805_600_123_i64,
+           "source": {"table": "orders", "db": "shop", "schema": "public"}})
+}
+
+#[test]
+fn simple_envelope_decodes_every_field() {
+    let e = decode(
+        None,
+        json!({"entity_type": "order", "entity_id": "42", "operation": "update",
+               "data": {"status": "shipped"}, "before": {"status": "new"}, "timestamp": "2026-11-22T10:00:00Z"}),
+    )
+    .unwrap();
+    assert_eq!(e.entity_type, "order");
+    assert_eq!(e.entity_id.as_deref(), Some("42"));
+    assert_eq!(e.operation, Operation::Update);
+    assert_eq!(e.data, Some(json!({"status": "shipped"})));
+    assert_eq!(e.before, Some(json!({"status": "new"})));
+    assert_eq!(e.timestamp, "2026-11-22T10:00:00Z");
+    assert_eq!(
+        e.position,
+        SourcePosition {
+            partition: 2,
+            offset: 99
+        }
+    );
+}
+
+#[test]
+fn simple_envelope_accepts_numeric_ids_and_epoch_timestamps() {
+    let e = decode(None, json!({"entity_type": "orders", "entity_id": 7, "operation": "insert", "data": {}, "timestamp": 1_763_805_600_000_i64})).unwrap();
+    assert_eq!(
+        e.entity_type, "order",
+        "rename map applies to the simple envelope too"
+    );
+    assert_eq!(e.entity_id.as_deref(), Some("7"));
+    assert_eq!(e.timestamp, "2025-11-22T10:00:00Z");
+}
+
+#[test]
+fn simple_envelope_without_timestamp_uses_the_kafka_timestamp() {
+    let e = decode(None, json!({"entity_type": "order", "entity_id": "1", "operation": "delete", "before": {"id": 1}})).unwrap();
+    assert_eq!(e.timestamp, "2025-11-22T10:00:00Z");
+    assert_eq!(e.data, None);
+}
+
+#[test]
+fn simple_truncate_needs_no_id() {
+    let e = decode(
+        None,
+        json!({"entity_type": "order", "operation": "truncate"}),
+    )
+    .unwrap();
+    assert_eq!(e.entity_id, None);
+    assert_eq!(e.row_topic(), None);
+}
+
+#[test]
+fn debezium_ops_map_to_operations() {
+    for (op, expected) in [
+        ("c", Operation::Insert),
+        ("u", Operation::Update),
+        ("d", Operation::Delete),
+        ("r", Operation::Snapshot),
+        ("t", Operation::Truncate),
+    ] {
+        let (before, after) = match op {
+            "c" | "r" => (Value::Null, json!({"id": 5})),
+            "u" => (json!({"id": 5}), json!({"id": 5})),
+            "d" => (json!({"id": 5}), Value::Null),
+            _ => (Value::Null, Value::Null),
+        };
+        let e = decode(None, debezium(op, before, after)).unwrap();
+        assert_eq!(e.operation, expected, "op {op}");
+        assert_eq!(e.entity_type, "order");
+        assert_eq!(e.timestamp, "2025-11-22T10:00:00.123Z");
+        if op == "t" {
+            assert_eq!(e.entity_id, None);
+        } else {
+            assert_eq!(
+                e.entity_id.as_deref(),
+                Some("5"),
+                "op {op}: id from after, or before for deletes"
+            );
+        }
+    }
+}
+
+#[test]
+fn debezium_schema_payload_wrapper_is_unwrapped() {
+    let wrapped = json!({"schema": {"type": "struct"}, "payload": debezium("c", Value::Null, json!({"id": 9, "total": 3}))});
+    let e = decode(None, wrapped).unwrap();
+    assert_eq!(e.entity_id.as_deref(), Some("9"));
+    assert_eq!(e.data, Some(json!({"id": 9, "total": 3})));
+}
+
+#[test]
+fn debezium_key_rules() {
+    let value = debezium("u", json!({"id": 1}), json!({"id": 1}));
+    let id = |key: &str| decode(Some(key), value.clone()).unwrap().entity_id.unwrap();
+    assert_eq!(id(r#"{"id": 42}"#), "42", "one field: its value");
+    assert_eq!(
+        id(r#"{"tenant": "acme", "id": 42}"#),
+        "acme:42",
+        "several: joined in key order"
+    );
+    assert_eq!(id(r#"{"id": 42, "tenant": "acme"}"#), "42:acme");
+    assert_eq!(
+        id(r#"{"schema": {"type": "struct"}, "payload": {"id": "a-1"}}"#),
+        "a-1",
+        "wrapped key"
+    );
+    assert_eq!(id(r#""plain""#), "plain");
+    assert_eq!(id("raw-key"), "raw-key", "a non-JSON key is used as text");
+    assert_eq!(id(""), "1", "an empty key counts as no key");
+    assert_eq!(
+        decode(Some(r#"{"id": null}"#), value.clone()).unwrap_err(),
+        DecodeError::InvalidId
+    );
+}
+
+#[test]
+fn tombstones_are_not_errors() {
+    assert_eq!(
+        decoder(InputFormat::Auto)
+            .decode(&record(Some(b"{\"id\":1}"), None))
+            .unwrap(),
+        Decoded::Tombstone
+    );
+    let wrapped = br#"{"schema": null, "payload": null}"#;
+    assert_eq!(
+        decoder(InputFormat::Auto)
+            .decode(&record(None, Some(wrapped)))
+            .unwrap(),
+        Decoded::Tombstone
+    );
+}
+
+#[test]
+fn forced_formats_reject_the_other_envelope() {
+    let simple = json!({"entity_type": "order", "entity_id": "1", "operation": "insert"});
+    assert_eq!(
+        decode_with(InputFormat::Debezium, None, simple.clone()).unwrap_err(),
+        DecodeError::MissingField("op")
+    );
+    assert!(decode_with(InputFormat::Simple, None, simple).is_ok());
+    let dbz = debezium("c", Value::Null, json!({"id": 1}));
+    assert_eq!(
+        decode_with(InputFormat::Simple, None, dbz).unwrap_err(),
+        DecodeError::MissingField("entity_type")
+    );
+}
+
+#[test]
+fn bad_records_fail_with_a_reason() {
+    let cases: Vec<(Option<&str>, &[u8], &str)> = vec![
+        (None, b"{not json", "invalid_json"),
+        (None, b"[1,2]", "not_an_object"),
+        (None, b"{\"hello\": 1}", "unknown_envelope"),
+        (None, br#"{"entity_type": "order", "operation": "insert"}"#, "missing_field"),
+        (None, br#"{"entity_type": "order", "entity_id": "1", "operation": "upsert"}"#, "invalid_operation"),
+        (None, br#"{"entity_type": "or.der", "entity_id": "1", "operation": "insert"}"#, "invalid_entity"),
+        (None, br#"{"entity_type": "order", "entity_id": "", "operation": "insert"}"#, "invalid_id"),
+        (None, br#"{"entity_type": "order", "entity_id": "1", "operation": "insert", "timestamp": "noon"}"#, "invalid_timestamp"),
+        (None, br#"{"entity_type": "order", "entity_id": "1", "operation": "insert", "data": [1]}"#, "invalid_field"),
+        (None, br#"{"op": "c", "after": {"id": 1}}"#, "missing_field"),
+        (None, br#"{"op": "x", "source": {"table": "t"}, "after": {"id": 1}}"#, "invalid_operation"),
+        (None, br#"{"op": "c", "source": {"table": "t"}, "after": {"name": "no id"}}"#, "missing_field"),
+    ];
+    for (key, value, reason) in cases {
+        let err = decoder(InputFormat::Auto)
+            .decode(&record(key.map(str::as_bytes), Some(value)))
+            .unwrap_err();
+        assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(value));
+        assert!(DecodeError::REASONS.contains(&err.reason()));
+    }
+    let long_id =
+        json!({"entity_type": "order", "entity_id": "x".repeat(513), "operation": "insert"});
+    assert_eq!(decode(None, long_id).unwrap_err(), DecodeError::InvalidId);
+}

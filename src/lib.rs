@@ -1,0 +1,20 @@
+//! cdc-gateway: Kafka change-data-capture events to filtered WebSocket subscriptions.
+//!
+//! The data path, one module per stage: [`ingest`] (consumer, [`ingest::decode`]) ->
+//! [`event`] -> [`index`] (topics, filters) -> [`fanout`] (serialize once, bounded queues) ->
+//! [`ws`] (sessions). [`http`] serves the port, [`metrics`] and [`health`] report,
+//! [`shutdown`] ends it in order, [`gateway`] wires it all from [`config`].
+
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod fanout;
+pub mod gateway;
+pub mod health;
+pub mod http;
+pub mod index;
+pub mod ingest;
+pub mod metrics;
+pub mod shutdown;
+pub mod ws;

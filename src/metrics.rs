@@ -1,0 +1,211 @@
+//! Every metric the gateway exports, named and labelled in one place so that what it reports
+//! is reviewable as a list (and the dashboard and alerts can be checked against it). Labelled
+//! series are created up front for every known label value, so rates work from the first scrape.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::ingest::decode::DecodeError;
+use crate::ws::protocol::ErrorCode;
+
+/// Results of consuming one Kafka record.
+pub const CONSUMED_RESULTS: [&str; 3] = ["dispatched", "tombstone", "decode_error"];
+
+/// Why a message for a client was not enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Drop policy: the client's queue stayed full past the grace period.
+    QueueFull,
+    /// Close policy: the client was (being) closed with 4004.
+    SlowConsumerClosed,
+    /// The connection ended before the message could be queued.
+    ConnectionClosed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::QueueFull,
+        DropReason::SlowConsumerClosed,
+        DropReason::ConnectionClosed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::SlowConsumerClosed => "slow_consumer_closed",
+            DropReason::ConnectionClosed => "connection_closed",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_active: IntGauge,
+    pub connections_total: IntCounter,
+    pub connections_closed: IntCounterVec,
+    pub subscriptions_active: IntGauge,
+    pub topics_active: IntGauge,
+    pub events_consumed: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub dead_letter: IntCounterVec,
+    pub deliveries: IntCounter,
+    pub drops: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub kafka_connected: IntGauge,
+    pub assigned_partitions: IntGauge,
+    pub ready: IntGauge,
+    pub enqueue_latency: Histogram,
+    pub error_replies: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            for value in values {
+                c.with_label_values(&[value]);
+            }
+            c
+        };
+        let drop_labels: Vec<&str> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        let code_labels: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("cdc_gateway_consumer_lag", "Messages between the committed position and the high watermark, per source partition."),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
+        let enqueue_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "cdc_gateway_enqueue_latency_seconds",
+                "Time from the Kafka record timestamp to the event being queued for its clients.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(enqueue_latency.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+
+        Metrics {
+            connections_active: gauge(
+                "cdc_gateway_connections_active",
+                "Open WebSocket connections.",
+            ),
+            connections_total: counter(
+                "cdc_gateway_connections_total",
+                "WebSocket connections accepted.",
+            ),
+            connections_closed: counter_vec(
+                "cdc_gateway_connections_closed_total",
+                "Connections closed by the gateway, by close code.",
+                "code",
+                &["1000", "1001", "1008", "1009", "4003", "4004"],
+            ),
+            subscriptions_active: gauge(
+                "cdc_gateway_subscriptions_active",
+                "Active subscriptions over all connections.",
+            ),
+            topics_active: gauge(
+                "cdc_gateway_topics_active",
+                "Gateway topics with at least one subscriber.",
+            ),
+            events_consumed: counter_vec(
+                "cdc_gateway_events_consumed_total",
+                "Kafka records consumed, by result.",
+                "result",
+                &CONSUMED_RESULTS,
+            ),
+            decode_errors: counter_vec(
+                "cdc_gateway_decode_errors_total",
+                "Records that could not be decoded, by reason.",
+                "reason",
+                &DecodeError::REASONS,
+            ),
+            dead_letter: counter_vec(
+                "cdc_gateway_dead_letter_total",
+                "Undecodable records copied to the dead-letter topic, by result.",
+                "result",
+                &["written", "failed"],
+            ),
+            deliveries: counter(
+                "cdc_gateway_deliveries_total",
+                "Data messages queued to clients.",
+            ),
+            drops: counter_vec(
+                "cdc_gateway_drops_total",
+                "Data messages not delivered to a client, by reason.",
+                "reason",
+                &drop_labels,
+            ),
+            consumer_lag,
+            kafka_connected: gauge(
+                "cdc_gateway_kafka_connected",
+                "1 while a Kafka broker connection is up.",
+            ),
+            assigned_partitions: gauge(
+                "cdc_gateway_assigned_partitions",
+                "Source partitions assigned to this gateway.",
+            ),
+            ready: gauge("cdc_gateway_ready", "1 while /readyz answers 200."),
+            enqueue_latency,
+            error_replies: counter_vec(
+                "cdc_gateway_error_replies_total",
+                "Error replies sent to clients, by protocol error code.",
+                "code",
+                &code_labels,
+            ),
+            registry,
+        }
+    }
+
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

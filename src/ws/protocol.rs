@@ -1,0 +1,354 @@
+//! The JSON messages of a WebSocket session (protocol section 3): parsing client requests into
+//! typed values and building the server's replies. Nothing here touches a socket.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Error codes of error replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidMessage,
+    UnknownAction,
+    InvalidTopic,
+    InvalidFilter,
+    Forbidden,
+    TooManySubscriptions,
+    RateLimited,
+    NotSubscribed,
+    Unauthenticated,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::InvalidMessage,
+        ErrorCode::UnknownAction,
+        ErrorCode::InvalidTopic,
+        ErrorCode::InvalidFilter,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::RateLimited,
+        ErrorCode::NotSubscribed,
+        ErrorCode::Unauthenticated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
+            ErrorCode::UnknownAction => "UNKNOWN_ACTION",
+            ErrorCode::InvalidTopic => "INVALID_TOPIC",
+            ErrorCode::InvalidFilter => "INVALID_FILTER",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::NotSubscribed => "NOT_SUBSCRIBED",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+/// A client request, after the envelope checks.
+#[derive(Debug, PartialEq)]
+pub enum Request {
+    Auth,
+    Subscribe {
+        topic: String,
+        filters: Option<Value>,
+        since: Option<BTreeMap<i32, i64>>,
+        snapshot: bool,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+    Ping {
+        timestamp: Option<Value>,
+    },
+    Pong,
+}
+
+/// A request that cannot be executed, with the `id` to echo when one was readable.
+#[derive(Debug, PartialEq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+    pub id: Option<Value>,
+}
+
+/// Parses one text message. On success returns the request and its `id`.
+pub fn parse(text: &[u8]) -> Result<(Request, Option<Value>), Rejection> {
+    let invalid = |message: &str, id: Option<Value>| Rejection {
+        code: ErrorCode::InvalidMessage,
+        message: message.into(),
+        id,
+    };
+    let value: Value =
+        serde_json::from_slice(text).map_err(|e| invalid(&format!("not JSON: {e}"), None))?;
+    let Value::Object(mut object) = value else {
+        return Err(invalid("a message is a JSON object", None));
+    };
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id),
+        Some(_) => return Err(invalid("`id` must be a string or a number", None)),
+    };
+    let action = match object.remove("action") {
+        Some(Value::String(action)) => action,
+        Some(_) => return Err(invalid("`action` must be a string", id)),
+        None => return Err(invalid("missing field `action`", id)),
+    };
+    let request = match action.as_str() {
+        "auth" => Request::Auth,
+        "subscribe" => {
+            let topic = match take_topic(&mut object) {
+                Ok(topic) => topic,
+                Err(message) => return Err(invalid(message, id)),
+            };
+            let since = match object.remove("since") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(since)) => match positions(&since) {
+                    Some(since) => Some(since),
+                    None => return Err(invalid("`since` maps partition numbers to offsets", id)),
+                },
+                Some(_) => return Err(invalid("`since` maps partition numbers to offsets", id)),
+            };
+            let snapshot = match object.remove("snapshot") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(flag)) => flag,
+                Some(_) => return Err(invalid("`snapshot` must be true or false", id)),
+            };
+            Request::Subscribe {
+                topic,
+                filters: object.remove("filters"),
+                since,
+                snapshot,
+            }
+        }
+        "unsubscribe" => match take_topic(&mut object) {
+            Ok(topic) => Request::Unsubscribe { topic },
+            Err(message) => return Err(invalid(message, id)),
+        },
+        "ping" => Request::Ping {
+            timestamp: object.remove("timestamp"),
+        },
+        "pong" => Request::Pong,
+        other => {
+            return Err(Rejection {
+                code: ErrorCode::UnknownAction,
+                message: format!(
+                    "unknown action `{other}` (auth, subscribe, unsubscribe, ping, pong)"
+                ),
+                id,
+            })
+        }
+    };
+    Ok((request, id))
+}
+
+fn take_topic(object: &mut Map<String, Value>) -> Result<String, &'static str> {
+    match object.remove("topic") {
+        Some(Value::String(topic)) => Ok(topic),
+        Some(_) => Err("`topic` must be a string"),
+        None => Err("missing field `topic`"),
+    }
+}
+
+fn positions(object: &Map<String, Value>) -> Option<BTreeMap<i32, i64>> {
+    object
+        .iter()
+        .map(|(partition, offset)| Some((partition.parse().ok()?, offset.as_i64()?)))
+        .collect()
+}
+
+/// Builds server replies. Each returns the serialized text of one message.
+pub mod reply {
+    use super::*;
+
+    fn with_id(mut object: Map<String, Value>, id: Option<&Value>) -> Vec<u8> {
+        if let Some(id) = id {
+            object.insert("id".into(), id.clone());
+        }
+        serde_json::to_vec(&Value::Object(object)).expect("a JSON value always serializes")
+    }
+
+    fn object(pairs: &[(&str, Value)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    }
+
+    pub fn ack(action: &str, topic: Option<&str>, id: Option<&Value>) -> Vec<u8> {
+        let mut fields = object(&[("type", "ack".into()), ("action", action.into())]);
+        if let Some(topic) = topic {
+            fields.insert("topic".into(), topic.into());
+        }
+        with_id(fields, id)
+    }
+
+    /// The subscribe ack: the dispatched position, and the resume/snapshot outcome when asked.
+    pub fn subscribed(
+        topic: &str,
+        position: &BTreeMap<i32, i64>,
+        recovered: Option<bool>,
+        snapshot_rows: Option<usize>,
+        id: Option<&Value>,
+    ) -> Vec<u8> {
+        let position: Map<String, Value> = position
+            .iter()
+            .map(|(p, o)| (p.to_string(), Value::from(*o)))
+            .collect();
+        let mut fields = object(&[
+            ("type", "ack".into()),
+            ("action", "subscribe".into()),
+            ("topic", topic.into()),
+            ("position", Value::Object(position)),
+        ]);
+        if let Some(recovered) = recovered {
+            fields.insert("recovered".into(), recovered.into());
+        }
+        if let Some(rows) = snapshot_rows {
+            fields.insert(
+                "snapshot".into(),
+                serde_json::json!({"rows": rows, "complete": false}),
+            );
+        }
+        with_id(fields, id)
+    }
+
+    pub fn error(
+        code: ErrorCode,
+        message: &str,
+        topic: Option<&str>,
+        id: Option<&Value>,
+    ) -> Vec<u8> {
+        let mut fields = object(&[
+            ("type", "error".into()),
+            ("code", code.as_str().into()),
+            ("message", message.into()),
+        ]);
+        if let Some(topic) = topic {
+            fields.insert("topic".into(), topic.into());
+        }
+        with_id(fields, id)
+    }
+
+    pub fn pong(timestamp: Value, id: Option<&Value>) -> Vec<u8> {
+        with_id(
+            object(&[("type", "pong".into()), ("timestamp", timestamp)]),
+            id,
+        )
+    }
+
+    pub fn ping(timestamp_ms: i64) -> Vec<u8> {
+        with_id(
+            object(&[("type", "ping".into()), ("timestamp", timestamp_ms.into())]),
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_value(v: Value) -> Result<(Request, Option<Value>), Rejection> {
+        parse(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn requests_parse() {
+        let (req, id) = parse_value(json!({"action": "subscribe", "topic": "cdc.order", "id": 7,
+            "filters": {"operation": "insert"}, "since": {"0": 12}, "snapshot": true}))
+        .unwrap();
+        assert_eq!(id, Some(json!(7)));
+        assert_eq!(
+            req,
+            Request::Subscribe {
+                topic: "cdc.order".into(),
+                filters: Some(json!({"operation": "insert"})),
+                since: Some(BTreeMap::from([(0, 12)])),
+                snapshot: true
+            }
+        );
+        assert_eq!(
+            parse_value(json!({"action": "unsubscribe", "topic": "t", "id": "x"}))
+                .unwrap()
+                .1,
+            Some(json!("x"))
+        );
+        assert_eq!(
+            parse_value(json!({"action": "ping", "timestamp": 5}))
+                .unwrap()
+                .0,
+            Request::Ping {
+                timestamp: Some(json!(5))
+            }
+        );
+        assert_eq!(
+            parse_value(json!({"action": "pong"})).unwrap().0,
+            Request::Pong
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_rejected_with_codes() {
+        let code = |v: &[u8]| parse(v).unwrap_err().code;
+        assert_eq!(code(b"not json"), ErrorCode::InvalidMessage);
+        assert_eq!(code(b"[1]"), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(br#"{"topic": "cdc.order"}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(br#"{"action": "subscribe"}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(br#"{"action": "subscribe", "topic": 5}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(br#"{"action": "subscribe", "topic": "t", "since": {"x": 1}}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(code(br#"{"action": "dance"}"#), ErrorCode::UnknownAction);
+        assert_eq!(
+            parse(br#"{"action": "dance", "id": 3}"#).unwrap_err().id,
+            Some(json!(3))
+        );
+        assert_eq!(
+            code(br#"{"action": "ping", "id": [1]}"#),
+            ErrorCode::InvalidMessage
+        );
+    }
+
+    #[test]
+    fn replies_echo_the_id() {
+        let v: Value = serde_json::from_slice(&reply::error(
+            ErrorCode::InvalidTopic,
+            "bad",
+            Some("x"),
+            Some(&json!(7)),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "code": "INVALID_TOPIC", "message": "bad", "topic": "x", "id": 7})
+        );
+        let v: Value = serde_json::from_slice(&reply::subscribed(
+            "cdc.order",
+            &BTreeMap::from([(0, 5)]),
+            None,
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "ack", "action": "subscribe", "topic": "cdc.order", "position": {"0": 5}})
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! One WebSocket connection. The reader (this task) parses client requests, updates the
+//! index and keeps the idle timer; a writer task owns the socket's write half and takes, in
+//! order of priority, close requests, replies, and batches of data messages from the
+//! connection's bounded queue, then flushes each batch with one write. Replies to a subscribe
+//! are queued before the subscription enters the index, so the ack always precedes its data.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{
+    Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
+
+use super::close::CloseCode;
+use super::coalesce::Coalesce;
+use super::protocol::{self, reply, ErrorCode, Request};
+use crate::event::GatewayTopic;
+use crate::fanout::Outbound;
+use crate::gateway::Shared;
+use crate::index::Filter;
+
+type Io = TokioIo<Upgraded>;
+type Reader = WebSocketRead<ReadHalf<Io>>;
+type Writer = WebSocketWrite<Coalesce<WriteHalf<Io>>>;
+
+/// Data messages the writer takes from the queue per batch (one flush each).
+const BATCH: usize = 256;
+/// Replies waiting for the writer; a client that floods requests without reading waits.
+const CONTROL_QUEUE: usize = 64;
+/// How long the closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the reader asks the writer to send.
+enum Control {
+    Text(Vec<u8>),
+    Pong(Vec<u8>),
+    /// Close initiated by the gateway.
+    Close(CloseCode),
+    /// The client's close frame, echoed to complete its closing handshake.
+    Echo(Vec<u8>),
+}
+
+/// How the read loop ended, which decides how the connection is wound down.
+enum Ending {
+    /// The writer finished (close sent, or the socket failed): wait for the client's close.
+    WriterDone,
+    /// The gateway asked the writer to close: let it, then wait for the client's close.
+    GatewayClosed,
+    /// The client closed, or the stream broke: nothing more to read.
+    Gone,
+    /// The stream is mid-frame and unreadable: let the close go out, give the client a moment.
+    Unreadable,
+}
+
+pub async fn run(ws: WebSocket<Io>, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
+    let settings = &shared.settings;
+    let id = shared.next_connection_id();
+    let (outbound, queue) = Outbound::new(id, settings.outbound_queue);
+    let (read_half, write_half) = tokio::io::split(ws.into_inner());
+    let (mut reader, mut writer) =
+        fastwebsockets::after_handshake_split(read_half, Coalesce::new(write_half), Role::Server);
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    reader.set_max_message_size(settings.max_message_size + 1);
+    writer.set_writev(true);
+    writer.set_writev_threshold(0);
+
+    let (control, control_queue) = mpsc::channel(CONTROL_QUEUE);
+    shared.metrics.connections_active.inc();
+    shared.metrics.connections_total.inc();
+    let mut writer_task = tokio::spawn(write_loop(
+        writer,
+        control_queue,
+        queue,
+        Arc::clone(&outbound),
+        Arc::clone(&shared),
+    ));
+
+    let mut session = Session {
+        shared: Arc::clone(&shared),
+        outbound,
+        control,
+        subscriptions: HashSet::new(),
+        bucket: TokenBucket::new(settings.rate_limit, settings.rate_burst),
+    };
+    let ending = session.read_loop(&mut reader, &mut writer_task).await;
+    session.unsubscribe_all();
+    drop(session);
+
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    if !matches!(ending, Ending::WriterDone)
+        && tokio::time::timeout_at(deadline, &mut writer_task)
+            .await
+            .is_err()
+    {
+        writer_task.abort();
+    }
+    match ending {
+        Ending::WriterDone | Ending::GatewayClosed => {
+            let _ = tokio::time::timeout_at(deadline, await_client_close(&mut reader)).await;
+        }
+        Ending::Unreadable => tokio::time::sleep(Duration::from_millis(500)).await,
+        Ending::Gone => {}
+    }
+    shared.metrics.connections_active.dec();
+}
+
+/// Reads (and discards) until the client's close frame or the end of the stream.
+async fn await_client_close(reader: &mut Reader) {
+    let mut obligations = no_obligations;
+    while let Ok(frame) = reader.read_frame(&mut obligations).await {
+        if frame.opcode == OpCode::Close {
+            break;
+        }
+    }
+}
+
+/// Automatic pongs and close replies are off: the session sends them through the writer.
+fn no_obligations(_frame: Frame<'_>) -> std::future::Ready<Result<(), std::io::Error>> {
+    std::future::ready(Ok(()))
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    outbound: Arc<Outbound>,
+    control: mpsc::Sender<Control>,
+    subscriptions: HashSet<String>,
+    bucket: TokenBucket,
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        reader: &mut Reader,
+        writer_task: &mut tokio::task::JoinHandle<()>,
+    ) -> Ending {
+        let settings = &self.shared.settings;
+        let (max_size, idle_timeout) = (settings.max_message_size, settings.idle_timeout);
+        let mut last_seen = Instant::now();
+        let mut fragments: Option<Vec<u8>> = None;
+        let mut obligations = no_obligations;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = &mut *writer_task => return Ending::WriterDone,
+                _ = sleep_until(last_seen + idle_timeout) => return self.close(CloseCode::IdleTimeout).await,
+                frame = reader.read_frame(&mut obligations) => frame,
+            };
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(WebSocketError::FrameTooLarge) => {
+                    self.close(CloseCode::TooBig).await;
+                    return Ending::Unreadable;
+                }
+                Err(_) => return Ending::Gone,
+            };
+            last_seen = Instant::now();
+            let sent = match frame.opcode {
+                OpCode::Text if frame.fin => self.handle(&frame.payload).await,
+                OpCode::Text => {
+                    fragments = Some(frame.payload.to_vec());
+                    true
+                }
+                OpCode::Continuation => match fragments.as_mut() {
+                    Some(message) if message.len() + frame.payload.len() > max_size => {
+                        self.close(CloseCode::TooBig).await;
+                        return Ending::GatewayClosed;
+                    }
+                    Some(message) => {
+                        message.extend_from_slice(&frame.payload);
+                        match fragments.take_if(|_| frame.fin) {
+                            Some(message) if std::str::from_utf8(&message).is_err() => {
+                                self.error(
+                                    ErrorCode::InvalidMessage,
+                                    "text is not valid UTF-8",
+                                    None,
+                                    None,
+                                )
+                                .await
+                            }
+                            Some(message) => self.handle(&message).await,
+                            None => true,
+                        }
+                    }
+                    // The rest of a binary message: already answered.
+                    None => true,
+                },
+                OpCode::Binary => {
+                    self.error(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not supported: send JSON text frames",
+                        None,
+                        None,
+                    )
+                    .await
+                }
+                OpCode::Ping => self.send(Control::Pong(frame.payload.to_vec())).await,
+                OpCode::Pong => true,
+                OpCode::Close => {
+                    self.send(Control::Echo(frame.payload.to_vec())).await;
+                    return Ending::Gone;
+                }
+            };
+            if !sent {
+                return Ending::WriterDone;
+            }
+        }
+    }
+
+    async fn close(&self, code: CloseCode) -> Ending {
+        self.send(Control::Close(code)).await;
+        Ending::GatewayClosed
+    }
+
+    /// Queues a message for the writer; false when the writer is gone.
+    async fn send(&self, control: Control) -> bool {
+        self.control.send(control).await.is_ok()
+    }
+
+    async fn error(
+        &self,
+        code: ErrorCode,
+        message: &str,
+        topic: Option<&str>,
+        id: Option<&Value>,
+    ) -> bool {
+        self.shared
+            .metrics
+            .error_replies
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.send(Control::Text(reply::error(code, message, topic, id)))
+            .await
+    }
+
+    /// One client text message.
+    async fn handle(&mut self, text: &[u8]) -> bool {
+        let parsed = protocol::parse(text);
+        if !self.bucket.take() {
+            let id = match &parsed {
+                Ok((_, id)) => id.clone(),
+                Err(rejection) => rejection.id.clone(),
+            };
+            let message = format!(
+                "more than {} messages per second: slow down",
+                self.shared.settings.rate_limit
+            );
+            return self
+                .error(ErrorCode::RateLimited, &message, None, id.as_ref())
+                .await;
+        }
+        match parsed {
+            Err(rejection) => {
+                self.error(
+                    rejection.code,
+                    &rejection.message,
+                    None,
+                    rejection.id.as_ref(),
+                )
+                .await
+            }
+            Ok((request, id)) => self.execute(request, id.as_ref()).await,
+        }
+    }
+
+    async fn execute(&mut self, request: Request, id: Option<&Value>) -> bool {
+        match request {
+            Request::Auth => self.send(Control::Text(reply::ack("auth", None, id))).await,
+            Request::Ping { timestamp } => {
+                let timestamp = timestamp.unwrap_or_else(|| crate::clock::now_millis().into());
+                self.send(Control::Text(reply::pong(timestamp, id))).await
+            }
+            Request::Pong => true,
+            Request::Subscribe {
+                topic,
+                filters,
+                since,
+                snapshot,
+            } => {
+                if let Err(why) = GatewayTopic::parse(&topic) {
+                    return self
+                        .error(ErrorCode::InvalidTopic, why, Some(&topic), id)
+                        .await;
+                }
+                let filter = match Filter::compile(filters.as_ref()) {
+                    Ok(filter) => filter,
+                    Err(e) => {
+                        return self
+                            .error(ErrorCode::InvalidFilter, &e.to_string(), Some(&topic), id)
+                            .await
+                    }
+                };
+                let is_new = !self.subscriptions.contains(&topic);
+                let max = self.shared.settings.max_subscriptions;
+                if is_new && self.subscriptions.len() >= max {
+                    let message = format!("at most {max} subscriptions per connection");
+                    return self
+                        .error(ErrorCode::TooManySubscriptions, &message, Some(&topic), id)
+                        .await;
+                }
+                // No replay history yet: a resume request is answered `recovered: false` (the
+                // client reloads state), and a snapshot request with an empty, incomplete one.
+                let recovered = since.map(|_| false);
+                let snapshot_rows = snapshot.then_some(0);
+                let position = self.shared.positions.snapshot();
+                if !self
+                    .send(Control::Text(reply::subscribed(
+                        &topic,
+                        &position,
+                        recovered,
+                        snapshot_rows,
+                        id,
+                    )))
+                    .await
+                {
+                    return false;
+                }
+                self.shared
+                    .index
+                    .subscribe(&topic, &self.outbound, Arc::new(filter));
+                if is_new {
+                    self.subscriptions.insert(topic);
+                    self.shared.metrics.subscriptions_active.inc();
+                }
+                self.shared
+                    .metrics
+                    .topics_active
+                    .set(self.shared.index.topic_count() as i64);
+                true
+            }
+            Request::Unsubscribe { topic } => {
+                if !self.subscriptions.remove(&topic) {
+                    return self
+                        .error(
+                            ErrorCode::NotSubscribed,
+                            "this connection has no such subscription",
+                            Some(&topic),
+                            id,
+                        )
+                        .await;
+                }
+                self.shared.index.unsubscribe(&topic, self.outbound.id());
+                self.shared.metrics.subscriptions_active.dec();
+                self.shared
+                    .metrics
+                    .topics_active
+                    .set(self.shared.index.topic_count() as i64);
+                self.send(Control::Text(reply::ack("unsubscribe", Some(&topic), id)))
+                    .await
+            }
+        }
+    }
+
+    fn unsubscribe_all(&mut self) {
+        for topic in self.subscriptions.drain() {
+            self.shared.index.unsubscribe(&topic, self.outbound.id());
+            self.shared.metrics.subscriptions_active.dec();
+        }
+        self.shared
+            .metrics
+            .topics_active
+            .set(self.shared.index.topic_count() as i64);
+    }
+}
+
+/// The writer task: the only code that writes to the socket.
+async fn write_loop(
+    mut ws: Writer,
+    mut control: mpsc::Receiver<Control>,
+    mut queue: mpsc::Receiver<Bytes>,
+    outbound: Arc<Outbound>,
+    shared: Arc<Shared>,
+) {
+    let settings = &shared.settings;
+    let start = Instant::now();
+    let mut ping = interval_at(start + settings.ping_interval, settings.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let app_period = settings
+        .app_ping_interval
+        .unwrap_or(Duration::from_secs(3600));
+    let mut app_ping = interval_at(start + app_period, app_period);
+    app_ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch: Vec<Bytes> = Vec::new();
+
+    let closing = loop {
+        let written = tokio::select! {
+            biased;
+            code = outbound.closed() => break Some(code),
+            _ = shared.shutdown.cancelled() => break Some(CloseCode::GoingAway),
+            message = control.recv() => match message {
+                Some(Control::Text(text)) => ws.write_frame(Frame::text(Payload::Owned(text))).await,
+                Some(Control::Pong(payload)) => ws.write_frame(Frame::pong(Payload::Owned(payload))).await,
+                Some(Control::Close(code)) => break Some(code),
+                Some(Control::Echo(payload)) => {
+                    let _ = ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await;
+                    break None;
+                }
+                None => return,
+            },
+            received = queue.recv_many(&mut batch, BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                let mut result = Ok(());
+                for message in batch.drain(..) {
+                    result = result.and(ws.write_frame(Frame::text(Payload::Borrowed(&message))).await);
+                }
+                result
+            }
+            _ = ping.tick() => ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await,
+            _ = app_ping.tick(), if settings.app_ping_interval.is_some() => {
+                ws.write_frame(Frame::text(Payload::Owned(reply::ping(crate::clock::now_millis())))).await
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+        // Flushing waits for a slow client; a close request interrupts it, and the unwritten
+        // bytes stay buffered ahead of the close frame.
+        tokio::select! {
+            biased;
+            code = outbound.closed() => break Some(code),
+            _ = shared.shutdown.cancelled() => break Some(CloseCode::GoingAway),
+            flushed = ws.flush() => if flushed.is_err() { return },
+        }
+    };
+    if let Some(code) = closing {
+        shared
+            .metrics
+            .connections_closed
+            .with_label_values(&[&code.as_u16().to_string()])
+            .inc();
+        let _ = ws
+            .write_frame(Frame::close(code.as_u16(), code.reason().as_bytes()))
+            .await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+}
+
+/// Per-connection request rate limit: `rate` tokens per second, at most `burst` saved up.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            rate: f64::from(rate),
+            burst,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate)
+            .min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBucket;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_the_burst_then_the_rate() {
+        let mut bucket = TokenBucket::new(10, 5);
+        assert_eq!((0..10).filter(|_| bucket.take()).count(), 5);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!((0..10).filter(|_| bucket.take()).count(), 2);
+    }
+}
