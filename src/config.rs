@@ -76,11 +76,17 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT].
-    #[arg(long, env = "CDC_GATEWAY_BROKERS", default_value = "localhost:9092")]
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_BROKERS",
+        default_value = "localhost:9092"
+    )]
     pub brokers: String,
 
     /// Source topics, comma-separated. An entry starting with `^` is a regular expression.
     #[arg(
+        global = true,
         long,
         env = "CDC_GATEWAY_SOURCE_TOPICS",
         default_value = "cdc.events",
@@ -89,99 +95,119 @@ pub struct Config {
     pub source_topics: Vec<String>,
 
     /// Kafka consumer group id.
-    #[arg(long, env = "CDC_GATEWAY_GROUP_ID", default_value = "cdc-gateway")]
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_GROUP_ID",
+        default_value = "cdc-gateway"
+    )]
     pub group_id: String,
 
     /// Address for WebSocket, health and metrics endpoints.
-    #[arg(long, env = "CDC_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Envelope of the source records.
-    #[arg(long, env = "CDC_GATEWAY_INPUT_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_INPUT_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
     pub input_format: InputFormat,
 
     /// Entity rename map, e.g. `orders=order,customers=customer`.
-    #[arg(long, env = "CDC_GATEWAY_ENTITY_MAP", value_delimiter = ',', value_parser = parse_pair)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_ENTITY_MAP", value_delimiter = ',', value_parser = parse_pair)]
     pub entity_map: Vec<(String, String)>,
 
     /// Topic that receives a copy of every record that cannot be decoded.
-    #[arg(long, env = "CDC_GATEWAY_DEAD_LETTER_TOPIC")]
+    #[arg(global = true, long, env = "CDC_GATEWAY_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
 
     /// librdkafka property `key=value` (repeatable; SASL, TLS, fetch tuning ...).
-    #[arg(long = "kafka-property", env = "CDC_GATEWAY_KAFKA_PROPERTY", value_delimiter = ',', value_parser = parse_pair)]
+    #[arg(global = true, long = "kafka-property", env = "CDC_GATEWAY_KAFKA_PROPERTY", value_delimiter = ',', value_parser = parse_pair)]
     pub kafka_properties: Vec<(String, String)>,
 
     /// Where a group without committed offsets starts reading.
-    #[arg(long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
     pub auto_offset_reset: OffsetReset,
 
     /// Concurrent WebSocket connections; more are closed with 1008.
-    #[arg(long, env = "CDC_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
     /// Subscriptions per connection; more get TOO_MANY_SUBSCRIPTIONS.
-    #[arg(long, env = "CDC_GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_subscriptions: u32,
 
     /// Messages queued per connection before it counts as full.
-    #[arg(long, env = "CDC_GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    #[arg(global = true, long, env = "CDC_GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub outbound_queue: u32,
 
     /// What to do with a client whose queue stays full past the grace period.
-    #[arg(long, env = "CDC_GATEWAY_SLOW_CLIENT_POLICY", value_enum, default_value_t = SlowClientPolicy::Close)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_SLOW_CLIENT_POLICY", value_enum, default_value_t = SlowClientPolicy::Close)]
     pub slow_client_policy: SlowClientPolicy,
 
     /// How long an outbound queue may stay full (Kafka is paced meanwhile).
-    #[arg(long, env = "CDC_GATEWAY_SLOW_CLIENT_GRACE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_SLOW_CLIENT_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub slow_client_grace: Duration,
 
     /// Largest client message in bytes; a bigger one closes with 1009.
-    #[arg(long, env = "CDC_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(128..))]
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(128..))]
     pub max_message_size: u32,
 
     /// A connection that sends nothing (not even a pong) this long is closed with 4003.
-    #[arg(long, env = "CDC_GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Interval of RFC 6455 ping frames.
-    #[arg(long, env = "CDC_GATEWAY_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
     /// Interval of JSON `{"type":"ping"}` heartbeats; 0s turns them off.
-    #[arg(long, env = "CDC_GATEWAY_APP_PING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_APP_PING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
     pub app_ping_interval: Duration,
 
     /// Client messages per second per connection; more get RATE_LIMITED.
-    #[arg(long, env = "CDC_GATEWAY_CLIENT_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(global = true, long, env = "CDC_GATEWAY_CLIENT_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_rate_limit: u32,
 
     /// Burst of client messages allowed above the rate.
-    #[arg(long, env = "CDC_GATEWAY_CLIENT_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(global = true, long, env = "CDC_GATEWAY_CLIENT_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_rate_burst: u32,
 
     /// Allowed `Origin` header values, comma-separated; empty allows any.
-    #[arg(long, env = "CDC_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
 
     /// On shutdown, /readyz reports 503 this long before the listener closes.
-    #[arg(long, env = "CDC_GATEWAY_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
     /// Bound on closing connections and committing offsets at shutdown.
-    #[arg(long, env = "CDC_GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Interval of librdkafka statistics (consumer lag, broker state).
-    #[arg(long, env = "CDC_GATEWAY_STATS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_STATS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
     /// Log output format.
-    #[arg(long, env = "CDC_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(global = true, long, env = "CDC_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter, e.g. `info` or `info,cdc_gateway=debug`.
-    #[arg(long, env = "CDC_GATEWAY_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 }
 

@@ -72,6 +72,10 @@ impl ConsumerContext for GatewayContext {
                     })
                     .unwrap_or_default();
                 tracing::info!(?partitions, "partition assignment changed");
+                if matches!(rebalance, Rebalance::Assign(_)) {
+                    // An assignment comes from the group coordinator: the cluster is reachable.
+                    self.health.set_kafka_connected(true);
+                }
                 self.health.set_assignment(partitions);
             }
             Rebalance::Error(e) => tracing::warn!("rebalance failed: {e}"),

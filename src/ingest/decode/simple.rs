@@ -27,7 +27,8 @@ pub(super) fn decode(
         None => return Err(DecodeError::MissingField("operation")),
     };
     let entity_id = match object.get("entity_id") {
-        None | Some(Value::Null) if operation == Operation::Truncate => None,
+        // A truncate concerns the whole entity: it has no row, whatever the producer sent.
+        _ if operation == Operation::Truncate => None,
         None | Some(Value::Null) => return Err(DecodeError::MissingField("entity_id")),
         Some(id) => Some(id_of(id)?),
     };

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages the build needs (librdkafka is compiled from source by
+# rdkafka-sys: a C toolchain, make, pkg-config, OpenSSL and zlib headers). Debian/Ubuntu only;
+# does nothing when everything is present.
+set -euo pipefail
+needed=(build-essential pkg-config libssl-dev zlib1g-dev perl)
+missing=()
+for package in "${needed[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi

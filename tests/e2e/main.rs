@@ -1,0 +1,10 @@
+//! End-to-end tests: the gateway binary against a real tansu broker, driven by an rdkafka
+//! producer and tokio-tungstenite clients. One test binary, so the suite links once.
+
+mod backpressure;
+mod cli;
+mod http;
+mod ingest;
+mod schemas;
+mod session;
+mod support;

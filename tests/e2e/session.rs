@@ -1,0 +1,471 @@
+//! Protocol section 3 and 4 through a real connection: actions, replies, every error code
+//! reachable without auth, heartbeats, close codes 1008, 1009, 4003, and filters end to end.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+async fn setup(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
+    let tansu = Tansu::start();
+    let topic = unique("cdc-events");
+    tansu.create_topic(&topic, 1).await;
+    let gateway = Gateway::start(&tansu.brokers(), &topic, extra).await;
+    let producer = tansu.producer();
+    (tansu, gateway, producer, topic)
+}
+
+fn order(id: &str, operation: &str, data: Value, before: Value) -> Value {
+    json!({"entity_type": "order", "entity_id": id, "operation": operation, "data": data, "before": before})
+}
+
+#[tokio::test]
+async fn every_error_code_without_auth_and_the_connection_stays_open() {
+    let (_tansu, gateway, _producer, _topic) = setup(&[
+        "--max-subscriptions",
+        "2",
+        "--client-rate-limit",
+        "1",
+        "--client-rate-burst",
+        "30",
+    ])
+    .await;
+    let mut client = Client::connect(&gateway).await;
+    let cases: Vec<(Message, &str, Value)> = vec![
+        (Message::text("not json"), "INVALID_MESSAGE", Value::Null),
+        (Message::text("[1, 2]"), "INVALID_MESSAGE", Value::Null),
+        (
+            Message::text(r#"{"id": 1, "topic": "cdc.order"}"#),
+            "INVALID_MESSAGE",
+            json!(1),
+        ),
+        (
+            Message::text(r#"{"id": 2, "action": "subscribe"}"#),
+            "INVALID_MESSAGE",
+            json!(2),
+        ),
+        (
+            Message::binary(b"{}".to_vec()),
+            "INVALID_MESSAGE",
+            Value::Null,
+        ),
+        (
+            Message::text(r#"{"id": "u", "action": "dance"}"#),
+            "UNKNOWN_ACTION",
+            json!("u"),
+        ),
+        (
+            Message::text(r#"{"id": 3, "action": "subscribe", "topic": "orders"}"#),
+            "INVALID_TOPIC",
+            json!(3),
+        ),
+        (
+            Message::text(
+                r#"{"id": 4, "action": "subscribe", "topic": "cdc.ord er", "filters": {}}"#,
+            ),
+            "INVALID_TOPIC",
+            json!(4),
+        ),
+        (
+            Message::text(
+                r#"{"id": 5, "action": "subscribe", "topic": "cdc.order", "filters": {"data.x": {"near": 1}}}"#,
+            ),
+            "INVALID_FILTER",
+            json!(5),
+        ),
+        (
+            Message::text(r#"{"id": 6, "action": "unsubscribe", "topic": "cdc.order"}"#),
+            "NOT_SUBSCRIBED",
+            json!(6),
+        ),
+    ];
+    for (message, code, id) in cases {
+        client.send_raw(message).await;
+        let reply = client.recv().await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], code, "{reply}");
+        assert_eq!(
+            reply.get("id").cloned().unwrap_or(Value::Null),
+            id,
+            "{reply}"
+        );
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    client.subscribe("cdc.a", json!({})).await;
+    client.subscribe("cdc.b", json!({})).await;
+    client
+        .subscribe("cdc.a", json!({"operation": "insert"}))
+        .await;
+    client
+        .send(json!({"action": "subscribe", "topic": "cdc.c", "id": 9}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["id"].as_i64()),
+        (Some("TOO_MANY_SUBSCRIPTIONS"), Some(9))
+    );
+    assert_eq!(
+        gateway
+            .metric(r#"cdc_gateway_error_replies_total{code="INVALID_MESSAGE"}"#)
+            .await,
+        5.0
+    );
+
+    for _ in 0..40 {
+        client.send(json!({"action": "ping"})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..40 {
+        let reply = client.recv().await;
+        if reply["code"] == "RATE_LIMITED" {
+            limited += 1;
+        } else {
+            assert_eq!(reply["type"], "pong");
+        }
+    }
+    assert!(
+        limited >= 20,
+        "a flood beyond the burst is rate limited ({limited} of 40)"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    client
+        .send(json!({"action": "ping", "timestamp": 1234, "id": "still-open"}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "pong", "timestamp": 1234, "id": "still-open"})
+    );
+}
+
+#[tokio::test]
+async fn acks_pings_and_resubscribe_replace_filters() {
+    let (_tansu, gateway, producer, topic) = setup(&[]).await;
+    let mut client = Client::connect(&gateway).await;
+    client
+        .send(json!({"action": "auth", "token": "ignored", "id": 1}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "ack", "action": "auth", "id": 1})
+    );
+    client.send(json!({"action": "subscribe", "topic": "cdc.order", "filters": {"operation": "insert"}, "id": "s1"})).await;
+    let ack = client.recv().await;
+    assert_eq!(
+        (
+            ack["action"].as_str(),
+            ack["topic"].as_str(),
+            ack["id"].as_str()
+        ),
+        (Some("subscribe"), Some("cdc.order"), Some("s1"))
+    );
+    assert!(ack["position"].is_object());
+
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order("1", "insert", json!({"v": 1}), Value::Null),
+        )
+        .await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order("1", "update", json!({"v": 2}), json!({"v": 1})),
+        )
+        .await;
+    assert_eq!(client.data().await["payload"]["operation"], "insert");
+
+    client.send(json!({"action": "subscribe", "topic": "cdc.order", "filters": {"operation": "update"}})).await;
+    let ack = client.recv().await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(
+        ack["position"],
+        json!({"0": 1}),
+        "position = highest dispatched offset per partition"
+    );
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order("2", "insert", json!({"v": 1}), Value::Null),
+        )
+        .await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order("2", "update", json!({"v": 2}), json!({"v": 1})),
+        )
+        .await;
+    let message = client.data().await;
+    assert_eq!(
+        (
+            message["payload"]["operation"].as_str(),
+            message["payload"]["entity_id"].as_str()
+        ),
+        (Some("update"), Some("2"))
+    );
+
+    client
+        .send(json!({"action": "unsubscribe", "topic": "cdc.order", "id": 3}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "ack", "action": "unsubscribe", "topic": "cdc.order", "id": 3})
+    );
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order("3", "update", json!({"v": 2}), Value::Null),
+        )
+        .await;
+    client.expect_silence(Duration::from_millis(500)).await;
+
+    client
+        .send_raw(Message::Ping(b"hello".to_vec().into()))
+        .await;
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Ok(Message::Pong(payload))) = client.ws.next().await {
+                return payload;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        &pong[..],
+        b"hello",
+        "RFC 6455 ping is answered with the same payload"
+    );
+    client.send(json!({"action": "ping", "id": 8})).await;
+    let pong = client.recv().await;
+    assert_eq!(pong["type"], "pong");
+    assert!(
+        pong["timestamp"].is_i64(),
+        "without a timestamp, the server's time"
+    );
+}
+
+#[tokio::test]
+async fn resume_and_snapshot_requests_are_answered_honestly() {
+    let (_tansu, gateway, _producer, _topic) = setup(&[]).await;
+    let mut client = Client::connect(&gateway).await;
+    client.send(json!({"action": "subscribe", "topic": "cdc.order.1", "since": {"0": 5}, "snapshot": true})).await;
+    let ack = client.recv().await;
+    assert_eq!(
+        ack["recovered"], false,
+        "no history yet: the client must reload"
+    );
+    assert_eq!(ack["snapshot"], json!({"rows": 0, "complete": false}));
+}
+
+#[tokio::test]
+async fn filters_end_to_end_including_row_paths_on_deletes() {
+    let (_tansu, gateway, producer, topic) = setup(&[]).await;
+    let mut tenant = Client::connect(&gateway).await;
+    let mut data_tenant = Client::connect(&gateway).await;
+    let mut big = Client::connect(&gateway).await;
+    tenant
+        .subscribe("cdc.order", json!({"row.tenant": "acme"}))
+        .await;
+    data_tenant
+        .subscribe("cdc.order", json!({"data.tenant": "acme"}))
+        .await;
+    big.subscribe(
+        "cdc.order",
+        json!({"operation": ["insert", "update"], "data.amount": {"gte": 100}, "data.region": {"in": ["eu", "us"]},
+               "before.status": {"ne": "cancelled"}, "data.coupon": {"exists": false}}),
+    )
+    .await;
+    let events = [
+        order(
+            "1",
+            "insert",
+            json!({"tenant": "acme", "amount": 150, "region": "eu"}),
+            Value::Null,
+        ),
+        order(
+            "2",
+            "insert",
+            json!({"tenant": "globex", "amount": 50, "region": "eu"}),
+            Value::Null,
+        ),
+        order(
+            "3",
+            "update",
+            json!({"tenant": "acme", "amount": 100, "region": "us"}),
+            json!({"status": "new"}),
+        ),
+        order(
+            "4",
+            "update",
+            json!({"tenant": "acme", "amount": 500, "region": "us"}),
+            json!({"status": "cancelled"}),
+        ),
+        order(
+            "5",
+            "insert",
+            json!({"tenant": "acme", "amount": "150", "region": "eu"}),
+            Value::Null,
+        ),
+        order(
+            "6",
+            "insert",
+            json!({"tenant": "acme", "amount": 150, "region": "eu", "coupon": "X"}),
+            Value::Null,
+        ),
+        order(
+            "1",
+            "delete",
+            Value::Null,
+            json!({"tenant": "acme", "amount": 150, "region": "eu"}),
+        ),
+    ];
+    for event in &events {
+        producer.send_json(&topic, None, event).await;
+    }
+    async fn ids(client: &mut Client, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let m = client.data().await;
+            out.push(format!(
+                "{}:{}",
+                m["payload"]["entity_id"].as_str().unwrap(),
+                m["payload"]["operation"].as_str().unwrap()
+            ));
+        }
+        client.expect_silence(Duration::from_millis(300)).await;
+        out
+    }
+    assert_eq!(
+        ids(&mut tenant, 6).await,
+        ["1:insert", "3:update", "4:update", "5:insert", "6:insert", "1:delete"],
+        "row.tenant keeps the delete"
+    );
+    assert_eq!(
+        ids(&mut data_tenant, 5).await,
+        ["1:insert", "3:update", "4:update", "5:insert", "6:insert"],
+        "data.* never matches a delete"
+    );
+    assert_eq!(
+        ids(&mut big, 2).await,
+        ["1:insert", "3:update"],
+        "number compare, in, ne (missing before satisfies it), mixed types never match, exists:false"
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_close_with_1009() {
+    let (_tansu, gateway, _producer, _topic) = setup(&["--max-message-size", "1024"]).await;
+    let mut client = Client::connect(&gateway).await;
+    client
+        .send(json!({"action": "ping", "pad": "x".repeat(900)}))
+        .await;
+    assert_eq!(
+        client.recv().await["type"],
+        "pong",
+        "just under the limit is fine"
+    );
+    client
+        .send(json!({"action": "ping", "pad": "x".repeat(2000)}))
+        .await;
+    assert_eq!(client.closed().await.0, 1009);
+    assert_eq!(
+        gateway
+            .metric(r#"cdc_gateway_connections_closed_total{code="1009"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn silent_clients_close_with_4003_and_heartbeats_flow() {
+    let (_tansu, gateway, _producer, _topic) = setup(&[
+        "--idle-timeout",
+        "1500ms",
+        "--ping-interval",
+        "300ms",
+        "--app-ping-interval",
+        "200ms",
+    ])
+    .await;
+
+    // A client that answers pings (tungstenite does while reading) stays.
+    let mut live = Client::connect(&gateway).await;
+    let mut app_pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout_at(deadline, live.ws.next()).await
+        {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["type"], "ping");
+            assert!(value["timestamp"].is_i64());
+            app_pings += 1;
+            live.send(json!({"action": "pong"})).await;
+        }
+    }
+    assert!(
+        app_pings >= 5,
+        "application heartbeats arrive ({app_pings})"
+    );
+
+    // A client that reads nothing (so answers no ping) is closed after the idle timeout.
+    let mut silent = Client::connect(&gateway).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(silent.closed().await, (4003, "idle timeout".to_string()));
+    live.send(json!({"action": "ping", "id": 1})).await;
+    assert_eq!(
+        live.recv().await["type"],
+        "pong",
+        "the responsive client is still open"
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_and_origin_policy_close_with_1008() {
+    let (_tansu, gateway, _producer, _topic) = setup(&[
+        "--max-connections",
+        "1",
+        "--allowed-origins",
+        "https://dash.example",
+    ])
+    .await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = gateway.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://dash.example".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut first = Client { ws };
+    first.send(json!({"action": "ping", "id": 1})).await;
+    assert_eq!(first.recv().await["type"], "pong");
+
+    let mut request = gateway.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://dash.example".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        Client { ws }.closed().await,
+        (1008, "too many connections".to_string())
+    );
+
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut request = gateway.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        Client { ws }.closed().await,
+        (1008, "origin not allowed".to_string())
+    );
+}

@@ -1,0 +1,517 @@
+//! Real parts for end-to-end tests: a tansu broker on a free loopback port, the gateway binary
+//! as a child process, an rdkafka producer, and a tokio-tungstenite WebSocket client (an
+//! implementation independent of the server's). Every process is killed when its handle drops.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("cdc-gateway-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tansu broker with in-memory storage.
+pub struct Tansu {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn binary() -> PathBuf {
+        if let Ok(path) = std::env::var("CDC_GATEWAY_TANSU") {
+            return PathBuf::from(path);
+        }
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let path = PathBuf::from(home).join(".cache/cdc-gateway/tansu/bin/tansu");
+        assert!(
+            path.exists(),
+            "tansu is not installed: run scripts/install-tansu.sh (or scripts/test.sh)"
+        );
+        path
+    }
+
+    pub fn start() -> Self {
+        let mut tansu = Tansu {
+            port: free_port(),
+            child: None,
+        };
+        tansu.restart();
+        tansu
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts (again) on the same port. Memory storage starts empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log =
+            std::fs::File::create(log_dir().join(format!("tansu-{}.log", self.port))).unwrap();
+        let child = Command::new(Self::binary())
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, WAIT),
+            "tansu did not open port {}",
+            self.port
+        );
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()
+            .unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .expect("create_topics");
+        for result in results {
+            if let Err((topic, code)) = result {
+                assert_eq!(
+                    code,
+                    rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    "creating {topic}"
+                );
+            }
+        }
+    }
+
+    pub fn producer(&self) -> Producer {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("message.timeout.ms", "10000")
+            .set("linger.ms", "5")
+            .set("max.in.flight.requests.per.connection", "1")
+            .create()
+            .unwrap();
+        Producer { producer }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Producer {
+    producer: FutureProducer,
+}
+
+impl Producer {
+    pub async fn send(&self, topic: &str, key: Option<&str>, value: Option<&str>) {
+        self.send_to(topic, None, key, value).await
+    }
+
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&str>,
+        value: Option<&str>,
+    ) {
+        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    /// Produces many records at once (in order: one partition, no retries) and waits for all.
+    pub async fn send_many(&self, topic: &str, values: &[String]) {
+        let sends = values.iter().map(|value| {
+            let record: FutureRecord<'_, str, str> =
+                FutureRecord::to(topic).payload(value.as_str());
+            self.producer.send(record, Duration::from_secs(30))
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).expect("produce");
+        }
+    }
+
+    pub async fn send_json(&self, topic: &str, key: Option<&str>, value: &Value) {
+        self.send(topic, key, Some(&value.to_string())).await
+    }
+
+    pub async fn consume_all(
+        &self,
+        brokers: &str,
+        topic: &str,
+        expected: usize,
+    ) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        while out.len() < expected {
+            let message = tokio::time::timeout(WAIT, consumer.recv())
+                .await
+                .expect("record within the wait")
+                .unwrap();
+            out.push(message.detach());
+        }
+        out
+    }
+}
+
+/// The gateway binary, started with the given flags.
+pub struct Gateway {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn spawn(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = log_dir().join(format!("gateway-{port}.log"));
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-gateway"));
+        if !extra.contains(&"--group-id") {
+            command.args(["--group-id", &format!("gw-test-{port}")]);
+        }
+        let child = command
+            .args([
+                "--brokers",
+                brokers,
+                "--source-topics",
+                source_topic,
+                "--listen",
+                &listen,
+            ])
+            .args([
+                "--auto-offset-reset",
+                "earliest",
+                "--stats-interval",
+                "1s",
+                "--log-level",
+                "info,cdc_gateway=debug",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("gateway starts");
+        Gateway {
+            port,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Spawns and waits until /readyz answers 200.
+    pub async fn start(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
+        let gateway = Self::spawn(brokers, source_topic, extra);
+        gateway.wait_ready(true).await;
+        gateway
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub async fn wait_ready(&self, ready: bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let want = if ready { 200 } else { 503 };
+        loop {
+            if let Ok((status, _)) = http_get(self.addr(), "/readyz").await {
+                if status == want {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz never answered {want}; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.addr(), "/metrics").await.expect("metrics").1
+    }
+
+    /// The value of one series, e.g. `cdc_gateway_drops_total{reason="queue_full"}`; 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill")
+            .args(["-s", signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits for the process to exit; returns its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not exit within {within:?}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- gateway log ({}) ---\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|value| value.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+    .await
+    .unwrap()
+}
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking the gateway protocol.
+pub struct Client {
+    pub ws: WsStream,
+}
+
+impl Client {
+    pub async fn connect(gateway: &Gateway) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(gateway.ws_url())
+            .await
+            .expect("WebSocket connects");
+        Client { ws }
+    }
+
+    /// A client with a tiny socket receive buffer: when it stops reading, the gateway's
+    /// queue for it fills quickly instead of the kernel buffering megabytes.
+    pub async fn connect_small_buffer(gateway: &Gateway) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(gateway.addr()).await.unwrap();
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (ws, _) = tokio_tungstenite::client_async(gateway.ws_url(), stream)
+            .await
+            .expect("WebSocket connects");
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next JSON message, skipping server heartbeats. Panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(WAIT)
+            .await
+            .expect("a message within the wait")
+    }
+
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).expect("server sends JSON");
+                    if value["type"] != "ping" {
+                        return Some(value);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => panic!("connection closed: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("read error: {e}"),
+                None => panic!("stream ended"),
+            }
+        }
+    }
+
+    /// The next `data` message (acks and errors in between are not expected).
+    pub async fn data(&mut self) -> Value {
+        let message = self.recv().await;
+        assert_eq!(message["type"], "data", "expected data, got {message}");
+        message
+    }
+
+    pub async fn subscribe(&mut self, topic: &str, filters: Value) -> Value {
+        self.send(serde_json::json!({"action": "subscribe", "topic": topic, "filters": filters}))
+            .await;
+        let ack = self.recv().await;
+        assert_eq!(ack["type"], "ack", "subscribe {topic}: {ack}");
+        ack
+    }
+
+    /// Asserts nothing but heartbeats arrives for `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        if let Some(message) = self.recv_within(within).await {
+            panic!("expected no message, got {message}");
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("close within the wait")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// A unique topic name for one test.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), free_port())
+}
