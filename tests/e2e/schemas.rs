@@ -63,7 +63,7 @@ async fn real_messages_match_the_schemas() {
     let mut client = Client::connect(&gateway).await;
     let requests = [
         json!({"action": "auth", "token": "t", "id": 1}),
-        json!({"action": "subscribe", "topic": "cdc.order", "filters": {"data.amount": {"gte": 1}, "operation": ["insert", "update", "delete"]}, "id": "a"}),
+        json!({"action": "subscribe", "topic": "cdc.order", "filters": {"row.amount": {"gte": 1}, "operation": ["insert", "update", "delete"]}, "id": "a"}),
         json!({"action": "subscribe", "topic": "cdc.order.7", "since": {"0": 3}, "snapshot": true}),
         json!({"action": "subscribe", "topic": "bad"}),
         json!({"action": "unsubscribe", "topic": "cdc.order.7", "id": 2}),
