@@ -224,7 +224,7 @@ impl FanOut {
 
 /// `{"type":"data","topic":..,"payload":..,"partition":..,"offset":..,"timestamp":..}`, built
 /// around the payload bytes serialized once per event.
-fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> Bytes {
+pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> Bytes {
     let sent_at = crate::clock::now_rfc3339();
     let mut out = Vec::with_capacity(payload.len() + topic.len() + sent_at.len() + 96);
     out.extend_from_slice(br#"{"type":"data","topic":"#);
@@ -335,7 +335,7 @@ mod tests {
                 .get(),
             1
         );
-        assert_eq!(rx.recv().await.map(|m| m.len() > 0), Some(true));
+        assert!(rx.recv().await.is_some_and(|m| !m.is_empty()));
     }
 
     #[tokio::test(start_paused = true)]
