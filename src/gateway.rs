@@ -79,6 +79,7 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
         config.slow_client_grace,
     );
     let ingest = Ingest::new(&config, fanout, Arc::clone(&health), Arc::clone(&metrics))?;
+    raise_open_file_limit(config.max_connections);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
@@ -124,4 +125,41 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Each connection is a file descriptor: lift the soft limit to the hard one (as most servers
+/// do) and say so when even that cannot hold `--max-connections`.
+fn raise_open_file_limit(max_connections: u32) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+        let limit = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+            limit.rlim_cur
+        };
+        // Kafka sockets, the listener and a margin besides the connections.
+        let needed = u64::from(max_connections) + 256;
+        if (limit as u64) < needed {
+            tracing::warn!(
+                open_file_limit = limit,
+                max_connections,
+                "the open-file limit cannot hold --max-connections; connections beyond it will fail to be accepted"
+            );
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod backpressure;
 mod cli;
+mod deploy;
 mod http;
 mod ingest;
 mod schemas;

@@ -404,7 +404,9 @@ async fn silent_clients_close_with_4003_and_heartbeats_flow() {
     let mut app_pings = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < deadline {
-        if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout_at(deadline, live.ws.next()).await {
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout_at(deadline, live.ws.next()).await
+        {
             let value: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(value["type"], "ping");
             assert!(value["timestamp"].is_i64());
@@ -412,7 +414,10 @@ async fn silent_clients_close_with_4003_and_heartbeats_flow() {
             live.send(json!({"action": "pong"})).await;
         }
     }
-    assert!(app_pings >= 5, "application heartbeats arrive ({app_pings})");
+    assert!(
+        app_pings >= 5,
+        "application heartbeats arrive ({app_pings})"
+    );
     assert_eq!(silent.closed().await, (4003, "idle timeout".to_string()));
     live.send(json!({"action": "ping", "id": 1})).await;
     assert_eq!(

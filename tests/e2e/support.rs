@@ -235,13 +235,12 @@ pub struct Gateway {
 impl Gateway {
     pub fn spawn(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
         let port = free_port();
-        let log = log_dir().join(format!("gateway-{port}.log"));
         let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-gateway"));
         if !extra.contains(&"--group-id") {
             command.args(["--group-id", &format!("gw-test-{port}")]);
         }
-        let child = command
+        command
             .args([
                 "--brokers",
                 brokers,
@@ -258,7 +257,30 @@ impl Gateway {
                 "--log-level",
                 "info,cdc_gateway=debug",
             ])
-            .args(extra)
+            .args(extra);
+        Self::launch(command, port)
+    }
+
+    /// Spawns the binary configured by `CDC_GATEWAY_*` variables alone, as a container would
+    /// run it: no flags, none of the test's own `CDC_GATEWAY_*` variables, and
+    /// `CDC_GATEWAY_LISTEN` replaced by a free loopback port.
+    pub fn spawn_with_env(vars: &[(String, String)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-gateway"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CDC_GATEWAY_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .envs(vars.iter().map(|(name, value)| (name, value)))
+            .env("CDC_GATEWAY_LISTEN", format!("127.0.0.1:{port}"));
+        Self::launch(command, port)
+    }
+
+    fn launch(mut command: Command, port: u16) -> Self {
+        let log = log_dir().join(format!("gateway-{port}.log"));
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

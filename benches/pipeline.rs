@@ -1,0 +1,218 @@
+//! Criterion benches of each per-event stage: decode (both envelopes), filter matching, index
+//! lookup plus fan-out enqueue to 10,000 subscribers, and serialization. Figures and the
+//! command that reproduces them are in BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+
+use cdc_gateway::config::{InputFormat, SlowClientPolicy};
+use cdc_gateway::event::{ChangeEvent, Operation, SourcePosition};
+use cdc_gateway::fanout::{data_message, DispatchedPositions, FanOut, Outbound};
+use cdc_gateway::index::{Filter, TopicIndex};
+use cdc_gateway::ingest::decode::{Decoded, Decoder, RawRecord};
+use cdc_gateway::metrics::Metrics;
+
+fn decode(c: &mut Criterion) {
+    let decoder = Decoder::new(
+        InputFormat::Auto,
+        HashMap::from([("orders".into(), "order".into())]),
+    );
+    let simple = json!({"entity_type": "order", "entity_id": "42", "operation": "update",
+               "data": {"id": 42, "status": "shipped", "amount": 150.5, "customer": {"id": 7, "country": "NZ"}},
+               "before": {"id": 42, "status": "paid", "amount": 150.5, "customer": {"id": 7, "country": "NZ"}},
+               "timestamp": "2026-11-22T10:00:00Z"})
+    .to_string()
+    .into_bytes();
+    let debezium = json!({"before": {"id": 42, "status": "paid", "amount": 150.5},
+                          "after": {"id": 42, "status": "shipped", "amount": 150.5},
+                          "source": {"version": "2.7.0", "connector": "postgresql", "name": "shop", "ts_ms": 1_763_805_600_000_i64,
+                                     "db": "shop", "schema": "public", "table": "orders", "txId": 1234, "lsn": 56789},
+                          "op": "u", "ts_ms": 1_763_805_600_123_i64});
+    let wrapped = json!({"schema": {"type": "struct", "fields": [], "name": "shop.public.orders.Envelope"}, "payload": debezium.clone()});
+    let (debezium, wrapped) = (
+        debezium.to_string().into_bytes(),
+        wrapped.to_string().into_bytes(),
+    );
+    let position = SourcePosition {
+        partition: 0,
+        offset: 1,
+    };
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(1));
+    for (name, value, key) in [
+        ("simple", &simple, None),
+        ("debezium", &debezium, Some(&br#"{"id": 42}"#[..])),
+        (
+            "debezium_wrapped",
+            &wrapped,
+            Some(&br#"{"schema": {"type": "struct"}, "payload": {"id": 42}}"#[..]),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let raw = RawRecord {
+                    key,
+                    value: Some(value),
+                    position,
+                    timestamp_ms: Some(1),
+                };
+                match decoder.decode(&raw).unwrap() {
+                    Decoded::Event(event) => event,
+                    Decoded::Tombstone => unreachable!(),
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn event(id: u32) -> ChangeEvent {
+    ChangeEvent {
+        entity_type: "order".into(),
+        entity_id: Some(id.to_string()),
+        operation: Operation::Update,
+        data: Some(
+            json!({"id": id, "status": "shipped", "amount": 150, "region": "eu", "bucket": id % 100}),
+        ),
+        before: Some(json!({"id": id, "status": "paid", "amount": 150, "region": "eu"})),
+        timestamp: "2026-11-22T10:00:00Z".into(),
+        position: SourcePosition {
+            partition: 0,
+            offset: i64::from(id),
+        },
+        kafka_timestamp_ms: None,
+    }
+}
+
+fn filters(c: &mut Criterion) {
+    let filter = Filter::compile(Some(&json!({
+        "operation": "update", "data.bucket": {"lt": 10}, "data.region": {"in": ["eu", "us"]}
+    })))
+    .unwrap();
+    let (hit, miss) = (event(5), event(50));
+    let mut group = c.benchmark_group("filter");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("three_predicates_match", |b| {
+        b.iter(|| filter.matches(&hit))
+    });
+    group.bench_function("three_predicates_miss", |b| {
+        b.iter(|| filter.matches(&miss))
+    });
+    group.bench_function("compile", |b| {
+        let spec = json!({"operation": "update", "data.bucket": {"lt": 10}, "data.region": {"in": ["eu", "us"]}});
+        b.iter(|| Filter::compile(Some(&spec)).unwrap())
+    });
+    group.finish();
+}
+
+fn serialize(c: &mut Criterion) {
+    let e = event(42);
+    let payload = e.payload_json();
+    let mut group = c.benchmark_group("serialize");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("payload", |b| b.iter(|| e.payload_json()));
+    group.bench_function("data_message", |b| {
+        b.iter(|| data_message("cdc.order.42", &payload, e.position))
+    });
+    group.finish();
+}
+
+/// One event dispatched to `subscribers` connections on its entity topic: index lookup,
+/// filter, one serialization, and one enqueue per subscriber. Queues are drained between
+/// iterations, outside the measured time.
+fn fanout(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("fanout");
+    for (subscribers, filtered) in [(10_000usize, false), (10_000, true)] {
+        let index = Arc::new(TopicIndex::new());
+        let metrics = Arc::new(Metrics::new());
+        let engine = FanOut::new(
+            Arc::clone(&index),
+            metrics,
+            Arc::new(DispatchedPositions::default()),
+            SlowClientPolicy::Close,
+            Duration::from_secs(5),
+        );
+        let filter = if filtered {
+            Filter::compile(Some(&json!({"operation": "update", "data.bucket": {"lt": 10}, "data.region": {"in": ["eu", "us"]}})))
+                .unwrap()
+        } else {
+            Filter::default()
+        };
+        let filter = Arc::new(filter);
+        let mut receivers = Vec::with_capacity(subscribers);
+        for id in 0..subscribers as u64 {
+            let (outbound, receiver) = Outbound::new(id, 64);
+            index.subscribe("cdc.order", &outbound, Arc::clone(&filter));
+            receivers.push(receiver);
+        }
+        let name = if filtered {
+            "dispatch_10k_subscribers_3_predicates"
+        } else {
+            "dispatch_10k_subscribers"
+        };
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let e = event(i as u32 % 100);
+                    let started = Instant::now();
+                    runtime.block_on(engine.dispatch(&e));
+                    total += started.elapsed();
+                    for receiver in &mut receivers {
+                        while receiver.try_recv().is_ok() {}
+                    }
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+fn index(c: &mut Criterion) {
+    let index = TopicIndex::new();
+    let mut keep = Vec::new();
+    for id in 0..10_000u64 {
+        let (outbound, receiver) = Outbound::new(id, 4);
+        index.subscribe(
+            &format!("cdc.order.{id}"),
+            &outbound,
+            Arc::new(Filter::default()),
+        );
+        keep.push(receiver);
+    }
+    let mut group = c.benchmark_group("index");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("lookup_among_10k_row_topics", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i = (i + 7919) % 10_000;
+            index
+                .subscribers(&format!("cdc.order.{i}"))
+                .map(|s| s.len())
+        })
+    });
+    group.bench_function("subscribe_unsubscribe", |b| {
+        b.iter_batched(
+            || Outbound::new(u64::MAX, 4),
+            |(outbound, _receiver)| {
+                index.subscribe("cdc.order.hot", &outbound, Arc::new(Filter::default()));
+                index.unsubscribe("cdc.order.hot", u64::MAX)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, filters, serialize, fanout, index);
+criterion_main!(benches);
