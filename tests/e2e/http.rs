@@ -150,7 +150,10 @@ async fn readiness_follows_the_broker() {
     let mut tansu = Tansu::start();
     let topic = unique("cdc-events");
     tansu.create_topic(&topic, 1).await;
-    let gateway = Gateway::start(&tansu.brokers(), &topic, &[]).await;
+    // The broker comes back on a second bootstrap address (see Tansu::restart_on).
+    let second_port = free_port();
+    let brokers = format!("{},127.0.0.1:{second_port}", tansu.brokers());
+    let gateway = Gateway::start(&brokers, &topic, &[]).await;
     let mut client = Client::connect(&gateway).await;
     client.subscribe("cdc.order", json!({})).await;
 
@@ -168,7 +171,7 @@ async fn readiness_follows_the_broker() {
     );
     assert_eq!(gateway.metric("cdc_gateway_ready").await, 0.0);
 
-    tansu.restart();
+    tansu.restart_on(second_port);
     tansu.create_topic(&topic, 1).await;
     gateway.wait_ready(true).await;
     client.send(json!({"action": "ping", "id": 1})).await;

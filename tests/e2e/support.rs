@@ -83,7 +83,16 @@ impl Tansu {
         }
     }
 
-    /// Starts (again) on the same port. Memory storage starts empty.
+    /// Starts a fresh broker on another port (memory storage starts empty). The old port
+    /// cannot be reused at once: tansu binds without SO_REUSEADDR and the killed broker's
+    /// sockets sit in TIME_WAIT.
+    pub fn restart_on(&mut self, port: u16) {
+        self.stop();
+        self.port = port;
+        self.restart();
+    }
+
+    /// Starts (again) on the current port. Memory storage starts empty.
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
