@@ -150,10 +150,15 @@ async fn readiness_follows_the_broker() {
     let mut tansu = Tansu::start();
     let topic = unique("cdc-events");
     tansu.create_topic(&topic, 1).await;
-    // The broker comes back on a second bootstrap address (see Tansu::restart_on).
+    // The broker comes back on a second bootstrap address (see Tansu::restart_on); librdkafka
+    // goes back to the bootstrap list once every known broker has been down this long.
     let second_port = free_port();
     let brokers = format!("{},127.0.0.1:{second_port}", tansu.brokers());
-    let gateway = Gateway::start(&brokers, &topic, &[]).await;
+    let rebootstrap = [
+        "--kafka-property",
+        "metadata.recovery.rebootstrap.trigger.ms=1000",
+    ];
+    let gateway = Gateway::start(&brokers, &topic, &rebootstrap).await;
     let mut client = Client::connect(&gateway).await;
     client.subscribe("cdc.order", json!({})).await;
 

@@ -182,10 +182,11 @@ async fn acks_pings_and_resubscribe_replace_filters() {
     client.send(json!({"action": "subscribe", "topic": "cdc.order", "filters": {"operation": "update"}})).await;
     let ack = client.recv().await;
     assert_eq!(ack["type"], "ack");
-    assert_eq!(
-        ack["position"],
-        json!({"0": 1}),
-        "position = highest dispatched offset per partition"
+    // The insert (offset 0) was delivered, so it was dispatched; the update (offset 1) may be.
+    let position = ack["position"]["0"].as_i64();
+    assert!(
+        matches!(position, Some(0 | 1)),
+        "position = highest dispatched offset per partition: {ack}"
     );
     producer
         .send_json(
