@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CDC_GATEWAY_TANSU="$(bash scripts/install-tansu.sh)"
 export CDC_GATEWAY_TANSU
-cargo test --workspace --all-targets --locked -- --test-threads="${CDC_GATEWAY_TEST_THREADS:-4}"
+cargo test --workspace --lib --bins --tests --locked -- --test-threads="${CDC_GATEWAY_TEST_THREADS:-4}"
+# Criterion benches in test mode: each bench body runs once (no timing).
+cargo test --workspace --benches --locked
 cargo run --locked -p cdc-gateway-bench -- --smoke --tansu-bin "$CDC_GATEWAY_TANSU"

@@ -31,10 +31,7 @@ async fn read_all(client: &mut Client, count: usize) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_ten_thousand_row_burst_reaches_every_reading_client_in_order() {
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    tansu.create_topic(&topic, 1).await;
-    let gateway = Gateway::start(&tansu.brokers(), &topic, &["--outbound-queue", "16"]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&["--outbound-queue", "16"]).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut client = Client::connect(&gateway).await;
@@ -42,7 +39,6 @@ async fn a_ten_thousand_row_burst_reaches_every_reading_client_in_order() {
         clients.push(client);
     }
     const BURST: usize = 10_000;
-    let producer = tansu.producer();
     let produce = async { producer.send_many(&topic, &events(BURST, 64)).await };
     let readers = futures_util::future::join_all(clients.iter_mut().map(|c| read_all(c, BURST)));
     let ((), received) = tokio::join!(produce, readers);
@@ -75,25 +71,15 @@ async fn a_ten_thousand_row_burst_reaches_every_reading_client_in_order() {
 
 #[tokio::test]
 async fn a_stalled_client_is_closed_with_4004_and_the_others_get_everything() {
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    tansu.create_topic(&topic, 1).await;
-    let gateway = Gateway::start(
-        &tansu.brokers(),
-        &topic,
-        &["--outbound-queue", "8", "--slow-client-grace", "1s"],
-    )
-    .await;
+    let (_tansu, gateway, producer, topic) =
+        start_stack(&["--outbound-queue", "8", "--slow-client-grace", "1s"]).await;
     let mut stalled = Client::connect_small_buffer(&gateway).await;
     stalled.subscribe("cdc.order", json!({})).await;
     let mut reader = Client::connect(&gateway).await;
     reader.subscribe("cdc.order", json!({})).await;
 
     const COUNT: usize = 3000;
-    tansu
-        .producer()
-        .send_many(&topic, &events(COUNT, 2048))
-        .await;
+    producer.send_many(&topic, &events(COUNT, 2048)).await;
     let seqs = read_all(&mut reader, COUNT).await;
     assert_eq!(seqs, (0..COUNT as u64).collect::<Vec<_>>());
 
@@ -115,9 +101,6 @@ async fn a_stalled_client_is_closed_with_4004_and_the_others_get_everything() {
 
 #[tokio::test]
 async fn the_drop_policy_skips_with_a_count_and_keeps_the_connection() {
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    tansu.create_topic(&topic, 1).await;
     let extra = [
         "--outbound-queue",
         "8",
@@ -126,17 +109,14 @@ async fn the_drop_policy_skips_with_a_count_and_keeps_the_connection() {
         "--slow-client-policy",
         "drop",
     ];
-    let gateway = Gateway::start(&tansu.brokers(), &topic, &extra).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&extra).await;
     let mut stalled = Client::connect_small_buffer(&gateway).await;
     stalled.subscribe("cdc.order", json!({})).await;
     let mut reader = Client::connect(&gateway).await;
     reader.subscribe("cdc.order", json!({})).await;
 
     const COUNT: usize = 3000;
-    tansu
-        .producer()
-        .send_many(&topic, &events(COUNT, 2048))
-        .await;
+    producer.send_many(&topic, &events(COUNT, 2048)).await;
     assert_eq!(read_all(&mut reader, COUNT).await.len(), COUNT);
     let dropped = gateway
         .metric(r#"cdc_gateway_drops_total{reason="queue_full"}"#)

@@ -5,15 +5,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-async fn setup(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    tansu.create_topic(&topic, 1).await;
-    let gateway = Gateway::start(&tansu.brokers(), &topic, extra).await;
-    let producer = tansu.producer();
-    (tansu, gateway, producer, topic)
-}
-
 fn simple(id: &str, operation: &str, data: Value) -> Value {
     json!({"entity_type": "order", "entity_id": id, "operation": operation, "data": data,
            "before": null, "timestamp": "2026-11-22T10:00:00Z"})
@@ -26,7 +17,7 @@ fn debezium(op: &str, before: Value, after: Value) -> Value {
 
 #[tokio::test]
 async fn simple_envelope_every_operation_reaches_the_entity_topic() {
-    let (_tansu, gateway, producer, topic) = setup(&[]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
     let mut client = Client::connect(&gateway).await;
     client.subscribe("cdc.order", json!({})).await;
     for op in ["insert", "update", "delete", "snapshot"] {
@@ -61,7 +52,7 @@ async fn simple_envelope_every_operation_reaches_the_entity_topic() {
 
 #[tokio::test]
 async fn debezium_both_forms_ops_keys_and_renames() {
-    let (_tansu, gateway, producer, topic) = setup(&["--entity-map", "orders=order"]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&["--entity-map", "orders=order"]).await;
     let mut client = Client::connect(&gateway).await;
     client.subscribe("cdc.order", json!({})).await;
     let wrapped = |v: Value| json!({"schema": {"type": "struct", "optional": false}, "payload": v});
@@ -228,7 +219,7 @@ async fn bad_records_and_tombstones_are_skipped_counted_and_dead_lettered() {
 
 #[tokio::test]
 async fn row_topics_get_one_row_entity_topics_get_all() {
-    let (_tansu, gateway, producer, topic) = setup(&[]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
     let mut row = Client::connect(&gateway).await;
     let mut entity = Client::connect(&gateway).await;
     row.subscribe("cdc.order.1", json!({})).await;

@@ -9,22 +9,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
-async fn setup(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    tansu.create_topic(&topic, 1).await;
-    let gateway = Gateway::start(&tansu.brokers(), &topic, extra).await;
-    let producer = tansu.producer();
-    (tansu, gateway, producer, topic)
-}
-
 fn order(id: &str, operation: &str, data: Value, before: Value) -> Value {
     json!({"entity_type": "order", "entity_id": id, "operation": operation, "data": data, "before": before})
 }
 
 #[tokio::test]
 async fn every_error_code_without_auth_and_the_connection_stays_open() {
-    let (_tansu, gateway, _producer, _topic) = setup(&[
+    let (_tansu, gateway, _producer, _topic) = start_stack(&[
         "--max-subscriptions",
         "2",
         "--client-rate-limit",
@@ -142,7 +133,7 @@ async fn every_error_code_without_auth_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn acks_pings_and_resubscribe_replace_filters() {
-    let (_tansu, gateway, producer, topic) = setup(&[]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
     let mut client = Client::connect(&gateway).await;
     client
         .send(json!({"action": "auth", "token": "ignored", "id": 1}))
@@ -255,7 +246,7 @@ async fn acks_pings_and_resubscribe_replace_filters() {
 
 #[tokio::test]
 async fn resume_and_snapshot_requests_are_answered_honestly() {
-    let (_tansu, gateway, _producer, _topic) = setup(&[]).await;
+    let (_tansu, gateway, _producer, _topic) = start_stack(&[]).await;
     let mut client = Client::connect(&gateway).await;
     client.send(json!({"action": "subscribe", "topic": "cdc.order.1", "since": {"0": 5}, "snapshot": true})).await;
     let ack = client.recv().await;
@@ -268,7 +259,7 @@ async fn resume_and_snapshot_requests_are_answered_honestly() {
 
 #[tokio::test]
 async fn filters_end_to_end_including_row_paths_on_deletes() {
-    let (_tansu, gateway, producer, topic) = setup(&[]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
     let mut tenant = Client::connect(&gateway).await;
     let mut data_tenant = Client::connect(&gateway).await;
     let mut big = Client::connect(&gateway).await;
@@ -363,7 +354,7 @@ async fn filters_end_to_end_including_row_paths_on_deletes() {
 
 #[tokio::test]
 async fn oversized_messages_close_with_1009() {
-    let (_tansu, gateway, _producer, _topic) = setup(&["--max-message-size", "1024"]).await;
+    let (_tansu, gateway, _producer, _topic) = start_stack(&["--max-message-size", "1024"]).await;
     let mut client = Client::connect(&gateway).await;
     client
         .send(json!({"action": "ping", "pad": "x".repeat(900)}))
@@ -387,7 +378,7 @@ async fn oversized_messages_close_with_1009() {
 
 #[tokio::test]
 async fn silent_clients_close_with_4003_and_heartbeats_flow() {
-    let (_tansu, gateway, _producer, _topic) = setup(&[
+    let (_tansu, gateway, _producer, _topic) = start_stack(&[
         "--idle-timeout",
         "1500ms",
         "--ping-interval",
@@ -430,7 +421,7 @@ async fn silent_clients_close_with_4003_and_heartbeats_flow() {
 
 #[tokio::test]
 async fn connection_limit_and_origin_policy_close_with_1008() {
-    let (_tansu, gateway, _producer, _topic) = setup(&[
+    let (_tansu, gateway, _producer, _topic) = start_stack(&[
         "--max-connections",
         "1",
         "--allowed-origins",

@@ -542,6 +542,17 @@ impl Client {
     }
 }
 
+/// A fresh broker with a new single-partition source topic, a gateway reading it (ready),
+/// and a producer: what most end-to-end tests start from.
+pub async fn start_stack(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
+    let tansu = Tansu::start();
+    let topic = unique("cdc-events");
+    tansu.create_topic(&topic, 1).await;
+    let gateway = Gateway::start(&tansu.brokers(), &topic, extra).await;
+    let producer = tansu.producer();
+    (tansu, gateway, producer, topic)
+}
+
 /// A unique topic name for one test.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), free_port())
