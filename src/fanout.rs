@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowClientPolicy;
 use crate::event::{ChangeEvent, SourcePosition};
-use crate::index::TopicIndex;
+use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
 use crate::ws::close::CloseCode;
 
@@ -137,8 +137,20 @@ impl FanOut {
                 continue;
             };
             let mut message: Option<Bytes> = None;
+            // Subscribers of one topic with equal filters share one compiled filter (the index
+            // interns them), so each distinct filter is evaluated once per event.
+            let mut last: Option<(&Filter, bool)> = None;
             for subscriber in subscribers.iter() {
-                if !subscriber.filter.matches(event) {
+                let filter: &Filter = &subscriber.filter;
+                let matched = match last {
+                    Some((seen, matched)) if std::ptr::eq(seen, filter) => matched,
+                    _ => {
+                        let matched = subscriber.filter.matches(event);
+                        last = Some((filter, matched));
+                        matched
+                    }
+                };
+                if !matched {
                     continue;
                 }
                 let bytes = message
@@ -245,7 +257,6 @@ pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> By
 mod tests {
     use super::*;
     use crate::event::Operation;
-    use crate::index::Filter;
     use serde_json::{json, Value};
 
     fn event(id: &str, offset: i64) -> ChangeEvent {

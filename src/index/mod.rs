@@ -33,42 +33,40 @@ impl TopicIndex {
     }
 
     /// Adds the connection to the topic, or replaces its filter if it is already there.
-    /// Returns true when the subscription is new.
+    /// Returns true when the subscription is new. A filter equal to one already on the topic
+    /// is replaced by that one, and the list is kept grouped by filter, so fan-out evaluates
+    /// each distinct filter once per event.
     pub fn subscribe(&self, topic: &str, outbound: &Arc<Outbound>, filter: Arc<Filter>) -> bool {
-        let subscriber = Subscriber {
-            outbound: Arc::clone(outbound),
-            filter,
-        };
-        let mut entry = self
-            .topics
-            .entry(topic.into())
-            .or_insert_with(|| Arc::from(Vec::new()));
-        let mut list: Vec<Subscriber> = entry.iter().cloned().collect();
-        let is_new = match list.iter_mut().find(|s| s.outbound.id() == outbound.id()) {
-            Some(existing) => {
-                *existing = subscriber;
-                false
+        let mut entry = self.topics.entry(topic.into()).or_default();
+        let list = Arc::make_mut(&mut entry);
+        if let Some(at) = list.iter().position(|s| s.outbound.id() == outbound.id()) {
+            list.remove(at);
+            Self::insert_grouped(list, outbound, filter);
+            return false;
+        }
+        Self::insert_grouped(list, outbound, filter);
+        true
+    }
+
+    fn insert_grouped(list: &mut Vec<Subscriber>, outbound: &Arc<Outbound>, filter: Arc<Filter>) {
+        let outbound = Arc::clone(outbound);
+        match list.iter().rposition(|s| *s.filter == *filter) {
+            Some(at) => {
+                let filter = Arc::clone(&list[at].filter);
+                list.insert(at + 1, Subscriber { outbound, filter });
             }
-            None => {
-                list.push(subscriber);
-                true
-            }
-        };
-        *entry = Arc::from(list);
-        is_new
+            None => list.push(Subscriber { outbound, filter }),
+        }
     }
 
     /// Removes the connection from the topic; returns whether it was subscribed.
     pub fn unsubscribe(&self, topic: &str, connection_id: u64) -> bool {
         let mut removed = false;
         self.topics.remove_if_mut(topic, |_, list| {
-            let remaining: Vec<Subscriber> = list
-                .iter()
-                .filter(|s| s.outbound.id() != connection_id)
-                .cloned()
-                .collect();
-            removed = remaining.len() != list.len();
-            *list = Arc::from(remaining);
+            if let Some(at) = list.iter().position(|s| s.outbound.id() == connection_id) {
+                Arc::make_mut(list).remove(at);
+                removed = true;
+            }
             list.is_empty()
         });
         removed
@@ -118,5 +116,26 @@ mod tests {
         assert!(index.unsubscribe("cdc.order", 2));
         assert_eq!(index.topic_count(), 0, "empty topics are removed");
         assert!(index.subscribers("cdc.order").is_none());
+    }
+
+    #[test]
+    fn equal_filters_are_shared_and_grouped() {
+        let index = TopicIndex::new();
+        let inserts = || {
+            Arc::new(Filter::compile(Some(&serde_json::json!({"operation": "insert"}))).unwrap())
+        };
+        let (a, _ra) = Outbound::new(1, 8);
+        let (b, _rb) = Outbound::new(2, 8);
+        let (c, _rc) = Outbound::new(3, 8);
+        index.subscribe("cdc.order", &a, inserts());
+        index.subscribe("cdc.order", &b, Arc::new(Filter::default()));
+        index.subscribe("cdc.order", &c, inserts());
+        let subs = index.subscribers("cdc.order").unwrap();
+        let ids: Vec<u64> = subs.iter().map(|s| s.outbound.id()).collect();
+        assert_eq!(ids, vec![1, 3, 2], "equal filters sit next to each other");
+        assert!(
+            Arc::ptr_eq(&subs[0].filter, &subs[1].filter),
+            "and share one compiled filter"
+        );
     }
 }
