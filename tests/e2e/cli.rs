@@ -108,12 +108,21 @@ fn an_unusable_listen_address_is_a_startup_error() {
 async fn the_demo_shows_live_events_without_kafka() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["demo", "--events-per-second", "50", "--listen", &listen])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends.
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _demo = Demo(child);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = tokio::time::Instant::now() + WAIT;
     while http_get(addr, "/readyz").await.map(|r| r.0).ok() != Some(200) {
@@ -131,18 +140,26 @@ async fn the_demo_shows_live_events_without_kafka() {
         .await
         .unwrap();
     let mut client = Client { ws };
-    client.subscribe("cdc.order", json!({})).await;
-    client.subscribe("cdc.customer", json!({})).await;
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < 2 {
-        let message = client.data().await;
-        seen.insert(
-            message["payload"]["entity_type"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+    // Events flow all the time, so data of the first subscription may precede the second ack.
+    for topic in ["cdc.order", "cdc.customer"] {
+        client
+            .send(json!({"action": "subscribe", "topic": topic}))
+            .await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    let (mut acks, mut seen) = (0, std::collections::HashSet::new());
+    while acks < 2 || seen.len() < 2 {
+        let message = client.recv().await;
+        match message["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("data") => {
+                seen.insert(
+                    message["payload"]["entity_type"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
 }

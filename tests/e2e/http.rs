@@ -147,22 +147,16 @@ async fn metrics_move_with_traffic() {
 
 #[tokio::test]
 async fn readiness_follows_the_broker() {
-    let mut tansu = Tansu::start();
+    let relay_port = free_port();
+    let tansu = Tansu::start_advertising(free_port(), relay_port);
+    let mut relay = Relay::start(relay_port, tansu.port);
     let topic = unique("cdc-events");
     tansu.create_topic(&topic, 1).await;
-    // The broker comes back on a second bootstrap address (see Tansu::restart_on); librdkafka
-    // goes back to the bootstrap list once every known broker has been down this long.
-    let second_port = free_port();
-    let brokers = format!("{},127.0.0.1:{second_port}", tansu.brokers());
-    let rebootstrap = [
-        "--kafka-property",
-        "metadata.recovery.rebootstrap.trigger.ms=1000",
-    ];
-    let gateway = Gateway::start(&brokers, &topic, &rebootstrap).await;
+    let gateway = Gateway::start(&tansu.brokers(), &topic, &[]).await;
     let mut client = Client::connect(&gateway).await;
     client.subscribe("cdc.order", json!({})).await;
 
-    tansu.stop();
+    relay.cut();
     gateway.wait_ready(false).await;
     let (status, body) = get_json(&gateway, "/readyz").await;
     assert_eq!(
@@ -176,8 +170,7 @@ async fn readiness_follows_the_broker() {
     );
     assert_eq!(gateway.metric("cdc_gateway_ready").await, 0.0);
 
-    tansu.restart_on(second_port);
-    tansu.create_topic(&topic, 1).await;
+    relay.restore();
     gateway.wait_ready(true).await;
     client.send(json!({"action": "ping", "id": 1})).await;
     assert_eq!(

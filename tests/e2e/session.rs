@@ -193,7 +193,13 @@ async fn acks_pings_and_resubscribe_replace_filters() {
             &order("2", "update", json!({"v": 2}), json!({"v": 1})),
         )
         .await;
-    let message = client.data().await;
+    // The update of row 1 may have been dispatched after the filter changed; then it comes
+    // first. The insert of row 2 must not come at all.
+    let mut message = client.data().await;
+    if message["payload"]["entity_id"] == "1" {
+        assert_eq!(message["payload"]["operation"], "update");
+        message = client.data().await;
+    }
     assert_eq!(
         (
             message["payload"]["operation"].as_str(),

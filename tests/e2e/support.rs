@@ -46,6 +46,8 @@ fn log_dir() -> PathBuf {
 /// A tansu broker with in-memory storage.
 pub struct Tansu {
     pub port: u16,
+    /// The port clients are told to use (a [`Relay`]'s, or `port` itself).
+    advertised: u16,
     child: Option<Child>,
 }
 
@@ -64,8 +66,15 @@ impl Tansu {
     }
 
     pub fn start() -> Self {
+        let port = free_port();
+        Self::start_advertising(port, port)
+    }
+
+    /// A broker that tells clients to reach it on `advertised` (where a [`Relay`] listens).
+    pub fn start_advertising(port: u16, advertised: u16) -> Self {
         let mut tansu = Tansu {
-            port: free_port(),
+            port,
+            advertised,
             child: None,
         };
         tansu.restart();
@@ -73,7 +82,7 @@ impl Tansu {
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     pub fn stop(&mut self) {
@@ -83,19 +92,11 @@ impl Tansu {
         }
     }
 
-    /// Starts a fresh broker on another port (memory storage starts empty). The old port
-    /// cannot be reused at once: tansu binds without SO_REUSEADDR and the killed broker's
-    /// sockets sit in TIME_WAIT.
-    pub fn restart_on(&mut self, port: u16) {
-        self.stop();
-        self.port = port;
-        self.restart();
-    }
-
     /// Starts (again) on the current port. Memory storage starts empty.
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log =
             std::fs::File::create(log_dir().join(format!("tansu-{}.log", self.port))).unwrap();
         let child = Command::new(Self::binary())
@@ -106,7 +107,7 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .stdout(Stdio::null())
             .stderr(log)
@@ -156,6 +157,62 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TCP relay in front of a broker that a test can cut (every connection dropped, the port
+/// closed) and restore: clients see the broker vanish and come back while the broker keeps
+/// its topics and groups. (Restarting tansu itself would lose its memory storage, and it
+/// cannot rebind its port while the killed broker's sockets sit in TIME_WAIT.)
+pub struct Relay {
+    port: u16,
+    target: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(port: u16, target: u16) -> Self {
+        let mut relay = Relay {
+            port,
+            target,
+            task: None,
+        };
+        relay.restore();
+        relay
+    }
+
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&mut self) {
+        self.cut();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(([127, 0, 0, 1], self.port).into()).unwrap();
+        let listener = socket.listen(1024).unwrap();
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every relayed connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 
