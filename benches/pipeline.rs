@@ -168,7 +168,7 @@ fn fanout(c: &mut Criterion) {
                     runtime.block_on(engine.dispatch(&e));
                     total += started.elapsed();
                     for receiver in &mut receivers {
-                        while receiver.try_recv().is_ok() {}
+                        while receiver.try_recv().is_some() {}
                     }
                 }
                 total

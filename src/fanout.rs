@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +18,14 @@ use crate::config::SlowClientPolicy;
 use crate::event::{ChangeEvent, SourcePosition};
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
+use crate::queue::{self, TrySendError};
 use crate::ws::close::CloseCode;
 
 /// The sending side of one connection: its bounded queue of serialized messages and the
 /// switch the dispatcher uses to close it.
 pub struct Outbound {
     id: u64,
-    queue: mpsc::Sender<Bytes>,
+    queue: queue::Sender,
     /// Milliseconds since `EPOCH` at which the queue was first found full; 0 while not full.
     full_since_ms: AtomicI64,
     close: CancellationToken,
@@ -42,8 +41,8 @@ fn elapsed_ms() -> i64 {
 }
 
 impl Outbound {
-    pub fn new(id: u64, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
-        let (queue, receiver) = mpsc::channel(capacity);
+    pub fn new(id: u64, capacity: usize) -> (Arc<Self>, queue::Receiver) {
+        let (queue, receiver) = queue::bounded(capacity);
         let outbound = Outbound {
             id,
             queue,
@@ -176,7 +175,7 @@ impl FanOut {
     async fn offer(&self, outbound: &Outbound, message: Bytes) {
         let message = match outbound.queue.try_send(message) {
             Ok(()) => return self.delivered(outbound),
-            Err(TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed) => {
                 return self.metrics.count_drop(DropReason::ConnectionClosed)
             }
             Err(TrySendError::Full(message)) => message,
@@ -197,20 +196,21 @@ impl FanOut {
         let grace_ms = self.grace.as_millis() as i64;
         let remaining = grace_ms - (now - since);
         if remaining > 0 {
-            let wait = tokio::time::timeout(
-                Duration::from_millis(remaining as u64),
-                outbound.queue.reserve(),
-            );
-            tokio::select! {
-                reserved = wait => match reserved {
-                    Ok(Ok(permit)) => {
-                        permit.send(message);
-                        return self.delivered(outbound);
-                    }
-                    Ok(Err(_)) => return self.metrics.count_drop(DropReason::ConnectionClosed),
-                    Err(_elapsed) => {}
-                },
-                _ = outbound.close.cancelled() => return self.metrics.count_drop(DropReason::SlowConsumerClosed),
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(remaining as u64);
+            let mut message = message;
+            loop {
+                tokio::select! {
+                    room = tokio::time::timeout_at(deadline, outbound.queue.wait_for_space()) => match room {
+                        Ok(Ok(())) => match outbound.queue.try_send(message) {
+                            Ok(()) => return self.delivered(outbound),
+                            Err(TrySendError::Full(again)) => message = again,
+                            Err(TrySendError::Closed) => return self.metrics.count_drop(DropReason::ConnectionClosed),
+                        },
+                        Ok(Err(_)) => return self.metrics.count_drop(DropReason::ConnectionClosed),
+                        Err(_elapsed) => break,
+                    },
+                    _ = outbound.close.cancelled() => return self.metrics.count_drop(DropReason::SlowConsumerClosed),
+                }
             }
         }
         match self.policy {
@@ -323,7 +323,7 @@ mod tests {
         fanout.dispatch(&event("9", 2)).await;
         let v: Value = serde_json::from_slice(&rx_a.recv().await.unwrap()).unwrap();
         assert_eq!(v["payload"]["entity_id"], "9");
-        assert!(rx_a.try_recv().is_err());
+        assert!(rx_a.try_recv().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,5 +16,6 @@ pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
+pub mod queue;
 pub mod shutdown;
 pub mod ws;
