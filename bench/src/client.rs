@@ -21,12 +21,15 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::scan::{self, DataFields};
 use crate::workload::Mix;
 
 /// Highest latency the histograms hold, in microseconds; larger values count as this.
 pub const LATENCY_MAX_US: u64 = 120_000_000;
 /// Latency precision: two significant digits (1%) keeps a client's histogram near 10 KiB.
 const LATENCY_DIGITS: u8 = 2;
+/// serde_json re-reads every this many data messages a client takes with the fast reader.
+const CROSS_CHECK: u64 = 64;
 /// How long the closing handshake may take when the bench stops.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Partitions a client tracks offsets for; a higher partition number is not checked.
@@ -108,6 +111,13 @@ pub struct Tally {
     seen: Vec<u64>,
     /// Highest offset seen per partition (-1: none yet).
     last_offset: Vec<i64>,
+}
+
+/// What the serde_json path made of a message.
+enum Slow {
+    Data(DataFields),
+    Ping,
+    Other,
 }
 
 /// A server message, read only as far as the bench needs.
@@ -294,32 +304,30 @@ impl Tally {
         settings: &Settings,
         counters: &Counters,
     ) -> bool {
-        let message: ServerMessage<'_> = match serde_json::from_str(text) {
-            Ok(message) => message,
-            Err(error) => {
-                self.error(format!("unreadable message ({error}): {text:.200}"));
-                return false;
-            }
+        let fast = scan::data_message(text);
+        // The fast reader does not check the JSON grammar: serde_json reads the first message
+        // and every CROSS_CHECK-th one besides, and any disagreement is an error.
+        let checked = fast.is_none() || self.received % CROSS_CHECK == 0;
+        let fields = match (fast, checked) {
+            (Some(fields), false) => fields,
+            _ => match self.read_slowly(text) {
+                Slow::Data(fields) => {
+                    if fast.is_some_and(|fast| fast != fields) {
+                        self.error(format!(
+                            "the fast reader read {fast:?} where serde_json read {fields:?}: {text:.200}"
+                        ));
+                    }
+                    fields
+                }
+                Slow::Ping => return true,
+                // read_slowly counted an unreadable message as an error.
+                Slow::Other => return false,
+            },
         };
-        match message.kind {
-            "data" => {}
-            "ping" => return true,
-            "error" => {
-                let detail = format!(
-                    "error reply: {} {}",
-                    message.code.as_deref().unwrap_or_default(),
-                    message.message.as_deref().unwrap_or_default()
-                );
-                self.error(detail);
-                return false;
-            }
-            _ => return false,
-        }
         self.received += 1;
-        let data = message.payload.and_then(|p| p.data);
-        let Some((seq, sent_us)) = data
-            .filter(|d| d.run == Some(settings.run))
-            .and_then(|d| Some((d.seq?, d.sent_us?)))
+        let Some((seq, sent_us)) = (fields.run == Some(settings.run))
+            .then(|| Some((fields.seq?, fields.sent_us?)))
+            .flatten()
             .filter(|&(seq, _)| seq < settings.events)
         else {
             self.stray += 1;
@@ -341,7 +349,7 @@ impl Tally {
         self.distinct += 1;
         counters.delivered.fetch_add(1, Ordering::Relaxed);
         self.last_receive_us = now_us;
-        if let (Some(partition), Some(offset)) = (message.partition, message.offset) {
+        if let (Some(partition), Some(offset)) = (fields.partition, fields.offset) {
             let partition = partition.clamp(0, MAX_PARTITIONS as i32) as usize;
             if partition < MAX_PARTITIONS {
                 if partition >= self.last_offset.len() {
@@ -359,6 +367,40 @@ impl Tally {
         });
         latency.saturating_record(now_us.saturating_sub(sent_us).clamp(1, LATENCY_MAX_US));
         false
+    }
+
+    /// Parses a message the fast reader declined, with serde_json.
+    fn read_slowly(&mut self, text: &str) -> Slow {
+        let message: ServerMessage<'_> = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(error) => {
+                self.error(format!("unreadable message ({error}): {text:.200}"));
+                return Slow::Other;
+            }
+        };
+        match message.kind {
+            "data" => {
+                let data = message.payload.and_then(|p| p.data);
+                Slow::Data(DataFields {
+                    partition: message.partition,
+                    offset: message.offset,
+                    seq: data.as_ref().and_then(|d| d.seq),
+                    run: data.as_ref().and_then(|d| d.run),
+                    sent_us: data.as_ref().and_then(|d| d.sent_us),
+                })
+            }
+            "ping" => Slow::Ping,
+            "error" => {
+                let detail = format!(
+                    "error reply: {} {}",
+                    message.code.as_deref().unwrap_or_default(),
+                    message.message.as_deref().unwrap_or_default()
+                );
+                self.error(detail);
+                Slow::Other
+            }
+            _ => Slow::Other,
+        }
     }
 
     fn error(&mut self, detail: String) {

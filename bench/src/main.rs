@@ -9,6 +9,7 @@ mod host;
 mod kafka;
 mod report;
 mod run;
+mod scan;
 mod target;
 mod workload;
 

@@ -297,6 +297,17 @@ impl RunResult {
             }
             let _ = writeln!(out, "  gateway      {}", parts.join(", "));
         }
+        // On a shared machine the other processes' CPU is what the gateway did not get.
+        let others: Vec<String> = [
+            ("load generator", self.bench_cpu_seconds),
+            ("tansu", self.tansu_cpu_seconds),
+        ]
+        .into_iter()
+        .filter_map(|(who, cpu)| cpu.map(|cpu| format!("{who} {cpu:.2} s")))
+        .collect();
+        if !others.is_empty() {
+            let _ = writeln!(out, "  other CPU    {}", others.join(", "));
+        }
         let mut closes: Vec<String> = self
             .closes
             .by_gateway
