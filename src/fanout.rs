@@ -130,6 +130,7 @@ impl FanOut {
     /// once every recipient has it queued, was skipped under the policy, or is gone.
     pub async fn dispatch(&self, event: &ChangeEvent) {
         let mut payload: Option<Vec<u8>> = None;
+        let mut delivered = 0u64;
         let topics = [Some(event.entity_topic()), event.row_topic()];
         for topic in topics.iter().flatten() {
             let Some(subscribers) = self.index.subscribers(topic) else {
@@ -158,9 +159,11 @@ impl FanOut {
                         data_message(topic, payload, event.position)
                     })
                     .clone();
-                self.offer(&subscriber.outbound, bytes).await;
+                delivered += u64::from(self.offer(&subscriber.outbound, bytes).await);
             }
         }
+        // One shared counter update per event, not per recipient.
+        self.metrics.deliveries.inc_by(delivered);
         self.positions.record(event.position);
         if let Some(ts) = event.kafka_timestamp_ms {
             let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);
@@ -171,17 +174,15 @@ impl FanOut {
     }
 
     /// Queues one message for one connection, waiting up to the grace period while its queue
-    /// is full.
-    async fn offer(&self, outbound: &Outbound, message: Bytes) {
+    /// is full; true once it is queued.
+    async fn offer(&self, outbound: &Outbound, message: Bytes) -> bool {
         let message = match outbound.queue.try_send(message) {
-            Ok(()) => return self.delivered(outbound),
-            Err(TrySendError::Closed) => {
-                return self.metrics.count_drop(DropReason::ConnectionClosed)
-            }
+            Ok(()) => return Self::delivered(outbound),
+            Err(TrySendError::Closed) => return self.dropped(DropReason::ConnectionClosed),
             Err(TrySendError::Full(message)) => message,
         };
         if outbound.is_closing() {
-            return self.metrics.count_drop(DropReason::SlowConsumerClosed);
+            return self.dropped(DropReason::SlowConsumerClosed);
         }
         let now = elapsed_ms();
         let since = match outbound.full_since_ms.compare_exchange(
@@ -202,14 +203,14 @@ impl FanOut {
                 tokio::select! {
                     room = tokio::time::timeout_at(deadline, outbound.queue.wait_for_space()) => match room {
                         Ok(Ok(())) => match outbound.queue.try_send(message) {
-                            Ok(()) => return self.delivered(outbound),
+                            Ok(()) => return Self::delivered(outbound),
                             Err(TrySendError::Full(again)) => message = again,
-                            Err(TrySendError::Closed) => return self.metrics.count_drop(DropReason::ConnectionClosed),
+                            Err(TrySendError::Closed) => return self.dropped(DropReason::ConnectionClosed),
                         },
-                        Ok(Err(_)) => return self.metrics.count_drop(DropReason::ConnectionClosed),
+                        Ok(Err(_)) => return self.dropped(DropReason::ConnectionClosed),
                         Err(_elapsed) => break,
                     },
-                    _ = outbound.close.cancelled() => return self.metrics.count_drop(DropReason::SlowConsumerClosed),
+                    _ = outbound.close.cancelled() => return self.dropped(DropReason::SlowConsumerClosed),
                 }
             }
         }
@@ -220,17 +221,22 @@ impl FanOut {
                     "closing slow consumer: queue full past the grace period"
                 );
                 outbound.close(CloseCode::SlowConsumer);
-                self.metrics.count_drop(DropReason::SlowConsumerClosed);
+                self.dropped(DropReason::SlowConsumerClosed)
             }
-            SlowClientPolicy::Drop => self.metrics.count_drop(DropReason::QueueFull),
+            SlowClientPolicy::Drop => self.dropped(DropReason::QueueFull),
         }
     }
 
-    fn delivered(&self, outbound: &Outbound) {
+    fn delivered(outbound: &Outbound) -> bool {
         if outbound.full_since_ms.load(Ordering::Relaxed) != 0 {
             outbound.full_since_ms.store(0, Ordering::Release);
         }
-        self.metrics.deliveries.inc();
+        true
+    }
+
+    fn dropped(&self, reason: DropReason) -> bool {
+        self.metrics.count_drop(reason);
+        false
     }
 }
 
@@ -243,10 +249,11 @@ pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> By
     serde_json::to_writer(&mut out, topic).expect("writing to a Vec cannot fail");
     out.extend_from_slice(br#","payload":"#);
     out.extend_from_slice(payload);
+    let mut digits = itoa::Buffer::new();
     out.extend_from_slice(br#","partition":"#);
-    out.extend_from_slice(position.partition.to_string().as_bytes());
+    out.extend_from_slice(digits.format(position.partition).as_bytes());
     out.extend_from_slice(br#","offset":"#);
-    out.extend_from_slice(position.offset.to_string().as_bytes());
+    out.extend_from_slice(digits.format(position.offset).as_bytes());
     out.extend_from_slice(br#","timestamp":""#);
     out.extend_from_slice(sent_at.as_bytes());
     out.extend_from_slice(br#""}"#);
