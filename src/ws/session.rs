@@ -391,8 +391,10 @@ async fn write_loop(
     let mut batch: Vec<Bytes> = Vec::new();
     // Registered once, not per batch: re-registering with the connection's and the shared
     // shutdown token on every wake-up was a visible share of the per-delivery cost.
+    // A child token: polling the shared token would take the one lock every writer shares.
+    let shutdown_token = shared.shutdown.child_token();
     let closed = outbound.closed();
-    let shutdown = shared.shutdown.cancelled();
+    let shutdown = shutdown_token.cancelled();
     tokio::pin!(closed, shutdown);
 
     let closing = loop {
@@ -429,12 +431,13 @@ async fn write_loop(
             return;
         }
         // Flushing waits for a slow client; a close request interrupts it, and the unwritten
-        // bytes stay buffered ahead of the close frame.
+        // bytes stay buffered ahead of the close frame. A flush that completes at once (the
+        // common case) leaves the close checks to the top of the loop.
         tokio::select! {
             biased;
+            flushed = ws.flush() => if flushed.is_err() { return },
             code = &mut closed => break Some(code),
             _ = &mut shutdown => break Some(CloseCode::GoingAway),
-            flushed = ws.flush() => if flushed.is_err() { return },
         }
     };
     if let Some(code) = closing {
