@@ -8,6 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 use cdc_gateway::config::{Cli, Command, LogFormat};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = cli.config.validate() {
