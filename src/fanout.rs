@@ -260,6 +260,25 @@ pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> By
     Bytes::from(out)
 }
 
+/// The source position of a message built by [`data_message`]: its last `"partition"` and
+/// `"offset"` fields, which come after the payload (the payload may hold fields of those
+/// names; the envelope's are the last).
+pub fn data_message_position(message: &[u8]) -> Option<SourcePosition> {
+    let text = std::str::from_utf8(message).ok()?;
+    let number_after = |key: &str| {
+        let start = text.rfind(key)? + key.len();
+        let digits = &text[start..];
+        let end = digits
+            .find(|c: char| c != '-' && !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        digits[..end].parse::<i64>().ok()
+    };
+    Some(SourcePosition {
+        partition: i32::try_from(number_after(r#","partition":"#)?).ok()?,
+        offset: number_after(r#","offset":"#)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,8 +335,29 @@ mod tests {
         assert_eq!(v["payload"]["entity_id"], "7");
         assert_eq!(v["offset"], 10);
         assert_eq!(v["partition"], 1);
+        assert_eq!(
+            data_message_position(&mb2),
+            Some(SourcePosition {
+                partition: 1,
+                offset: 10
+            })
+        );
         assert_eq!(metrics.deliveries.get(), 3);
         assert_eq!(fanout.positions.snapshot(), BTreeMap::from([(1, 10)]));
+    }
+
+    #[test]
+    fn the_position_comes_from_the_envelope_not_the_payload() {
+        let mut e = event("7", 41);
+        e.data = Some(json!({"partition": 99, "offset": 98, "note": ",\"offset\":97"}));
+        let message = data_message("cdc.order", &e.payload_json(), e.position);
+        assert_eq!(
+            data_message_position(&message),
+            Some(SourcePosition {
+                partition: 1,
+                offset: 41
+            })
+        );
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! The HTTP side of the one listening port: accept loop, router, and the small JSON endpoints.
-//! `/ws` hands over to the WebSocket module; everything else answers here.
+//! `/ws` hands over to the WebSocket module and `/sse` to the event-stream module; everything
+//! else answers here.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -56,15 +58,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     }
 }
 
-fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET {
-        return json_response(
+/// Every response body: whole JSON or text, or an endless event stream (`/sse`).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    match request.uri().path() {
+        _ if request.method() != Method::GET => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"code": "METHOD_NOT_ALLOWED", "message": "only GET is served"}),
-        );
-    }
-    match request.uri().path() {
+        ),
         "/ws" => crate::ws::upgrade(request, shared),
+        "/sse" => return crate::sse::stream(&request, shared),
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => match shared.health.readiness() {
             Ok(()) => json_response(StatusCode::OK, &json!({"ready": true})),
@@ -90,6 +94,7 @@ fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes
             &json!({"code": "NOT_FOUND", "message": "no such endpoint"}),
         ),
     }
+    .map(BodyExt::boxed)
 }
 
 fn health(shared: &Shared) -> Response<Full<Bytes>> {

@@ -18,4 +18,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod queue;
 pub mod shutdown;
+pub mod sse;
 pub mod ws;

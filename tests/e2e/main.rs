@@ -8,4 +8,5 @@ mod http;
 mod ingest;
 mod schemas;
 mod session;
+mod sse;
 mod support;
