@@ -42,6 +42,21 @@ impl Shared {
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Takes a closing connection's subscriptions out of the index, and out of the metrics.
+    pub fn release_subscriptions(
+        &self,
+        connection_id: u64,
+        topics: impl IntoIterator<Item = String>,
+    ) {
+        for topic in topics {
+            self.index.unsubscribe(&topic, connection_id);
+            self.metrics.subscriptions_active.dec();
+        }
+        self.metrics
+            .topics_active
+            .set(self.index.topic_count() as i64);
+    }
 }
 
 impl SessionSettings {

@@ -374,14 +374,8 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        for topic in self.topics.drain() {
-            self.shared.index.unsubscribe(&topic, self.outbound.id());
-            self.shared.metrics.subscriptions_active.dec();
-        }
         self.shared
-            .metrics
-            .topics_active
-            .set(self.shared.index.topic_count() as i64);
+            .release_subscriptions(self.outbound.id(), self.topics.drain());
     }
 }
 

@@ -360,14 +360,8 @@ impl Session {
     }
 
     fn unsubscribe_all(&mut self) {
-        for topic in self.subscriptions.drain() {
-            self.shared.index.unsubscribe(&topic, self.outbound.id());
-            self.shared.metrics.subscriptions_active.dec();
-        }
         self.shared
-            .metrics
-            .topics_active
-            .set(self.shared.index.topic_count() as i64);
+            .release_subscriptions(self.outbound.id(), self.subscriptions.drain());
     }
 }
 
