@@ -76,9 +76,10 @@ fn event(id: u32) -> ChangeEvent {
         entity_id: Some(id.to_string()),
         operation: Operation::Update,
         data: Some(
-            json!({"id": id, "status": "shipped", "amount": 150, "region": "eu", "bucket": id % 100}),
+            json!({"id": id, "status": "shipped", "amount": 150, "region": "eu", "bucket": id % 100})
+                .into(),
         ),
-        before: Some(json!({"id": id, "status": "paid", "amount": 150, "region": "eu"})),
+        before: Some(json!({"id": id, "status": "paid", "amount": 150, "region": "eu"}).into()),
         timestamp: "2026-11-22T10:00:00Z".into(),
         position: SourcePosition {
             partition: 0,

@@ -290,7 +290,7 @@ mod tests {
             entity_type: "order".into(),
             entity_id: Some(id.into()),
             operation: Operation::Insert,
-            data: Some(json!({"id": id, "status": "new"})),
+            data: Some(json!({"id": id, "status": "new"}).into()),
             before: None,
             timestamp: "2026-11-22T10:00:00Z".into(),
             position: SourcePosition {
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn the_position_comes_from_the_envelope_not_the_payload() {
         let mut e = event("7", 41);
-        e.data = Some(json!({"partition": 99, "offset": 98, "note": ",\"offset\":97"}));
+        e.data = Some(json!({"partition": 99, "offset": 98, "note": ",\"offset\":97"}).into());
         let message = data_message("cdc.order", &e.payload_json(), e.position);
         assert_eq!(
             data_message_position(&message),

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Number, Value};
 
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Row};
 
 /// A compiled filter: every clause must hold. The empty filter matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -141,8 +141,8 @@ impl Path {
             Root::EntityType => return Field::Text(&event.entity_type),
             Root::EntityId => return event.entity_id.as_deref().map_or(Field::Null, Field::Text),
             Root::Timestamp => return Field::Text(&event.timestamp),
-            Root::Data => event.data.as_ref(),
-            Root::Before => event.before.as_ref(),
+            Root::Data => event.data.as_ref().map(Row::value),
+            Root::Before => event.before.as_ref().map(Row::value),
             Root::Row => event.row(),
         };
         let Some(mut value) = start else {

@@ -1,10 +1,16 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::event::{Operation, SourcePosition};
+use crate::event::{Operation, Row, SourcePosition};
 
 fn event(operation: Operation, data: Value, before: Value) -> ChangeEvent {
-    let row = |v: Value| if v.is_null() { None } else { Some(v) };
+    let row = |v: Value| {
+        if v.is_null() {
+            None
+        } else {
+            Some(Row::from(v))
+        }
+    };
     ChangeEvent {
         entity_type: "order".into(),
         entity_id: Some("42".into()),

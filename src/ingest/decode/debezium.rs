@@ -1,24 +1,27 @@
 //! Debezium's change envelope (`before`, `after`, `source`, `op`, `ts_ms`). The entity is
 //! `source.table`; the id comes from the record key, else from the row's `id` field.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{id_of, key, take_row, timestamp_of, DecodeError, EventFields, RawRecord};
+use super::{
+    field, id_of, key, parse_object, take_row, timestamp_of, DecodeError, EventFields, Object,
+    RawRecord,
+};
 use crate::event::Operation;
 
 pub(super) fn decode(
-    mut object: Map<String, Value>,
+    object: Object<'_>,
     record: &RawRecord<'_>,
 ) -> Result<EventFields, DecodeError> {
-    let operation = match object.get("op") {
+    let operation = match field(&object, "op")? {
         Some(Value::String(op)) => {
-            operation_of(op).ok_or_else(|| DecodeError::InvalidOperation(op.clone()))?
+            operation_of(&op).ok_or_else(|| DecodeError::InvalidOperation(op.clone()))?
         }
         Some(other) => return Err(DecodeError::InvalidOperation(other.to_string())),
         None => return Err(DecodeError::MissingField("op")),
     };
     let source = match object.get("source") {
-        Some(Value::Object(source)) => source,
+        Some(raw) if raw.get().starts_with('{') => parse_object(raw.get().as_bytes())?,
         Some(_) => {
             return Err(DecodeError::InvalidField {
                 field: "source",
@@ -27,8 +30,8 @@ pub(super) fn decode(
         }
         None => return Err(DecodeError::MissingField("source")),
     };
-    let entity = match source.get("table") {
-        Some(Value::String(table)) => table.clone(),
+    let entity = match field(&source, "table")? {
+        Some(Value::String(table)) => table,
         Some(_) => {
             return Err(DecodeError::InvalidField {
                 field: "source.table",
@@ -37,12 +40,16 @@ pub(super) fn decode(
         }
         None => return Err(DecodeError::MissingField("source.table")),
     };
-    let timestamp = match object.get("ts_ms").or_else(|| source.get("ts_ms")) {
-        None | Some(Value::Null) => None,
-        Some(ts) => Some(timestamp_of(ts)?),
+    let ts_ms = match field(&object, "ts_ms")? {
+        None => field(&source, "ts_ms")?,
+        found => found,
     };
-    let data = take_row(&mut object, "after")?;
-    let before = take_row(&mut object, "before")?;
+    let timestamp = match ts_ms {
+        None | Some(Value::Null) => None,
+        Some(ts) => Some(timestamp_of(&ts)?),
+    };
+    let data = take_row(&object, "after")?;
+    let before = take_row(&object, "before")?;
     let entity_id = if operation == Operation::Truncate {
         None
     } else {
@@ -51,7 +58,7 @@ pub(super) fn decode(
             None => {
                 let row = data.as_ref().or(before.as_ref());
                 let id = row
-                    .and_then(|row| row.get("id"))
+                    .and_then(|row| row.value().get("id"))
                     .ok_or(DecodeError::MissingField("id"))?;
                 Some(id_of(id)?)
             }

@@ -6,12 +6,16 @@ mod debezium;
 mod key;
 mod simple;
 
-use std::collections::HashMap;
+use std::borrow::{Borrow, Cow};
+use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::error::Category;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::config::InputFormat;
-use crate::event::{is_valid_entity, is_valid_id, ChangeEvent, SourcePosition};
+use crate::event::{is_valid_entity, is_valid_id, ChangeEvent, Row, SourcePosition};
 
 /// The parts of a Kafka record that decoding needs.
 #[derive(Debug, Clone, Copy)]
@@ -100,15 +104,12 @@ impl Decoder {
         let Some(bytes) = record.value else {
             return Ok(Decoded::Tombstone);
         };
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-        let Value::Object(mut object) = value else {
-            return Err(DecodeError::NotAnObject);
-        };
+        let mut object = parse_object(bytes)?;
         if is_schema_wrapper(&object) {
-            match object.remove("payload") {
-                Some(Value::Object(payload)) => object = payload,
-                Some(Value::Null) => return Ok(Decoded::Tombstone),
+            let payload = object["payload"];
+            match payload.get() {
+                "null" => return Ok(Decoded::Tombstone),
+                text if text.starts_with('{') => object = parse_object(text.as_bytes())?,
                 _ => return Err(DecodeError::NotAnObject),
             }
         }
@@ -164,24 +165,52 @@ struct EventFields {
     entity: String,
     entity_id: Option<String>,
     operation: crate::event::Operation,
-    data: Option<Value>,
-    before: Option<Value>,
+    data: Option<Row>,
+    before: Option<Row>,
     timestamp: Option<String>,
 }
 
+/// A JSON object's fields with each value left as JSON text: an envelope's fields are read
+/// one by one, and its rows are never built into a tree unless a filter asks (see [`Row`]).
+type Object<'a> = BTreeMap<Key<'a>, &'a RawValue>;
+
+/// A field name, borrowed from the record unless it holds escapes.
+#[derive(Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Object<'_>, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        // Well-formed JSON of another type than an object.
+        Category::Data => DecodeError::NotAnObject,
+        _ => DecodeError::InvalidJson(e.to_string()),
+    })
+}
+
+/// A field's value as a JSON tree: for the envelope's small fields, not for rows.
+fn field(object: &Object<'_>, name: &str) -> Result<Option<Value>, DecodeError> {
+    object
+        .get(name)
+        .map(|raw| serde_json::from_str(raw.get()))
+        .transpose()
+        .map_err(|e| DecodeError::InvalidJson(e.to_string()))
+}
+
 /// Kafka Connect's JSON converter with schemas on wraps the value as `{"schema":..,"payload":..}`.
-fn is_schema_wrapper(object: &Map<String, Value>) -> bool {
+fn is_schema_wrapper(object: &Object<'_>) -> bool {
     object.len() == 2 && object.contains_key("schema") && object.contains_key("payload")
 }
 
 /// A row image: an object, or absent/null.
-fn take_row(
-    object: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<Value>, DecodeError> {
-    match object.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(row @ Value::Object(_)) => Ok(Some(row)),
+fn take_row(object: &Object<'_>, field: &'static str) -> Result<Option<Row>, DecodeError> {
+    match object.get(field).map(|raw| (raw, raw.get())) {
+        None | Some((_, "null")) => Ok(None),
+        Some((raw, text)) if text.starts_with('{') => Ok(Some(Row::from_raw(raw))),
         Some(_) => Err(DecodeError::InvalidField {
             field,
             problem: "must be an object or null",

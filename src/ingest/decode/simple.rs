@@ -1,15 +1,15 @@
 //! The simple envelope: `entity_type`, `entity_id`, `operation`, `data`, `before`, `timestamp`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{id_of, take_row, timestamp_of, DecodeError, EventFields, RawRecord};
+use super::{field, id_of, take_row, timestamp_of, DecodeError, EventFields, Object, RawRecord};
 use crate::event::Operation;
 
 pub(super) fn decode(
-    mut object: Map<String, Value>,
+    object: Object<'_>,
     _record: &RawRecord<'_>,
 ) -> Result<EventFields, DecodeError> {
-    let entity = match object.remove("entity_type") {
+    let entity = match field(&object, "entity_type")? {
         Some(Value::String(entity)) => entity,
         Some(_) => {
             return Err(DecodeError::InvalidField {
@@ -19,29 +19,29 @@ pub(super) fn decode(
         }
         None => return Err(DecodeError::MissingField("entity_type")),
     };
-    let operation = match object.get("operation") {
+    let operation = match field(&object, "operation")? {
         Some(Value::String(op)) => {
-            Operation::parse(op).ok_or_else(|| DecodeError::InvalidOperation(op.clone()))?
+            Operation::parse(&op).ok_or_else(|| DecodeError::InvalidOperation(op.clone()))?
         }
         Some(other) => return Err(DecodeError::InvalidOperation(other.to_string())),
         None => return Err(DecodeError::MissingField("operation")),
     };
-    let entity_id = match object.get("entity_id") {
+    let entity_id = match field(&object, "entity_id")? {
         // A truncate concerns the whole entity: it has no row, whatever the producer sent.
         _ if operation == Operation::Truncate => None,
         None | Some(Value::Null) => return Err(DecodeError::MissingField("entity_id")),
-        Some(id) => Some(id_of(id)?),
+        Some(id) => Some(id_of(&id)?),
     };
-    let timestamp = match object.get("timestamp") {
+    let timestamp = match field(&object, "timestamp")? {
         None | Some(Value::Null) => None,
-        Some(ts) => Some(timestamp_of(ts)?),
+        Some(ts) => Some(timestamp_of(&ts)?),
     };
     Ok(EventFields {
         entity,
         entity_id,
         operation,
-        data: take_row(&mut object, "data")?,
-        before: take_row(&mut object, "before")?,
+        data: take_row(&object, "data")?,
+        before: take_row(&object, "before")?,
         timestamp,
     })
 }

@@ -54,8 +54,8 @@ fn simple_envelope_decodes_every_field() {
     assert_eq!(e.entity_type, "order");
     assert_eq!(e.entity_id.as_deref(), Some("42"));
     assert_eq!(e.operation, Operation::Update);
-    assert_eq!(e.data, Some(json!({"status": "shipped"})));
-    assert_eq!(e.before, Some(json!({"status": "new"})));
+    assert_eq!(e.data, Some(json!({"status": "shipped"}).into()));
+    assert_eq!(e.before, Some(json!({"status": "new"}).into()));
     assert_eq!(e.timestamp, "2026-11-22T10:00:00Z");
     assert_eq!(
         e.position,
@@ -131,7 +131,7 @@ fn debezium_schema_payload_wrapper_is_unwrapped() {
     let wrapped = json!({"schema": {"type": "struct"}, "payload": debezium("c", Value::Null, json!({"id": 9, "total": 3}))});
     let e = decode(None, wrapped).unwrap();
     assert_eq!(e.entity_id.as_deref(), Some("9"));
-    assert_eq!(e.data, Some(json!({"id": 9, "total": 3})));
+    assert_eq!(e.data, Some(json!({"id": 9, "total": 3}).into()));
 }
 
 #[test]
@@ -196,6 +196,10 @@ fn bad_records_fail_with_a_reason() {
     let cases: Vec<(Option<&str>, &[u8], &str)> = vec![
         (None, b"{not json", "invalid_json"),
         (None, b"[1,2]", "not_an_object"),
+        (None, b"\"text\"", "not_an_object"),
+        (None, b"12", "not_an_object"),
+        (None, br#"{"schema": {}, "payload": [1]}"#, "not_an_object"),
+        (None, br#"{"op": "c", "source": "t", "after": {"id": 1}}"#, "invalid_field"),
         (None, b"{\"hello\": 1}", "unknown_envelope"),
         (None, br#"{"entity_type": "order", "operation": "insert"}"#, "missing_field"),
         (None, br#"{"entity_type": "order", "entity_id": "1", "operation": "upsert"}"#, "invalid_operation"),
@@ -217,4 +221,36 @@ fn bad_records_fail_with_a_reason() {
     let long_id =
         json!({"entity_type": "order", "entity_id": "x".repeat(513), "operation": "insert"});
     assert_eq!(decode(None, long_id).unwrap_err(), DecodeError::InvalidId);
+}
+
+#[test]
+fn rows_pass_through_as_written() {
+    let value = br#"{"entity_typ\u0065": "order", "entity_id": "1", "operation": "update",
+        "data": {"z": 1, "a": [1.50, "x"], "n": {"deep": true}}, "before": {
+            "z": 0
+        }}"#;
+    let Decoded::Event(event) = decoder(InputFormat::Auto)
+        .decode(&record(None, Some(value)))
+        .unwrap()
+    else {
+        panic!("an event");
+    };
+    assert_eq!(
+        event.entity_type, "order",
+        "an escaped field name still counts"
+    );
+    let data = event.data.as_ref().unwrap();
+    assert_eq!(
+        data.text(),
+        r#"{"z": 1, "a": [1.50, "x"], "n": {"deep": true}}"#,
+        "field order, spacing and number text are the producer's"
+    );
+    assert_eq!(
+        event.before.as_ref().unwrap().text(),
+        r#"{"z":0}"#,
+        "line breaks compacted"
+    );
+    let payload: Value = serde_json::from_slice(&event.payload_json()).unwrap();
+    assert_eq!(payload["data"]["n"]["deep"], true);
+    assert!(!event.payload_json().contains(&b'\n'));
 }

@@ -3,8 +3,12 @@
 //! serializes it once. It keeps its Kafka position so that later stages (history, resume)
 //! can order and deduplicate without going back to the record.
 
+mod row;
+
 use serde::Serialize;
 use serde_json::Value;
+
+pub use row::Row;
 
 /// Longest entity id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -59,9 +63,9 @@ pub struct ChangeEvent {
     pub entity_id: Option<String>,
     pub operation: Operation,
     /// The row after the change; `None` for deletes and truncates.
-    pub data: Option<Value>,
+    pub data: Option<Row>,
     /// The row before the change, when the source sends it.
-    pub before: Option<Value>,
+    pub before: Option<Row>,
     /// RFC 3339, from the source.
     pub timestamp: String,
     #[serde(skip)]
@@ -75,8 +79,8 @@ impl ChangeEvent {
     /// The row as it now stands: `data` when present, else `before` (for deletes).
     pub fn row(&self) -> Option<&Value> {
         match &self.data {
-            Some(Value::Null) | None => self.before.as_ref(),
-            Some(data) => Some(data),
+            Some(data) if data.text() != "null" => Some(data.value()),
+            _ => self.before.as_ref().map(Row::value),
         }
     }
 
@@ -148,8 +152,8 @@ mod tests {
             entity_type: "order".into(),
             entity_id: Some("42".into()),
             operation: Operation::Update,
-            data,
-            before,
+            data: data.map(Row::from),
+            before: before.map(Row::from),
             timestamp: "2026-11-22T10:00:00Z".into(),
             position: SourcePosition {
                 partition: 0,
