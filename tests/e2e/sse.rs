@@ -33,7 +33,28 @@ struct SseClient {
 
 impl SseClient {
     async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Self {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::open_on(
+            TcpStream::connect(addr).await.unwrap(),
+            addr,
+            target,
+            headers,
+        )
+        .await
+    }
+
+    /// With a 4 KiB receive buffer, so that a client that stops reading fills up quickly.
+    async fn open_small_buffer(addr: SocketAddr, target: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        Self::open_on(socket.connect(addr).await.unwrap(), addr, target, &[]).await
+    }
+
+    async fn open_on(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Self {
         let mut request =
             format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (name, value) in headers {
@@ -347,4 +368,40 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
         "the stream ends at shutdown"
     );
     assert_eq!(gateway.wait_exit(WAIT), Some(0));
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_closed_and_holds_nobody_back() {
+    let (_tansu, gateway, producer, topic) =
+        start_stack(&["--outbound-queue", "8", "--slow-client-grace", "1s"]).await;
+    let mut stalled = SseClient::open_small_buffer(gateway.addr(), "/sse?topic=cdc.order").await;
+    assert_eq!(stalled.next_event(WAIT).await.unwrap().0, "ack");
+    let mut reader = Client::connect(&gateway).await;
+    reader.subscribe("cdc.order", json!({})).await;
+
+    const COUNT: usize = 3000;
+    let pad = "x".repeat(2048);
+    let events: Vec<String> = (0..COUNT)
+        .map(|i| {
+            json!({"entity_type": "order", "entity_id": (i % 500).to_string(),
+                   "operation": "update", "data": {"seq": i, "pad": pad}})
+            .to_string()
+        })
+        .collect();
+    producer.send_many(&topic, &events).await;
+    for seq in 0..COUNT as u64 {
+        assert_eq!(reader.data().await["payload"]["data"]["seq"], seq);
+    }
+    assert!(
+        gateway
+            .metric(r#"cdc_gateway_drops_total{reason="slow_consumer_closed"}"#)
+            .await
+            >= 1.0
+    );
+    // The stalled stream's subscription is gone; the reader's remains.
+    assert_eq!(
+        gateway.metric("cdc_gateway_subscriptions_active").await,
+        1.0
+    );
+    drop(stalled);
 }
