@@ -42,6 +42,15 @@ pub enum InputFormat {
     Debezium,
 }
 
+/// How clients prove who they are (protocol section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every client may subscribe to every topic.
+    None,
+    /// Clients present a signed JWT whose claims say what they may read.
+    Jwt,
+}
+
 /// What happens to a client whose outbound queue stays full past the grace period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SlowClientPolicy {
@@ -176,6 +185,39 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_CLIENT_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_rate_burst: u32,
 
+    /// Client authentication: none, or JWT bearer tokens (--jwt-secret or --jwt-public-key).
+    #[arg(global = true, long, env = "CDC_GATEWAY_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// Shared secret of HS256 tokens, under --auth jwt.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key of RS256 (RSA) or ES256 (EC P-256) tokens, under --auth jwt.
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Required `iss` claim; not checked when unset.
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim; not checked when unset.
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf` (whole seconds).
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Under --auth jwt, how long a connection without a token has to send `auth` (then 4002).
+    #[arg(global = true, long, env = "CDC_GATEWAY_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
     /// Allowed `Origin` header values, comma-separated; empty allows any.
     #[arg(
         global = true,
@@ -247,7 +289,9 @@ impl Config {
                 ));
             }
         }
+        crate::auth::Verifier::from_config(self)?;
         for (flag, value) in [
+            ("--auth-timeout", self.auth_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--ping-interval", self.ping_interval),
             ("--slow-client-grace", self.slow_client_grace),
@@ -292,7 +336,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(flag: &'static str, message: impl Into<String>) -> Self {
         Self {
             flag,
             message: message.into(),

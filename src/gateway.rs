@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::fanout::{DispatchedPositions, FanOut};
 use crate::health::Health;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub sessions: TaskTracker,
     /// Serves the demo page at `/` (only under `cdc-gateway demo`).
     pub demo_page: bool,
+    /// Checks tokens under `--auth jwt`; `None` under `--auth none`.
+    pub verifier: Option<Verifier>,
     next_connection_id: AtomicU64,
 }
 
@@ -70,6 +73,7 @@ impl SessionSettings {
             app_ping_interval: Some(config.app_ping_interval).filter(|d| !d.is_zero()),
             rate_limit: config.client_rate_limit,
             rate_burst: config.client_rate_burst,
+            auth_timeout: config.auth_timeout,
             allowed_origins: config
                 .allowed_origins
                 .iter()
@@ -117,6 +121,7 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         demo_page,
+        verifier: Verifier::from_config(&config)?,
         next_connection_id: AtomicU64::new(1),
     });
     let stop_accepting = CancellationToken::new();

@@ -5,6 +5,7 @@
 //! [`ws`] (sessions). [`http`] serves the port, [`metrics`] and [`health`] report,
 //! [`shutdown`] ends it in order, [`gateway`] wires it all from [`config`].
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -131,7 +131,9 @@ impl Metrics {
                 "cdc_gateway_connections_closed_total",
                 "Connections closed by the gateway, by close code.",
                 "code",
-                &["1000", "1001", "1008", "1009", "4003", "4004"],
+                &[
+                    "1000", "1001", "1008", "1009", "4001", "4002", "4003", "4004",
+                ],
             ),
             subscriptions_active: gauge(
                 "cdc_gateway_subscriptions_active",

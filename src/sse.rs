@@ -26,6 +26,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::auth::Grant;
 use crate::event::GatewayTopic;
 use crate::fanout::{data_message_position, Outbound};
 use crate::gateway::Shared;
@@ -63,10 +64,12 @@ impl Refusal {
 /// What a stream subscribes to, read from the request.
 #[derive(Debug)]
 struct StreamRequest {
-    topics: Vec<String>,
-    filter: Filter,
+    /// Each topic with its filter (the request's, confined by the token's claims).
+    topics: Vec<(String, Filter)>,
     since: Option<BTreeMap<i32, i64>>,
     snapshot: bool,
+    /// When the token expires; the stream ends then.
+    expires_in: Option<Duration>,
 }
 
 /// Answers `GET /sse`.
@@ -98,7 +101,7 @@ pub fn stream(
             code: "SHUTTING_DOWN",
             message: "the gateway is shutting down".into(),
         }),
-        Some(_) => parse(request, shared.settings.max_subscriptions).and_then(|parsed| {
+        Some(_) => parse(request, &shared).and_then(|parsed| {
             Arc::clone(&shared.connection_slots)
                 .try_acquire_owned()
                 .map(|slot| (parsed, slot))
@@ -139,7 +142,27 @@ pub fn stream(
 }
 
 /// Reads the query string and `Last-Event-ID`.
-fn parse(request: &Request<Incoming>, max_topics: usize) -> Result<StreamRequest, Refusal> {
+fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, Refusal> {
+    let max_topics = shared.settings.max_subscriptions;
+    let grant = match &shared.verifier {
+        None => None,
+        Some(verifier) => {
+            let token = crate::auth::request_token(request).ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthenticated,
+                    "a token is required: `Authorization: Bearer <JWT>` or `token=<JWT>`",
+                )
+            })?;
+            Some(verifier.verify(&token).map_err(|e| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthenticated,
+                    e.to_string(),
+                )
+            })?)
+        }
+    };
     let query = request.uri().query().unwrap_or_default();
     let mut topics: Vec<String> = Vec::new();
     let mut filters: Option<String> = None;
@@ -161,7 +184,8 @@ fn parse(request: &Request<Incoming>, max_topics: usize) -> Result<StreamRequest
             "filters" => filters = Some(value.into_owned()),
             "since" => since = Some(value.into_owned()),
             "snapshot" => snapshot = matches!(value.as_ref(), "1" | "true"),
-            // Unknown parameters are ignored, as a URL's extra parameters usually are.
+            // `token` was read above; unknown parameters are ignored, as a URL's extra
+            // parameters usually are.
             _ => {}
         }
     }
@@ -186,8 +210,24 @@ fn parse(request: &Request<Incoming>, max_topics: usize) -> Result<StreamRequest
             )
         })?),
     };
-    let filter = Filter::compile(filters.as_ref())
-        .map_err(|e| Refusal::bad(ErrorCode::InvalidFilter, e.to_string()))?;
+    let topics = topics
+        .into_iter()
+        .map(|topic| {
+            let filter = match &grant {
+                Some(grant) if !grant.allows(&topic) => {
+                    return Err(Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        ErrorCode::Forbidden,
+                        format!("{topic}: the token's `topics` claim does not cover it"),
+                    ))
+                }
+                Some(grant) => grant.confine(&topic, filters.as_ref()),
+                None => Filter::compile(filters.as_ref()),
+            }
+            .map_err(|e| Refusal::bad(ErrorCode::InvalidFilter, e.to_string()))?;
+            Ok((topic, filter))
+        })
+        .collect::<Result<Vec<_>, Refusal>>()?;
     // `Last-Event-ID` is what a reconnecting EventSource sends; it wins over the URL's `since`.
     let last_event_id = request
         .headers()
@@ -205,9 +245,9 @@ fn parse(request: &Request<Incoming>, max_topics: usize) -> Result<StreamRequest
     };
     Ok(StreamRequest {
         topics,
-        filter,
         since,
         snapshot,
+        expires_in: grant.as_ref().map(Grant::remaining),
     })
 }
 
@@ -268,8 +308,16 @@ async fn run(
         topics: HashSet::new(),
         position: BTreeMap::new(),
     };
+    let expires_in = request.expires_in;
     if stream.open(request, &chunks).await {
-        stream.pump(&mut queue, &chunks).await;
+        let pump = stream.pump(&mut queue, &chunks);
+        match expires_in {
+            // The token's end is the stream's end; the client reconnects with a fresh one.
+            Some(left) => {
+                let _ = tokio::time::timeout(left, pump).await;
+            }
+            None => pump.await,
+        }
     }
     drop(stream);
     shared.metrics.connections_active.dec();
@@ -293,7 +341,7 @@ impl Stream {
         // The position a WebSocket client would keep from the ack, unless it resumes.
         self.position = request.since.clone().unwrap_or_else(|| dispatched.clone());
         let mut acks = BytesMut::new();
-        for topic in &request.topics {
+        for (topic, _) in &request.topics {
             let ack = reply::subscribed(topic, &dispatched, recovered, snapshot_rows, None);
             acks.put_slice(b"event: ack\ndata: ");
             acks.put_slice(&ack);
@@ -302,11 +350,10 @@ impl Stream {
         if chunks.send(acks.freeze()).await.is_err() {
             return false;
         }
-        let filter = Arc::new(request.filter);
-        for topic in request.topics {
+        for (topic, filter) in request.topics {
             self.shared
                 .index
-                .subscribe(&topic, &self.outbound, Arc::clone(&filter));
+                .subscribe(&topic, &self.outbound, Arc::new(filter));
             self.shared.metrics.subscriptions_active.inc();
             self.topics.insert(topic);
         }

@@ -90,6 +90,17 @@ impl Filter {
         self.clauses.is_empty()
     }
 
+    /// Clauses (one per key of the filter objects it was built from).
+    pub fn len(&self) -> usize {
+        self.clauses.len()
+    }
+
+    /// Matches what both match: a token's filters confining a client's own.
+    pub fn and(mut self, other: &Filter) -> Filter {
+        self.clauses.extend(other.clauses.iter().cloned());
+        self
+    }
+
     pub fn matches(&self, event: &ChangeEvent) -> bool {
         self.clauses.iter().all(|clause| {
             let field = clause.path.resolve(event);

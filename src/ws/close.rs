@@ -6,6 +6,12 @@ pub enum CloseCode {
     GoingAway,
     Policy,
     TooBig,
+    /// 4001: the token is invalid.
+    Unauthorized,
+    /// 4001: the token expired and no fresh one came.
+    TokenExpired,
+    /// 4002: no token within the auth timeout.
+    AuthTimeout,
     IdleTimeout,
     SlowConsumer,
     /// A code the client sent, echoed back.
@@ -19,6 +25,8 @@ impl CloseCode {
             CloseCode::GoingAway => 1001,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
+            CloseCode::Unauthorized | CloseCode::TokenExpired => 4001,
+            CloseCode::AuthTimeout => 4002,
             CloseCode::IdleTimeout => 4003,
             CloseCode::SlowConsumer => 4004,
             CloseCode::Other(code) => code,
@@ -31,6 +39,8 @@ impl CloseCode {
             1001 => CloseCode::GoingAway,
             1008 => CloseCode::Policy,
             1009 => CloseCode::TooBig,
+            4001 => CloseCode::Unauthorized,
+            4002 => CloseCode::AuthTimeout,
             4003 => CloseCode::IdleTimeout,
             4004 => CloseCode::SlowConsumer,
             other => CloseCode::Other(other),
@@ -43,6 +53,9 @@ impl CloseCode {
             CloseCode::GoingAway => "server shutting down",
             CloseCode::Policy => "policy violation",
             CloseCode::TooBig => "message too big",
+            CloseCode::Unauthorized => "invalid token",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::AuthTimeout => "no auth within the auth timeout",
             CloseCode::IdleTimeout => "idle timeout",
             CloseCode::SlowConsumer => "slow consumer",
         }

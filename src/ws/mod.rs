@@ -1,6 +1,7 @@
-//! WebSocket endpoint: admission (origin, connection limit, shutdown) at upgrade time, then one
-//! session per connection. Rejected upgrades still complete the handshake so the client sees
-//! a close code (1008) and a reason rather than a bare HTTP error.
+//! WebSocket endpoint: admission (origin, connection limit, shutdown, a token in the request)
+//! at upgrade time, then one session per connection. Rejected upgrades still complete the
+//! handshake so the client sees a close code (1008, 4001) and a reason rather than a bare HTTP
+//! error.
 
 pub mod close;
 mod coalesce;
@@ -17,8 +18,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use crate::auth::AuthError;
 use crate::gateway::Shared;
 use close::CloseCode;
+use session::Access;
 
 /// Per-connection limits and timers, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct SessionSettings {
     pub app_ping_interval: Option<Duration>,
     pub rate_limit: u32,
     pub rate_burst: u32,
+    /// Under `--auth jwt`: how long a connection without a token has to send `auth`.
+    pub auth_timeout: Duration,
     /// Empty: any origin.
     pub allowed_origins: Vec<String>,
 }
@@ -62,6 +67,15 @@ pub fn upgrade(mut request: Request<Incoming>, shared: Arc<Shared>) -> Response<
     let slot = Arc::clone(&shared.connection_slots)
         .try_acquire_owned()
         .ok();
+    // A token in the upgrade request is checked now; without one, the session waits for an
+    // `auth` message (protocol section 6).
+    let access = match (&shared.verifier, crate::auth::request_token(&request)) {
+        (None, _) => Ok(Access::Open),
+        (Some(_), None) => Ok(Access::Pending(
+            tokio::time::Instant::now() + shared.settings.auth_timeout,
+        )),
+        (Some(verifier), Some(token)) => verifier.verify(&token).map(Access::Granted),
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(e) => {
@@ -77,27 +91,34 @@ pub fn upgrade(mut request: Request<Incoming>, shared: Arc<Shared>) -> Response<
             Ok(ws) => ws,
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
         };
-        match (origin_allowed, slot) {
-            (false, _) => refuse(ws, &shared, "origin not allowed").await,
-            (true, None) => refuse(ws, &shared, "too many connections").await,
-            (true, Some(slot)) => session::run(ws, shared, slot).await,
+        match (origin_allowed, slot, access) {
+            (false, _, _) => refuse(ws, &shared, CloseCode::Policy, "origin not allowed").await,
+            (true, None, _) => refuse(ws, &shared, CloseCode::Policy, "too many connections").await,
+            (true, Some(_), Err(AuthError::Expired)) => {
+                refuse(ws, &shared, CloseCode::TokenExpired, "token expired").await
+            }
+            (true, Some(_), Err(e)) => {
+                refuse(ws, &shared, CloseCode::Unauthorized, &e.to_string()).await
+            }
+            (true, Some(slot), Ok(access)) => session::run(ws, shared, access, slot).await,
         }
     });
     response.map(|_| Full::new(Bytes::new()))
 }
 
-/// Completes the handshake only to close with 1008 and a reason.
+/// Completes the handshake only to close with `code` and a reason.
 async fn refuse(
     mut ws: WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
     shared: &Shared,
+    code: CloseCode,
     reason: &str,
 ) {
     shared
         .metrics
         .connections_closed
-        .with_label_values(&["1008"])
+        .with_label_values(&[&code.as_u16().to_string()])
         .inc();
-    let close = Frame::close(CloseCode::Policy.as_u16(), reason.as_bytes());
+    let close = Frame::close(code.as_u16(), session::close_reason(reason));
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         if ws.write_frame(close).await.is_ok() {
             // Wait for the client's close reply so the close frame is not lost to a reset.

@@ -52,7 +52,10 @@ impl ErrorCode {
 /// A client request, after the envelope checks.
 #[derive(Debug, PartialEq)]
 pub enum Request {
-    Auth,
+    /// `token` is required under `--auth jwt` (the session checks that).
+    Auth {
+        token: Option<String>,
+    },
     Subscribe {
         topic: String,
         filters: Option<Value>,
@@ -99,7 +102,11 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Value>), Rejection> {
         None => return Err(invalid("missing field `action`", id)),
     };
     let request = match action.as_str() {
-        "auth" => Request::Auth,
+        "auth" => match object.remove("token") {
+            None | Some(Value::Null) => Request::Auth { token: None },
+            Some(Value::String(token)) => Request::Auth { token: Some(token) },
+            Some(_) => return Err(invalid("`token` must be a string", id)),
+        },
         "subscribe" => {
             let topic = match take_topic(&mut object) {
                 Ok(topic) => topic,

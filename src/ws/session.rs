@@ -22,6 +22,7 @@ use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 use super::close::CloseCode;
 use super::coalesce::Coalesce;
 use super::protocol::{self, reply, ErrorCode, Request};
+use crate::auth::{AuthError, Grant};
 use crate::event::GatewayTopic;
 use crate::fanout::Outbound;
 use crate::gateway::Shared;
@@ -42,8 +43,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 enum Control {
     Text(Vec<u8>),
     Pong(Vec<u8>),
-    /// Close initiated by the gateway.
-    Close(CloseCode),
+    /// Close initiated by the gateway, with the reason to send.
+    Close(CloseCode, String),
     /// The client's close frame, echoed to complete its closing handshake.
     Echo(Vec<u8>),
 }
@@ -60,7 +61,22 @@ enum Ending {
     Unreadable,
 }
 
-pub async fn run(ws: WebSocket<Io>, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
+/// Where a connection stands with authentication.
+pub enum Access {
+    /// `--auth none`: everything is allowed.
+    Open,
+    /// `--auth jwt` without a token yet: it must come in an `auth` message by the deadline.
+    Pending(Instant),
+    /// A verified token's grant, until it expires.
+    Granted(Grant),
+}
+
+pub async fn run(
+    ws: WebSocket<Io>,
+    shared: Arc<Shared>,
+    access: Access,
+    _slot: OwnedSemaphorePermit,
+) {
     let settings = &shared.settings;
     let id = shared.next_connection_id();
     let (outbound, queue) = Outbound::new(id, settings.outbound_queue);
@@ -90,6 +106,7 @@ pub async fn run(ws: WebSocket<Io>, shared: Arc<Shared>, _slot: OwnedSemaphorePe
         control,
         subscriptions: HashSet::new(),
         bucket: TokenBucket::new(settings.rate_limit, settings.rate_burst),
+        access,
     };
     let ending = session.read_loop(&mut reader, &mut writer_task).await;
     session.unsubscribe_all();
@@ -134,6 +151,18 @@ struct Session {
     control: mpsc::Sender<Control>,
     subscriptions: HashSet<String>,
     bucket: TokenBucket,
+    access: Access,
+}
+
+/// Resolves with the close code when the access deadline passes; never without a deadline.
+async fn access_deadline(deadline: Option<(Instant, CloseCode)>) -> CloseCode {
+    match deadline {
+        Some((at, code)) => {
+            sleep_until(at).await;
+            code
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -148,10 +177,18 @@ impl Session {
         let mut fragments: Option<Vec<u8>> = None;
         let mut obligations = no_obligations;
         loop {
+            let deadline = match &self.access {
+                Access::Open => None,
+                Access::Pending(at) => Some((*at, CloseCode::AuthTimeout)),
+                Access::Granted(grant) => {
+                    Some((Instant::now() + grant.remaining(), CloseCode::TokenExpired))
+                }
+            };
             let frame = tokio::select! {
                 biased;
                 _ = &mut *writer_task => return Ending::WriterDone,
                 _ = sleep_until(last_seen + idle_timeout) => return self.close(CloseCode::IdleTimeout).await,
+                code = access_deadline(deadline) => return self.close(code).await,
                 frame = reader.read_frame(&mut obligations) => frame,
             };
             let frame = match frame {
@@ -216,7 +253,11 @@ impl Session {
     }
 
     async fn close(&self, code: CloseCode) -> Ending {
-        self.send(Control::Close(code)).await;
+        self.close_because(code, code.reason()).await
+    }
+
+    async fn close_because(&self, code: CloseCode, reason: &str) -> Ending {
+        self.send(Control::Close(code, reason.to_owned())).await;
         Ending::GatewayClosed
     }
 
@@ -273,12 +314,22 @@ impl Session {
 
     async fn execute(&mut self, request: Request, id: Option<&Value>) -> bool {
         match request {
-            Request::Auth => self.send(Control::Text(reply::ack("auth", None, id))).await,
+            Request::Auth { token } => self.authenticate(token, id).await,
+            // A pong answers the gateway's heartbeat: not an action to refuse.
+            Request::Pong => true,
+            _ if matches!(self.access, Access::Pending(_)) => {
+                self.error(
+                    ErrorCode::Unauthenticated,
+                    r#"send {"action":"auth","token":"<JWT>"} first"#,
+                    None,
+                    id,
+                )
+                .await
+            }
             Request::Ping { timestamp } => {
                 let timestamp = timestamp.unwrap_or_else(|| crate::clock::now_millis().into());
                 self.send(Control::Text(reply::pong(timestamp, id))).await
             }
-            Request::Pong => true,
             Request::Subscribe {
                 topic,
                 filters,
@@ -290,7 +341,21 @@ impl Session {
                         .error(ErrorCode::InvalidTopic, why, Some(&topic), id)
                         .await;
                 }
-                let filter = match Filter::compile(filters.as_ref()) {
+                let compiled = match &self.access {
+                    Access::Granted(grant) if !grant.allows(&topic) => {
+                        return self
+                            .error(
+                                ErrorCode::Forbidden,
+                                "the token's `topics` claim does not cover this topic",
+                                Some(&topic),
+                                id,
+                            )
+                            .await
+                    }
+                    Access::Granted(grant) => grant.confine(&topic, filters.as_ref()),
+                    _ => Filter::compile(filters.as_ref()),
+                };
+                let filter = match compiled {
                     Ok(filter) => filter,
                     Err(e) => {
                         return self
@@ -359,6 +424,59 @@ impl Session {
         }
     }
 
+    /// An `auth` message: the first token of a connection, or a fresh one that replaces the
+    /// claims; subscriptions the fresh claims no longer cover end with `FORBIDDEN`.
+    async fn authenticate(&mut self, token: Option<String>, id: Option<&Value>) -> bool {
+        let Some(verifier) = &self.shared.verifier else {
+            return self.send(Control::Text(reply::ack("auth", None, id))).await;
+        };
+        let Some(token) = token else {
+            return self
+                .error(
+                    ErrorCode::InvalidMessage,
+                    "`auth` needs a `token`",
+                    None,
+                    id,
+                )
+                .await;
+        };
+        let grant = match verifier.verify(&token) {
+            Ok(grant) => grant,
+            Err(AuthError::Expired) => {
+                self.close(CloseCode::TokenExpired).await;
+                return false;
+            }
+            Err(e) => {
+                self.close_because(CloseCode::Unauthorized, &e.to_string())
+                    .await;
+                return false;
+            }
+        };
+        let revoked: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|topic| !grant.allows(topic))
+            .cloned()
+            .collect();
+        self.access = Access::Granted(grant);
+        if !self.send(Control::Text(reply::ack("auth", None, id))).await {
+            return false;
+        }
+        for topic in revoked {
+            self.subscriptions.remove(&topic);
+            self.shared
+                .release_subscriptions(self.outbound.id(), [topic.clone()]);
+            let message = "the fresh token's `topics` claim no longer covers this topic";
+            if !self
+                .error(ErrorCode::Forbidden, message, Some(&topic), None)
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
     fn unsubscribe_all(&mut self) {
         self.shared
             .release_subscriptions(self.outbound.id(), self.subscriptions.drain());
@@ -394,12 +512,12 @@ async fn write_loop(
     let closing = loop {
         let written = tokio::select! {
             biased;
-            code = &mut closed => break Some(code),
-            _ = &mut shutdown => break Some(CloseCode::GoingAway),
+            code = &mut closed => break Some((code, code.reason().to_owned())),
+            _ = &mut shutdown => break Some((CloseCode::GoingAway, CloseCode::GoingAway.reason().to_owned())),
             message = control.recv() => match message {
                 Some(Control::Text(text)) => ws.write_frame(Frame::text(Payload::Owned(text))).await,
                 Some(Control::Pong(payload)) => ws.write_frame(Frame::pong(Payload::Owned(payload))).await,
-                Some(Control::Close(code)) => break Some(code),
+                Some(Control::Close(code, reason)) => break Some((code, reason)),
                 Some(Control::Echo(payload)) => {
                     let _ = ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await;
                     break None;
@@ -430,21 +548,31 @@ async fn write_loop(
         tokio::select! {
             biased;
             flushed = ws.flush() => if flushed.is_err() { return },
-            code = &mut closed => break Some(code),
-            _ = &mut shutdown => break Some(CloseCode::GoingAway),
+            code = &mut closed => break Some((code, code.reason().to_owned())),
+            _ = &mut shutdown => break Some((CloseCode::GoingAway, CloseCode::GoingAway.reason().to_owned())),
         }
     };
-    if let Some(code) = closing {
+    if let Some((code, reason)) = closing {
         shared
             .metrics
             .connections_closed
             .with_label_values(&[&code.as_u16().to_string()])
             .inc();
         let _ = ws
-            .write_frame(Frame::close(code.as_u16(), code.reason().as_bytes()))
+            .write_frame(Frame::close(code.as_u16(), close_reason(&reason)))
             .await;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+}
+
+/// A close frame's reason is at most 123 bytes (RFC 6455 5.5): longer ones are cut at a
+/// character boundary.
+pub(super) fn close_reason(reason: &str) -> &[u8] {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason.as_bytes()[..end]
 }
 
 /// Per-connection request rate limit: `rate` tokens per second, at most `burst` saved up.

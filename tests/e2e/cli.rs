@@ -82,6 +82,23 @@ fn bad_values_fail_at_startup_naming_the_flag() {
             vec![],
             "--kafka-property",
         ),
+        (vec!["--auth", "jwt"], vec![], "--auth"),
+        (vec!["--jwt-secret", "s"], vec![], "--auth"),
+        (
+            vec!["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"],
+            vec![],
+            "--jwt-public-key",
+        ),
+        (
+            vec!["--auth", "jwt", "--jwt-public-key", "Cargo.toml"],
+            vec![],
+            "--jwt-public-key",
+        ),
+        (
+            vec![],
+            vec![("CDC_GATEWAY_AUTH", "jwt"), ("CDC_GATEWAY_JWT_SECRET", "")],
+            "--jwt-secret",
+        ),
     ] {
         let (code, text) = run(&args, &env);
         assert!(

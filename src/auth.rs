@@ -1,0 +1,314 @@
+//! Authentication and authorization (protocol section 6). Under `--auth jwt` a client proves
+//! itself with a signed token (HS256 with a shared secret, or RS256/ES256 with a PEM public
+//! key). What the token allows travels in its claims: `topics`, the patterns its holder may
+//! subscribe to, and `filters`, filters ANDed into every subscription a pattern covers, so that
+//! whoever signs the token decides row-level access. The gateway keeps no user database: a
+//! verified token becomes a [`Grant`], which sessions and streams consult on every subscribe.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{AuthMode, Config, ConfigError};
+use crate::index::{Filter, FilterError};
+
+/// Checks tokens against the configured key and claims.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Why a token was not accepted; the text is the 4001 close reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("invalid token claims: {0}")]
+    Claims(String),
+}
+
+/// The claims the gateway reads. `exp` is required by the validation; the others are optional.
+#[derive(Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    filters: BTreeMap<String, Value>,
+}
+
+impl Verifier {
+    /// `None` under `--auth none`.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
+        match (config.auth, &config.jwt_secret, &config.jwt_public_key) {
+            (AuthMode::None, None, None) => Ok(None),
+            (AuthMode::None, _, _) => Err(ConfigError::new(
+                "--auth",
+                "--jwt-secret and --jwt-public-key need --auth jwt",
+            )),
+            (AuthMode::Jwt, None, None) => Err(ConfigError::new(
+                "--auth",
+                "jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256, ES256)",
+            )),
+            (AuthMode::Jwt, Some(_), Some(_)) => Err(ConfigError::new(
+                "--jwt-secret",
+                "give either --jwt-secret or --jwt-public-key, not both",
+            )),
+            (AuthMode::Jwt, Some(secret), None) if secret.is_empty() => {
+                Err(ConfigError::new("--jwt-secret", "must not be empty"))
+            }
+            (AuthMode::Jwt, Some(secret), None) => Ok(Some(Self::new(
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+                config,
+            ))),
+            (AuthMode::Jwt, None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::new("--jwt-public-key", format!("{}: {e}", path.display()))
+                })?;
+                let (key, algorithm) = match DecodingKey::from_rsa_pem(&pem) {
+                    Ok(key) => (key, Algorithm::RS256),
+                    Err(_) => match DecodingKey::from_ec_pem(&pem) {
+                        Ok(key) => (key, Algorithm::ES256),
+                        Err(e) => {
+                            return Err(ConfigError::new(
+                                "--jwt-public-key",
+                                format!(
+                                    "{}: not an RSA or EC public key in PEM: {e}",
+                                    path.display()
+                                ),
+                            ))
+                        }
+                    },
+                };
+                Ok(Some(Self::new(key, algorithm, config)))
+            }
+        }
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm, config: &Config) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = config.jwt_leeway.as_secs();
+        validation.validate_nbf = true;
+        if let Some(issuer) = &config.jwt_issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &config.jwt_audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Self { key, validation }
+    }
+
+    /// Verifies the signature and the standard claims, then reads the gateway's claims.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            },
+        )?;
+        let claims = data.claims;
+        let filters = claims
+            .filters
+            .iter()
+            .map(|(pattern, filters)| {
+                let filter = Filter::compile(Some(filters))
+                    .map_err(|e| AuthError::Claims(format!("filters for `{pattern}`: {e}")))?;
+                Ok((Pattern::new(pattern), filter))
+            })
+            .collect::<Result<_, AuthError>>()?;
+        // The leeway that let the token in also extends its life on the connection.
+        let expires_at =
+            UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(self.validation.leeway));
+        Ok(Grant {
+            expires_at,
+            topics: claims.topics.iter().map(|t| Pattern::new(t)).collect(),
+            filters,
+        })
+    }
+}
+
+/// The token of an HTTP request, first found wins: `Authorization: Bearer <token>`, then the
+/// `token` query parameter (which proxies may log: the header is the better way).
+pub fn request_token<B>(request: &hyper::Request<B>) -> Option<String> {
+    let header = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    header.or_else(|| {
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == "token")
+            .map(|(_, token)| token.into_owned())
+    })
+}
+
+/// What a verified token allows, until it expires.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    expires_at: SystemTime,
+    topics: Vec<Pattern>,
+    filters: Vec<(Pattern, Filter)>,
+}
+
+impl Grant {
+    /// Time left before the token expires (zero once it has).
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+
+    pub fn allows(&self, topic: &str) -> bool {
+        self.topics.iter().any(|p| p.covers(topic))
+    }
+
+    /// The subscription's own filters ANDed with the token's filters for every pattern that
+    /// covers the topic.
+    pub fn confine(&self, topic: &str, filters: Option<&Value>) -> Result<Filter, FilterError> {
+        let own = Filter::compile(filters)?;
+        Ok(self
+            .filters
+            .iter()
+            .filter(|(pattern, _)| pattern.covers(topic))
+            .fold(own, |filter, (_, claim)| filter.and(claim)))
+    }
+}
+
+/// A topic pattern of the `topics` claim: `cdc.order` (that topic), `cdc.order.*` (any row
+/// of order), `cdc.*` (every topic).
+#[derive(Debug, Clone, PartialEq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn new(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('.') => Pattern::Prefix(prefix.to_owned()),
+            _ => Pattern::Exact(text.to_owned()),
+        }
+    }
+
+    fn covers(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Exact(exact) => exact == topic,
+            Pattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    fn verifier(secret: &str) -> Verifier {
+        use clap::Parser as _;
+        let args = [
+            "cdc-gateway",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            secret,
+            "--jwt-leeway",
+            "0s",
+        ];
+        let config = crate::config::Cli::parse_from(args).config;
+        Verifier::from_config(&config).unwrap().unwrap()
+    }
+
+    fn token(secret: &str, claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn in_a_minute() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60
+    }
+
+    #[test]
+    fn patterns_grant_what_they_name() {
+        let grant = verifier("s")
+            .verify(&token(
+                "s",
+                json!({"exp": in_a_minute(), "topics": ["cdc.order", "cdc.customer.*"]}),
+            ))
+            .unwrap();
+        assert!(grant.allows("cdc.order"));
+        assert!(!grant.allows("cdc.order.1"), "exact means exact");
+        assert!(grant.allows("cdc.customer.7"));
+        assert!(!grant.allows("cdc.customer"), "rows only");
+        assert!(!grant.allows("cdc.invoice"));
+        let all = verifier("s")
+            .verify(&token(
+                "s",
+                json!({"exp": in_a_minute(), "topics": ["cdc.*"]}),
+            ))
+            .unwrap();
+        assert!(all.allows("cdc.invoice.9") && all.allows("cdc.invoice"));
+        assert!(grant.remaining() > Duration::from_secs(50));
+    }
+
+    #[test]
+    fn claim_filters_are_anded_into_covered_subscriptions() {
+        let grant = verifier("s")
+            .verify(&token(
+                "s",
+                json!({"exp": in_a_minute(), "topics": ["cdc.*"],
+                       "filters": {"cdc.order": {"data.tenant": "acme"}, "cdc.*": {"operation": {"ne": "truncate"}}}}),
+            ))
+            .unwrap();
+        let own = json!({"data.status": "paid"});
+        let confined = grant.confine("cdc.order", Some(&own)).unwrap();
+        let expected = Filter::compile(Some(&own))
+            .unwrap()
+            .and(&Filter::compile(Some(&json!({"operation": {"ne": "truncate"}}))).unwrap())
+            .and(&Filter::compile(Some(&json!({"data.tenant": "acme"}))).unwrap());
+        assert_eq!(confined.len(), expected.len());
+        assert_eq!(grant.confine("cdc.customer", None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_tokens_say_why() {
+        let v = verifier("s");
+        assert!(matches!(
+            v.verify("not.a.token"),
+            Err(AuthError::Invalid(_))
+        ));
+        let wrong_key = token("other", json!({"exp": in_a_minute()}));
+        assert!(matches!(v.verify(&wrong_key), Err(AuthError::Invalid(_))));
+        let expired = token("s", json!({"exp": 1_000_000_000}));
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let no_exp = token("s", json!({"topics": ["cdc.*"]}));
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Invalid(_))));
+        let bad_filter = token(
+            "s",
+            json!({"exp": in_a_minute(), "filters": {"cdc.*": {"data.x": {"near": 1}}}}),
+        );
+        assert!(matches!(v.verify(&bad_filter), Err(AuthError::Claims(_))));
+    }
+}

@@ -1,0 +1,291 @@
+//! Protocol section 6 under `--auth jwt`: where tokens come from, what an unauthenticated
+//! connection may do, the `topics` and `filters` claims, expiry and refresh, the three key
+//! types, and the same rules on `/sse`. Tokens are signed here with the private keys in
+//! `tests/fixtures/jwt/`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::support::*;
+
+const SECRET: &str = "test-secret";
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claims(topics: &[&str]) -> Value {
+    json!({"exp": now() + 600, "topics": topics})
+}
+
+async fn jwt_stack(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
+    let mut args = vec!["--auth", "jwt", "--jwt-secret", SECRET];
+    args.extend_from_slice(extra);
+    start_stack(&args).await
+}
+
+async fn connect_with(gateway: &Gateway, header: Option<&str>, query: Option<&str>) -> Client {
+    let url = match query {
+        Some(token) => format!("{}?token={token}", gateway.ws_url()),
+        None => gateway.ws_url(),
+    };
+    let mut request = url.into_client_request().unwrap();
+    if let Some(token) = header {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    Client { ws }
+}
+
+fn order(id: &str, tenant: &str, status: &str) -> Value {
+    json!({"entity_type": "order", "entity_id": id, "operation": "update",
+           "data": {"id": id, "tenant": tenant, "status": status}})
+}
+
+#[tokio::test]
+async fn without_a_token_only_auth_is_answered_then_topics_are_checked() {
+    let (_tansu, gateway, producer, topic) = jwt_stack(&[]).await;
+    let mut client = Client::connect(&gateway).await;
+    client
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "id": 1}))
+        .await;
+    let refused = client.recv().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["id"].as_i64()),
+        (Some("UNAUTHENTICATED"), Some(1))
+    );
+    client.send(json!({"action": "ping", "id": 2})).await;
+    assert_eq!(client.recv().await["code"], "UNAUTHENTICATED");
+    client.send(json!({"action": "auth", "id": 3})).await;
+    assert_eq!(
+        client.recv().await["code"],
+        "INVALID_MESSAGE",
+        "auth needs a token"
+    );
+
+    let token = hs256(claims(&["cdc.order", "cdc.customer.*"]));
+    client
+        .send(json!({"action": "auth", "token": token, "id": 4}))
+        .await;
+    let ack = client.recv().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["action"].as_str()),
+        (Some("ack"), Some("auth"))
+    );
+    client.subscribe("cdc.order", json!({})).await;
+    client.subscribe("cdc.customer.7", json!({})).await;
+    for forbidden in ["cdc.invoice", "cdc.customer", "cdc.order.1"] {
+        client
+            .send(json!({"action": "subscribe", "topic": forbidden}))
+            .await;
+        let error = client.recv().await;
+        assert_eq!(
+            (error["code"].as_str(), error["topic"].as_str()),
+            (Some("FORBIDDEN"), Some(forbidden))
+        );
+    }
+    producer
+        .send_json(&topic, None, &order("1", "acme", "new"))
+        .await;
+    assert_eq!(client.data().await["payload"]["entity_id"], "1");
+}
+
+#[tokio::test]
+async fn no_token_in_time_closes_with_4002_and_a_bad_one_with_4001() {
+    let (_tansu, gateway, _producer, _topic) = jwt_stack(&["--auth-timeout", "1s"]).await;
+    let mut silent = Client::connect(&gateway).await;
+    assert_eq!(silent.closed().await.0, 4002);
+
+    let mut forger = Client::connect(&gateway).await;
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &claims(&["cdc.*"]),
+        &EncodingKey::from_secret(b"not the secret"),
+    )
+    .unwrap();
+    forger
+        .send(json!({"action": "auth", "token": forged}))
+        .await;
+    let (code, reason) = forger.closed().await;
+    assert_eq!(code, 4001);
+    assert!(reason.starts_with("invalid token"), "{reason}");
+
+    let mut late = Client::connect(&gateway).await;
+    let expired = hs256(json!({"exp": now() - 3600, "topics": ["cdc.*"]}));
+    late.send(json!({"action": "auth", "token": expired})).await;
+    assert_eq!(late.closed().await, (4001, "token expired".into()));
+
+    let mut header = connect_with(&gateway, Some("garbage"), None).await;
+    assert_eq!(header.closed().await.0, 4001, "a bad header token");
+    assert_eq!(
+        gateway
+            .metric(r#"cdc_gateway_connections_closed_total{code="4001"}"#)
+            .await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn header_and_query_tokens_and_claim_filters_confine_what_arrives() {
+    let (_tansu, gateway, producer, topic) = jwt_stack(&[]).await;
+    let acme_only = hs256(json!({"exp": now() + 600, "topics": ["cdc.order"],
+                                 "filters": {"cdc.order": {"data.tenant": "acme"}}}));
+    let mut confined = connect_with(&gateway, Some(&acme_only), None).await;
+    confined
+        .subscribe("cdc.order", json!({"data.status": "paid"}))
+        .await;
+    let mut by_query = connect_with(&gateway, None, Some(&hs256(claims(&["cdc.*"])))).await;
+    by_query.subscribe("cdc.order", json!({})).await;
+
+    producer
+        .send_json(&topic, None, &order("1", "globex", "paid"))
+        .await;
+    producer
+        .send_json(&topic, None, &order("2", "acme", "new"))
+        .await;
+    producer
+        .send_json(&topic, None, &order("3", "acme", "paid"))
+        .await;
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        all.push(by_query.data().await["payload"]["entity_id"].clone());
+    }
+    assert_eq!(all, [json!("1"), json!("2"), json!("3")]);
+    assert_eq!(
+        confined.data().await["payload"]["entity_id"],
+        "3",
+        "the token's tenant filter AND the client's status filter"
+    );
+    confined.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_token_ends_with_its_connection_unless_a_fresh_one_replaces_it() {
+    let (_tansu, gateway, _producer, _topic) = jwt_stack(&["--jwt-leeway", "0s"]).await;
+    let short = hs256(json!({"exp": now() + 2, "topics": ["cdc.*"]}));
+    let mut lapsing = connect_with(&gateway, Some(&short), None).await;
+    lapsing.subscribe("cdc.order", json!({})).await;
+
+    let mut renewing = connect_with(&gateway, Some(&short), None).await;
+    renewing.subscribe("cdc.order", json!({})).await;
+    renewing.subscribe("cdc.customer.1", json!({})).await;
+    let narrower = hs256(json!({"exp": now() + 600, "topics": ["cdc.customer.*"]}));
+    renewing
+        .send(json!({"action": "auth", "token": narrower, "id": "renew"}))
+        .await;
+    assert_eq!(renewing.recv().await["action"], "auth");
+    let revoked = renewing.recv().await;
+    assert_eq!(
+        (revoked["code"].as_str(), revoked["topic"].as_str()),
+        (Some("FORBIDDEN"), Some("cdc.order")),
+        "a subscription the fresh claims do not cover ends"
+    );
+
+    assert_eq!(lapsing.closed().await, (4001, "token expired".into()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    renewing
+        .send(json!({"action": "ping", "id": "still"}))
+        .await;
+    assert_eq!(
+        renewing.recv().await["type"],
+        "pong",
+        "the fresh token keeps it open"
+    );
+    assert_eq!(
+        gateway.metric("cdc_gateway_subscriptions_active").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_against_pem_public_keys() {
+    for (algorithm, private, public) in [
+        (Algorithm::RS256, "rs256-private.pem", "rs256-public.pem"),
+        (Algorithm::ES256, "es256-private.pem", "es256-public.pem"),
+    ] {
+        let public = fixture(public);
+        let (_tansu, gateway, _producer, _topic) =
+            start_stack(&["--auth", "jwt", "--jwt-public-key", &public]).await;
+        let pem = std::fs::read(fixture(private)).unwrap();
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            _ => EncodingKey::from_ec_pem(&pem),
+        }
+        .unwrap();
+        let token = encode(&Header::new(algorithm), &claims(&["cdc.order"]), &key).unwrap();
+        let mut client = connect_with(&gateway, Some(&token), None).await;
+        client.subscribe("cdc.order", json!({})).await;
+
+        let mut hmac = connect_with(&gateway, Some(&hs256(claims(&["cdc.*"]))), None).await;
+        assert_eq!(
+            hmac.closed().await.0,
+            4001,
+            "{algorithm:?}: an HS256 token is refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn event_streams_need_a_token_that_covers_their_topics() {
+    let (_tansu, gateway, _producer, _topic) = jwt_stack(&[]).await;
+    let token = hs256(claims(&["cdc.order"]));
+    for (target, status, code) in [
+        ("/sse?topic=cdc.order".to_owned(), 401, "UNAUTHENTICATED"),
+        (
+            "/sse?topic=cdc.order&token=nope".to_owned(),
+            401,
+            "UNAUTHENTICATED",
+        ),
+        (
+            format!("/sse?topic=cdc.invoice&token={token}"),
+            403,
+            "FORBIDDEN",
+        ),
+    ] {
+        let (got, body) = http_get(gateway.addr(), &target).await.unwrap();
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{target}"
+        );
+    }
+    // With the token in the header, the stream starts.
+    let stream = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let request = format!(
+        "GET /sse?topic=cdc.order HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    write.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
