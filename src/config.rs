@@ -185,6 +185,16 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_CLIENT_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_rate_burst: u32,
 
+    /// Rows whose latest event is kept for `"snapshot": true`, over all entities; 0 turns
+    /// snapshots off (they answer zero rows, incomplete).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_SNAPSHOT_ROWS",
+        default_value_t = 100_000
+    )]
+    pub snapshot_rows: u32,
+
     /// Client authentication: none, or JWT bearer tokens (--jwt-secret or --jwt-public-key).
     #[arg(global = true, long, env = "CDC_GATEWAY_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,

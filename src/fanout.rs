@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowClientPolicy;
-use crate::event::{ChangeEvent, SourcePosition};
+use crate::event::{ChangeEvent, GatewayTopic, SourcePosition};
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
 use crate::queue::{self, TrySendError};
+use crate::snapshot::LastValues;
 use crate::ws::close::CloseCode;
 
 /// The sending side of one connection: its bounded queue of serialized messages and the
@@ -107,6 +108,23 @@ pub struct FanOut {
     positions: Arc<DispatchedPositions>,
     policy: SlowClientPolicy,
     grace: Duration,
+    last_values: Arc<LastValues>,
+}
+
+/// Builds a subscribe ack from what the join found: the dispatched position, and the
+/// snapshot's row count and completeness.
+pub type AckBuilder = Box<dyn FnOnce(&BTreeMap<i32, i64>, usize, bool) -> Vec<u8> + Send>;
+
+/// A subscription that starts with a snapshot. It is served by the consumer task between two
+/// records ([`FanOut::join`]), so the rows it sends and the live events that follow them
+/// leave no gap and repeat nothing.
+pub struct Join {
+    pub topic: String,
+    pub filter: Arc<Filter>,
+    pub outbound: Arc<Outbound>,
+    pub ack: AckBuilder,
+    /// Told once the subscription is in the index.
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 impl FanOut {
@@ -123,13 +141,49 @@ impl FanOut {
             positions,
             policy,
             grace,
+            last_values: Arc::new(LastValues::new(0)),
         }
+    }
+
+    /// Keeps the latest event of every row in `last_values`, for snapshots.
+    pub fn with_last_values(mut self, last_values: Arc<LastValues>) -> Self {
+        self.last_values = last_values;
+        self
+    }
+
+    /// Serves a [`Join`]: the ack, then the snapshot rows that pass the subscription's filter
+    /// (oldest first), all through the connection's queue, then the subscription enters the
+    /// index. Called by the consumer task between two records.
+    pub async fn join(&self, join: Join) {
+        let (entity, id) = match GatewayTopic::parse(&join.topic) {
+            Ok(GatewayTopic::Entity { entity }) => (entity, None),
+            Ok(GatewayTopic::Row { entity, id }) => (entity, Some(id)),
+            // The session validated the topic; nothing to serve otherwise.
+            Err(_) => return,
+        };
+        let (rows, complete) = self.last_values.rows(entity, id);
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .filter(|row| join.filter.matches(&row.event))
+            .collect();
+        rows.sort_by_key(|row| (row.event.position.offset, row.event.position.partition));
+        let ack = (join.ack)(&self.positions.snapshot(), rows.len(), complete);
+        self.offer(&join.outbound, Bytes::from(ack)).await;
+        let mut delivered = 0;
+        for row in &rows {
+            let message = snapshot_message(&join.topic, &row.payload, row.event.position);
+            delivered += u64::from(self.offer(&join.outbound, message).await);
+        }
+        self.metrics.deliveries.inc_by(delivered);
+        self.index
+            .subscribe(&join.topic, &join.outbound, join.filter);
+        let _ = join.done.send(());
     }
 
     /// Queues the event for every matching subscriber of its entity and row topics. Returns
     /// once every recipient has it queued, was skipped under the policy, or is gone.
     pub async fn dispatch(&self, event: &ChangeEvent) {
-        let mut payload: Option<Vec<u8>> = None;
+        let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
         let topics = [Some(event.entity_topic()), event.row_topic()];
         for topic in topics.iter().flatten() {
@@ -155,7 +209,8 @@ impl FanOut {
                 }
                 let bytes = message
                     .get_or_insert_with(|| {
-                        let payload = payload.get_or_insert_with(|| event.payload_json());
+                        let payload =
+                            payload.get_or_insert_with(|| Bytes::from(event.payload_json()));
                         data_message(topic, payload, event.position)
                     })
                     .clone();
@@ -164,6 +219,10 @@ impl FanOut {
         }
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
+        if self.last_values.is_enabled() {
+            let payload = payload.unwrap_or_else(|| Bytes::from(event.payload_json()));
+            self.last_values.record(event, &payload);
+        }
         self.positions.record(event.position);
         if let Some(ts) = event.kafka_timestamp_ms {
             let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);
@@ -258,6 +317,14 @@ pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> By
     out.extend_from_slice(sent_at.as_bytes());
     out.extend_from_slice(br#""}"#);
     Bytes::from(out)
+}
+
+/// A data message of a snapshot row: [`data_message`] with `"snapshot":true`.
+pub fn snapshot_message(topic: &str, payload: &[u8], position: SourcePosition) -> Bytes {
+    let mut message = Vec::from(data_message(topic, payload, position));
+    message.pop();
+    message.extend_from_slice(br#","snapshot":true}"#);
+    Bytes::from(message)
 }
 
 /// The source position of a message built by [`data_message`]: its last `"partition"` and

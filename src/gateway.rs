@@ -14,12 +14,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::fanout::{DispatchedPositions, FanOut};
+use crate::fanout::{DispatchedPositions, FanOut, Join};
 use crate::health::Health;
 use crate::index::TopicIndex;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::snapshot::LastValues;
 use crate::ws::SessionSettings;
+
+/// Snapshot subscriptions waiting for the consumer task; more make their sessions wait.
+const JOIN_QUEUE: usize = 256;
 
 /// State shared by the HTTP side and every WebSocket session.
 pub struct Shared {
@@ -38,6 +42,8 @@ pub struct Shared {
     pub demo_page: bool,
     /// Checks tokens under `--auth jwt`; `None` under `--auth none`.
     pub verifier: Option<Verifier>,
+    /// Subscriptions that start with a snapshot, for the consumer task to serve.
+    pub joins: tokio::sync::mpsc::Sender<Join>,
     next_connection_id: AtomicU64,
 }
 
@@ -96,7 +102,9 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
         Arc::clone(&positions),
         config.slow_client_policy,
         config.slow_client_grace,
-    );
+    )
+    .with_last_values(Arc::new(LastValues::new(config.snapshot_rows as usize)));
+    let (joins, joins_served) = tokio::sync::mpsc::channel(JOIN_QUEUE);
     let ingest = Ingest::new(&config, fanout, Arc::clone(&health), Arc::clone(&metrics))?;
     raise_open_file_limit(config.max_connections);
     let listener = TcpListener::bind(config.listen)
@@ -122,6 +130,7 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
         sessions: TaskTracker::new(),
         demo_page,
         verifier: Verifier::from_config(&config)?,
+        joins,
         next_connection_id: AtomicU64::new(1),
     });
     let stop_accepting = CancellationToken::new();
@@ -131,7 +140,7 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
         Arc::clone(&shared),
         stop_accepting.clone(),
     ));
-    let consumer = tokio::spawn(ingest.run(stop_consuming.clone()));
+    let consumer = tokio::spawn(ingest.run(stop_consuming.clone(), joins_served));
 
     crate::shutdown::signal().await;
     crate::shutdown::drain(crate::shutdown::Drain {

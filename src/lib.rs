@@ -19,5 +19,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod queue;
 pub mod shutdown;
+pub mod snapshot;
 pub mod sse;
 pub mod ws;

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::auth::Grant;
 use crate::event::GatewayTopic;
-use crate::fanout::{data_message_position, Outbound};
+use crate::fanout::{data_message_position, Join, Outbound};
 use crate::gateway::Shared;
 use crate::index::Filter;
 use crate::queue;
@@ -336,26 +336,54 @@ impl Stream {
         // As on WebSocket: no replay history yet, so a resume is `recovered: false` and a
         // snapshot is empty and incomplete; live delivery starts now.
         let recovered = request.since.as_ref().map(|_| false);
-        let snapshot_rows = request.snapshot.then_some(0);
         let dispatched = self.shared.positions.snapshot();
         // The position a WebSocket client would keep from the ack, unless it resumes.
         self.position = request.since.clone().unwrap_or_else(|| dispatched.clone());
-        let mut acks = BytesMut::new();
-        for (topic, _) in &request.topics {
-            let ack = reply::subscribed(topic, &dispatched, recovered, snapshot_rows, None);
-            acks.put_slice(b"event: ack\ndata: ");
-            acks.put_slice(&ack);
-            acks.put_slice(b"\n\n");
-        }
-        if chunks.send(acks.freeze()).await.is_err() {
-            return false;
-        }
-        for (topic, filter) in request.topics {
-            self.shared
-                .index
-                .subscribe(&topic, &self.outbound, Arc::new(filter));
-            self.shared.metrics.subscriptions_active.inc();
-            self.topics.insert(topic);
+        if request.snapshot {
+            // Each topic joins through the consumer task: its ack and snapshot rows come
+            // through the queue, ahead of its live events.
+            for (topic, filter) in request.topics {
+                let (done, joined) = tokio::sync::oneshot::channel();
+                let ack_topic = topic.clone();
+                let join = Join {
+                    topic: topic.clone(),
+                    filter: Arc::new(filter),
+                    outbound: Arc::clone(&self.outbound),
+                    ack: Box::new(move |position, rows, complete| {
+                        reply::subscribed(
+                            &ack_topic,
+                            position,
+                            recovered,
+                            Some((rows, complete)),
+                            None,
+                        )
+                    }),
+                    done,
+                };
+                if self.shared.joins.send(join).await.is_err() || joined.await.is_err() {
+                    return false;
+                }
+                self.shared.metrics.subscriptions_active.inc();
+                self.topics.insert(topic);
+            }
+        } else {
+            let mut acks = BytesMut::new();
+            for (topic, _) in &request.topics {
+                let ack = reply::subscribed(topic, &dispatched, recovered, None, None);
+                acks.put_slice(b"event: ack\ndata: ");
+                acks.put_slice(&ack);
+                acks.put_slice(b"\n\n");
+            }
+            if chunks.send(acks.freeze()).await.is_err() {
+                return false;
+            }
+            for (topic, filter) in request.topics {
+                self.shared
+                    .index
+                    .subscribe(&topic, &self.outbound, Arc::new(filter));
+                self.shared.metrics.subscriptions_active.inc();
+                self.topics.insert(topic);
+            }
         }
         self.shared
             .metrics
@@ -405,6 +433,13 @@ impl Stream {
     fn events(&mut self, batch: &mut Vec<Bytes>) -> Bytes {
         let mut out = BytesMut::with_capacity(batch.iter().map(|m| m.len() + 64).sum());
         for message in batch.drain(..) {
+            // A snapshot join's ack comes through the queue too.
+            if message.starts_with(br#"{"type":"ack""#) {
+                out.put_slice(b"event: ack\ndata: ");
+                out.put_slice(&message);
+                out.put_slice(b"\n\n");
+                continue;
+            }
             if let Some(at) = data_message_position(&message) {
                 let offset = self.position.entry(at.partition).or_insert(at.offset);
                 *offset = (*offset).max(at.offset);

@@ -15,6 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use context::GatewayContext;
@@ -23,7 +24,7 @@ use decode::{DecodeError, Decoded, Decoder, RawRecord};
 
 use crate::config::Config;
 use crate::event::SourcePosition;
-use crate::fanout::FanOut;
+use crate::fanout::{FanOut, Join};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -105,13 +106,18 @@ impl Ingest {
         })
     }
 
-    /// Consumes until `stop` fires, then commits what was dispatched.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Consumes until `stop` fires, then commits what was dispatched. Between two records it
+    /// serves the subscriptions that start with a snapshot (`joins`).
+    pub async fn run(self, stop: CancellationToken, mut joins: mpsc::Receiver<Join>) {
         let mut log_limit = LogLimit::new(Duration::from_secs(1));
         loop {
             let message = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                Some(join) = joins.recv() => {
+                    self.fanout.join(join).await;
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             let message = match message {

@@ -199,7 +199,7 @@ pub mod reply {
         topic: &str,
         position: &BTreeMap<i32, i64>,
         recovered: Option<bool>,
-        snapshot_rows: Option<usize>,
+        snapshot: Option<(usize, bool)>,
         id: Option<&Value>,
     ) -> Vec<u8> {
         let position: Map<String, Value> = position
@@ -215,10 +215,10 @@ pub mod reply {
         if let Some(recovered) = recovered {
             fields.insert("recovered".into(), recovered.into());
         }
-        if let Some(rows) = snapshot_rows {
+        if let Some((rows, complete)) = snapshot {
             fields.insert(
                 "snapshot".into(),
-                serde_json::json!({"rows": rows, "complete": false}),
+                serde_json::json!({"rows": rows, "complete": complete}),
             );
         }
         with_id(fields, id)

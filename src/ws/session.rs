@@ -24,7 +24,7 @@ use super::coalesce::Coalesce;
 use super::protocol::{self, reply, ErrorCode, Request};
 use crate::auth::{AuthError, Grant};
 use crate::event::GatewayTopic;
-use crate::fanout::Outbound;
+use crate::fanout::{Join, Outbound};
 use crate::gateway::Shared;
 use crate::index::Filter;
 
@@ -372,25 +372,23 @@ impl Session {
                         .await;
                 }
                 // No replay history yet: a resume request is answered `recovered: false` (the
-                // client reloads state), and a snapshot request with an empty, incomplete one.
+                // client reloads state, with a snapshot for instance).
                 let recovered = since.map(|_| false);
-                let snapshot_rows = snapshot.then_some(0);
-                let position = self.shared.positions.snapshot();
-                if !self
-                    .send(Control::Text(reply::subscribed(
-                        &topic,
-                        &position,
-                        recovered,
-                        snapshot_rows,
-                        id,
-                    )))
-                    .await
-                {
+                let filter = Arc::new(filter);
+                let subscribed = if snapshot {
+                    self.join(&topic, filter, recovered, id).await
+                } else {
+                    let position = self.shared.positions.snapshot();
+                    let ack = reply::subscribed(&topic, &position, recovered, None, id);
+                    let sent = self.send(Control::Text(ack)).await;
+                    if sent {
+                        self.shared.index.subscribe(&topic, &self.outbound, filter);
+                    }
+                    sent
+                };
+                if !subscribed {
                     return false;
                 }
-                self.shared
-                    .index
-                    .subscribe(&topic, &self.outbound, Arc::new(filter));
                 if is_new {
                     self.subscriptions.insert(topic);
                     self.shared.metrics.subscriptions_active.inc();
@@ -422,6 +420,35 @@ impl Session {
                     .await
             }
         }
+    }
+
+    /// A subscribe with `"snapshot": true`, handed to the consumer task: the ack and the
+    /// snapshot rows arrive through the data queue, ahead of the topic's live events.
+    async fn join(
+        &self,
+        topic: &str,
+        filter: Arc<Filter>,
+        recovered: Option<bool>,
+        id: Option<&Value>,
+    ) -> bool {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        let (ack_topic, id) = (topic.to_owned(), id.cloned());
+        let join = Join {
+            topic: topic.to_owned(),
+            filter,
+            outbound: Arc::clone(&self.outbound),
+            ack: Box::new(move |position, rows, complete| {
+                reply::subscribed(
+                    &ack_topic,
+                    position,
+                    recovered,
+                    Some((rows, complete)),
+                    id.as_ref(),
+                )
+            }),
+            done,
+        };
+        self.shared.joins.send(join).await.is_ok() && joined.await.is_ok()
     }
 
     /// An `auth` message: the first token of a connection, or a fresh one that replaces the

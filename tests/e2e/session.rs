@@ -251,8 +251,8 @@ async fn acks_pings_and_resubscribe_replace_filters() {
 }
 
 #[tokio::test]
-async fn resume_and_snapshot_requests_are_answered_honestly() {
-    let (_tansu, gateway, _producer, _topic) = start_stack(&[]).await;
+async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_row() {
+    let (_tansu, gateway, producer, topic) = start_stack(&["--snapshot-rows", "3"]).await;
     let mut client = Client::connect(&gateway).await;
     client.send(json!({"action": "subscribe", "topic": "cdc.order.1", "since": {"0": 5}, "snapshot": true})).await;
     let ack = client.recv().await;
@@ -260,7 +260,90 @@ async fn resume_and_snapshot_requests_are_answered_honestly() {
         ack["recovered"], false,
         "no history yet: the client must reload"
     );
-    assert_eq!(ack["snapshot"], json!({"rows": 0, "complete": false}));
+    assert_eq!(
+        ack["snapshot"],
+        json!({"rows": 0, "complete": true}),
+        "no event of the row yet"
+    );
+
+    let change = |id: &str, operation: &str, status: &str| {
+        let data = if operation == "delete" {
+            Value::Null
+        } else {
+            json!({"id": id, "status": status})
+        };
+        json!({"entity_type": "order", "entity_id": id, "operation": operation, "data": data,
+               "before": {"id": id, "status": "old"}})
+    };
+    // The watcher sees every event: once it has them, they are dispatched (and cached).
+    let mut watcher = Client::connect(&gateway).await;
+    watcher.subscribe("cdc.order", json!({})).await;
+    let changes = [
+        ("1", "insert", "new"),
+        ("2", "insert", "new"),
+        ("1", "update", "paid"),
+        ("3", "insert", "new"),
+        ("3", "delete", ""),
+        ("3", "insert", "again"),
+    ];
+    for (id, operation, status) in changes {
+        producer
+            .send_json(&topic, None, &change(id, operation, status))
+            .await;
+    }
+    for _ in changes {
+        watcher.data().await;
+    }
+    for _ in 0..2 {
+        assert_eq!(client.data().await["payload"]["entity_id"], "1");
+    }
+
+    let mut dashboard = Client::connect(&gateway).await;
+    dashboard
+        .send(
+            json!({"action": "subscribe", "topic": "cdc.order", "snapshot": true,
+                     "filters": {"row.status": {"ne": "new"}}}),
+        )
+        .await;
+    let ack = dashboard.recv().await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["snapshot"], json!({"rows": 2, "complete": true}));
+    let mut rows = Vec::new();
+    for _ in 0..2 {
+        let row = dashboard.data().await;
+        assert_eq!(row["snapshot"], true);
+        rows.push((
+            row["payload"]["entity_id"].as_str().unwrap().to_owned(),
+            row["payload"]["operation"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        rows,
+        [("1", "update"), ("3", "insert")].map(|(i, o)| (i.to_owned(), o.to_owned())),
+        "the last event of each row that passes the filter, oldest first"
+    );
+    producer
+        .send_json(&topic, None, &change("2", "update", "shipped"))
+        .await;
+    let live = dashboard.data().await;
+    assert_eq!(
+        (live["payload"]["entity_id"].as_str(), live.get("snapshot")),
+        (Some("2"), None),
+        "then live events"
+    );
+
+    // A fourth row does not fit in --snapshot-rows 3: the entity's snapshot is incomplete.
+    producer
+        .send_json(&topic, None, &change("4", "insert", "paid"))
+        .await;
+    assert_eq!(dashboard.data().await["payload"]["entity_id"], "4");
+    let mut late = Client::connect(&gateway).await;
+    late.send(json!({"action": "subscribe", "topic": "cdc.order", "snapshot": true}))
+        .await;
+    assert_eq!(
+        late.recv().await["snapshot"],
+        json!({"rows": 3, "complete": false})
+    );
 }
 
 #[tokio::test]

@@ -347,7 +347,11 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
         ack["recovered"], false,
         "no replay history: the client reloads"
     );
-    assert_eq!(ack["snapshot"], json!({"rows": 0, "complete": false}));
+    assert_eq!(
+        ack["snapshot"],
+        json!({"rows": 0, "complete": true}),
+        "no event of the row yet"
+    );
     assert_eq!(
         sse.next(Duration::from_secs(5)).await,
         Some(Item::Comment("keep-alive".into())),
@@ -361,6 +365,20 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
         Some("0:1000,3:4"),
         "offsets below the resumed position do not lower it"
     );
+    // A second stream's snapshot holds the row's last event, marked as such.
+    let mut second =
+        SseClient::open(gateway.addr(), "/sse?topic=cdc.order.5&snapshot=1", &[]).await;
+    let (event, _, ack) = second.next_event(WAIT).await.unwrap();
+    assert_eq!(
+        (event.as_str(), &ack["snapshot"]),
+        ("ack", &json!({"rows": 1, "complete": true}))
+    );
+    let (event, id, row) = second.next_event(WAIT).await.unwrap();
+    assert_eq!((event.as_str(), &row["snapshot"]), ("data", &json!(true)));
+    assert_eq!(row["payload"]["entity_id"], "5");
+    assert!(id.is_some_and(|id| id.starts_with("0:")));
+    drop(second);
+
     gateway.signal("TERM");
     assert_eq!(
         sse.next_event(WAIT).await,
