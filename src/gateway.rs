@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -14,12 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::fanout::{DispatchedPositions, FanOut, Join};
+use crate::fanout::{DispatchedPositions, FanOut, Join, Outbound};
 use crate::health::Health;
-use crate::index::TopicIndex;
+use crate::index::{Filter, TopicIndex};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::snapshot::LastValues;
+use crate::ws::protocol::reply;
 use crate::ws::SessionSettings;
 
 /// Snapshot subscriptions waiting for the consumer task; more make their sessions wait.
@@ -50,6 +52,37 @@ pub struct Shared {
 impl Shared {
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes with a snapshot (protocol 7.3): the consumer task queues the ack and the
+    /// snapshot rows for `outbound`, then enters the subscription into the index, between two
+    /// records. False when the consumer task is gone (shutdown).
+    pub async fn join_with_snapshot(
+        &self,
+        topic: &str,
+        filter: Arc<Filter>,
+        outbound: &Arc<Outbound>,
+        recovered: Option<bool>,
+        id: Option<&Value>,
+    ) -> bool {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        let (ack_topic, id) = (topic.to_owned(), id.cloned());
+        let join = Join {
+            topic: topic.to_owned(),
+            filter,
+            outbound: Arc::clone(outbound),
+            ack: Box::new(move |position, rows, complete| {
+                reply::subscribed(
+                    &ack_topic,
+                    position,
+                    recovered,
+                    Some((rows, complete)),
+                    id.as_ref(),
+                )
+            }),
+            done,
+        };
+        self.joins.send(join).await.is_ok() && joined.await.is_ok()
     }
 
     /// Takes a closing connection's subscriptions out of the index, and out of the metrics.

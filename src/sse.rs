@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::auth::Grant;
 use crate::event::GatewayTopic;
-use crate::fanout::{data_message_position, Join, Outbound};
+use crate::fanout::{data_message_position, Outbound};
 use crate::gateway::Shared;
 use crate::index::Filter;
 use crate::queue;
@@ -343,24 +343,12 @@ impl Stream {
             // Each topic joins through the consumer task: its ack and snapshot rows come
             // through the queue, ahead of its live events.
             for (topic, filter) in request.topics {
-                let (done, joined) = tokio::sync::oneshot::channel();
-                let ack_topic = topic.clone();
-                let join = Join {
-                    topic: topic.clone(),
-                    filter: Arc::new(filter),
-                    outbound: Arc::clone(&self.outbound),
-                    ack: Box::new(move |position, rows, complete| {
-                        reply::subscribed(
-                            &ack_topic,
-                            position,
-                            recovered,
-                            Some((rows, complete)),
-                            None,
-                        )
-                    }),
-                    done,
-                };
-                if self.shared.joins.send(join).await.is_err() || joined.await.is_err() {
+                let filter = Arc::new(filter);
+                if !self
+                    .shared
+                    .join_with_snapshot(&topic, filter, &self.outbound, recovered, None)
+                    .await
+                {
                     return false;
                 }
                 self.shared.metrics.subscriptions_active.inc();

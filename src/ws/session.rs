@@ -24,7 +24,7 @@ use super::coalesce::Coalesce;
 use super::protocol::{self, reply, ErrorCode, Request};
 use crate::auth::{AuthError, Grant};
 use crate::event::GatewayTopic;
-use crate::fanout::{Join, Outbound};
+use crate::fanout::Outbound;
 use crate::gateway::Shared;
 use crate::index::Filter;
 
@@ -376,7 +376,9 @@ impl Session {
                 let recovered = since.map(|_| false);
                 let filter = Arc::new(filter);
                 let subscribed = if snapshot {
-                    self.join(&topic, filter, recovered, id).await
+                    self.shared
+                        .join_with_snapshot(&topic, filter, &self.outbound, recovered, id)
+                        .await
                 } else {
                     let position = self.shared.positions.snapshot();
                     let ack = reply::subscribed(&topic, &position, recovered, None, id);
@@ -420,35 +422,6 @@ impl Session {
                     .await
             }
         }
-    }
-
-    /// A subscribe with `"snapshot": true`, handed to the consumer task: the ack and the
-    /// snapshot rows arrive through the data queue, ahead of the topic's live events.
-    async fn join(
-        &self,
-        topic: &str,
-        filter: Arc<Filter>,
-        recovered: Option<bool>,
-        id: Option<&Value>,
-    ) -> bool {
-        let (done, joined) = tokio::sync::oneshot::channel();
-        let (ack_topic, id) = (topic.to_owned(), id.cloned());
-        let join = Join {
-            topic: topic.to_owned(),
-            filter,
-            outbound: Arc::clone(&self.outbound),
-            ack: Box::new(move |position, rows, complete| {
-                reply::subscribed(
-                    &ack_topic,
-                    position,
-                    recovered,
-                    Some((rows, complete)),
-                    id.as_ref(),
-                )
-            }),
-            done,
-        };
-        self.shared.joins.send(join).await.is_ok() && joined.await.is_ok()
     }
 
     /// An `auth` message: the first token of a connection, or a fresh one that replaces the
