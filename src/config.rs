@@ -195,6 +195,29 @@ pub struct Config {
     )]
     pub snapshot_rows: u32,
 
+    /// Recent events kept per entity for `since` (resume); 0 turns history off (every resume
+    /// answers `recovered: false`).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_HISTORY_EVENTS",
+        default_value_t = 10_000
+    )]
+    pub history_events: u32,
+
+    /// Events older than this leave the history.
+    #[arg(global = true, long, env = "CDC_GATEWAY_HISTORY_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub history_max_age: Duration,
+
+    /// Memory for the history of all entities together, in MiB.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_HISTORY_BUDGET_MIB",
+        default_value_t = 256
+    )]
+    pub history_budget_mib: u32,
+
     /// Client authentication: none, or JWT bearer tokens (--jwt-secret or --jwt-public-key).
     #[arg(global = true, long, env = "CDC_GATEWAY_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,

@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowClientPolicy;
 use crate::event::{ChangeEvent, GatewayTopic, SourcePosition};
+use crate::history::{self, History};
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
 use crate::queue::{self, TrySendError};
-use crate::snapshot::LastValues;
+use crate::snapshot::{LastValues, Latest};
 use crate::ws::close::CloseCode;
 
 /// The sending side of one connection: its bounded queue of serialized messages and the
@@ -109,19 +110,31 @@ pub struct FanOut {
     policy: SlowClientPolicy,
     grace: Duration,
     last_values: Arc<LastValues>,
+    history: Arc<History>,
 }
 
-/// Builds a subscribe ack from what the join found: the dispatched position, and the
-/// snapshot's row count and completeness.
-pub type AckBuilder = Box<dyn FnOnce(&BTreeMap<i32, i64>, usize, bool) -> Vec<u8> + Send>;
+/// What a join found, for the subscribe ack.
+pub struct Joined<'a> {
+    /// The dispatched position when the subscription began.
+    pub position: &'a BTreeMap<i32, i64>,
+    /// With `since`: whether history covered it and the missed events follow.
+    pub recovered: Option<bool>,
+    /// With a snapshot: its row count and completeness.
+    pub snapshot: Option<(usize, bool)>,
+}
 
-/// A subscription that starts with a snapshot. It is served by the consumer task between two
-/// records ([`FanOut::join`]), so the rows it sends and the live events that follow them
-/// leave no gap and repeat nothing.
+/// Builds the subscribe ack from what the join found.
+pub type AckBuilder = Box<dyn FnOnce(Joined<'_>) -> Vec<u8> + Send>;
+
+/// A subscription that starts with a snapshot or resumes from a position. It is served by the
+/// consumer task between two records ([`FanOut::join`]), so the rows and missed events it
+/// sends and the live events that follow them leave no gap and repeat nothing.
 pub struct Join {
     pub topic: String,
-    pub filter: Arc<Filter>,
+    pub filter: Filter,
     pub outbound: Arc<Outbound>,
+    pub since: Option<BTreeMap<i32, i64>>,
+    pub snapshot: bool,
     pub ack: AckBuilder,
     /// Told once the subscription is in the index.
     pub done: tokio::sync::oneshot::Sender<()>,
@@ -142,7 +155,18 @@ impl FanOut {
             policy,
             grace,
             last_values: Arc::new(LastValues::new(0)),
+            history: Arc::new(History::new(history::Limits {
+                per_entity: 0,
+                max_age: Duration::ZERO,
+                budget_bytes: 0,
+            })),
         }
+    }
+
+    /// Keeps recent events per entity in `history`, for resume.
+    pub fn with_history(mut self, history: Arc<History>) -> Self {
+        self.history = history;
+        self
     }
 
     /// Keeps the latest event of every row in `last_values`, for snapshots.
@@ -151,9 +175,10 @@ impl FanOut {
         self
     }
 
-    /// Serves a [`Join`]: the ack, then the snapshot rows that pass the subscription's filter
-    /// (oldest first), all through the connection's queue, then the subscription enters the
-    /// index. Called by the consumer task between two records.
+    /// Serves a [`Join`]: the ack; the snapshot rows that pass the subscription's filter,
+    /// oldest first; the events missed since `since`, when history covers it; all through the
+    /// connection's queue. Then the subscription enters the index, refusing what the client
+    /// already has. Called by the consumer task between two records.
     pub async fn join(&self, join: Join) {
         let (entity, id) = match GatewayTopic::parse(&join.topic) {
             Ok(GatewayTopic::Entity { entity }) => (entity, None),
@@ -161,22 +186,53 @@ impl FanOut {
             // The session validated the topic; nothing to serve otherwise.
             Err(_) => return,
         };
-        let (rows, complete) = self.last_values.rows(entity, id);
-        let mut rows: Vec<_> = rows
-            .into_iter()
-            .filter(|row| join.filter.matches(&row.event))
+        let snapshot = join.snapshot.then(|| {
+            let (rows, complete) = self.last_values.rows(entity, id);
+            let mut rows: Vec<_> = rows
+                .into_iter()
+                .filter(|row| join.filter.matches(&row.event))
+                .collect();
+            rows.sort_by_key(|row| (row.event.position.offset, row.event.position.partition));
+            (rows, complete)
+        });
+        let replay = join
+            .since
+            .as_ref()
+            .map(|since| self.history.replay(entity, id, since));
+        let missed: Vec<_> = replay
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|event| join.filter.matches(&event.event))
+            .cloned()
             .collect();
-        rows.sort_by_key(|row| (row.event.position.offset, row.event.position.partition));
-        let ack = (join.ack)(&self.positions.snapshot(), rows.len(), complete);
+        let ack = (join.ack)(Joined {
+            position: &self.positions.snapshot(),
+            recovered: replay.as_ref().map(Option::is_some),
+            snapshot: snapshot
+                .as_ref()
+                .map(|(rows, complete)| (rows.len(), *complete)),
+        });
         self.offer(&join.outbound, Bytes::from(ack)).await;
         let mut delivered = 0;
-        for row in &rows {
+        for row in snapshot.iter().flat_map(|(rows, _)| rows) {
             let message = snapshot_message(&join.topic, &row.payload, row.event.position);
             delivered += u64::from(self.offer(&join.outbound, message).await);
         }
+        for event in &missed {
+            let message = data_message(&join.topic, &event.payload, event.event.position);
+            delivered += u64::from(self.offer(&join.outbound, message).await);
+        }
         self.metrics.deliveries.inc_by(delivered);
+        // After a replay, live events the client already has are refused (this replica may be
+        // behind its position). Without one, live delivery simply starts: the client reloads.
+        let recovered = matches!(replay, Some(Some(_)));
+        let filter = match join.since {
+            Some(since) if recovered => join.filter.above(since),
+            _ => join.filter,
+        };
         self.index
-            .subscribe(&join.topic, &join.outbound, join.filter);
+            .subscribe(&join.topic, &join.outbound, Arc::new(filter));
         let _ = join.done.send(());
     }
 
@@ -219,9 +275,13 @@ impl FanOut {
         }
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
-        if self.last_values.is_enabled() {
-            let payload = payload.unwrap_or_else(|| Bytes::from(event.payload_json()));
-            self.last_values.record(event, &payload);
+        if self.last_values.is_enabled() || self.history.is_enabled() {
+            let latest = Arc::new(Latest {
+                event: event.clone(),
+                payload: payload.unwrap_or_else(|| Bytes::from(event.payload_json())),
+            });
+            self.last_values.record(&latest);
+            self.history.record(&latest);
         }
         self.positions.record(event.position);
         if let Some(ts) = event.kafka_timestamp_ms {

@@ -2,6 +2,7 @@
 //! side, and holds the state they share. The data path it assembles reads top to bottom:
 //! Kafka -> decode -> index lookup -> filter -> serialize once -> per-connection queue -> socket.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::fanout::{DispatchedPositions, FanOut, Join, Outbound};
+use crate::fanout::{DispatchedPositions, FanOut, Join, Joined, Outbound};
 use crate::health::Health;
+use crate::history::{self, History};
 use crate::index::{Filter, TopicIndex};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -24,7 +26,8 @@ use crate::snapshot::LastValues;
 use crate::ws::protocol::reply;
 use crate::ws::SessionSettings;
 
-/// Snapshot subscriptions waiting for the consumer task; more make their sessions wait.
+/// Snapshot and resume subscriptions waiting for the consumer task; more make their sessions
+/// wait.
 const JOIN_QUEUE: usize = 256;
 
 /// State shared by the HTTP side and every WebSocket session.
@@ -54,15 +57,17 @@ impl Shared {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Subscribes with a snapshot (protocol 7.3): the consumer task queues the ack and the
-    /// snapshot rows for `outbound`, then enters the subscription into the index, between two
-    /// records. False when the consumer task is gone (shutdown).
-    pub async fn join_with_snapshot(
+    /// Subscribes with a snapshot (protocol 7.3) or from a position (7.2): the consumer task
+    /// queues the ack, the snapshot rows and the missed events for `outbound`, then enters the
+    /// subscription into the index, between two records. False when the consumer task is
+    /// gone (shutdown).
+    pub async fn join(
         &self,
         topic: &str,
-        filter: Arc<Filter>,
+        filter: Filter,
         outbound: &Arc<Outbound>,
-        recovered: Option<bool>,
+        since: Option<BTreeMap<i32, i64>>,
+        snapshot: bool,
         id: Option<&Value>,
     ) -> bool {
         let (done, joined) = tokio::sync::oneshot::channel();
@@ -71,12 +76,14 @@ impl Shared {
             topic: topic.to_owned(),
             filter,
             outbound: Arc::clone(outbound),
-            ack: Box::new(move |position, rows, complete| {
+            since,
+            snapshot,
+            ack: Box::new(move |found: Joined<'_>| {
                 reply::subscribed(
                     &ack_topic,
-                    position,
-                    recovered,
-                    Some((rows, complete)),
+                    found.position,
+                    found.recovered,
+                    found.snapshot,
                     id.as_ref(),
                 )
             }),
@@ -136,7 +143,12 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
         config.slow_client_policy,
         config.slow_client_grace,
     )
-    .with_last_values(Arc::new(LastValues::new(config.snapshot_rows as usize)));
+    .with_last_values(Arc::new(LastValues::new(config.snapshot_rows as usize)))
+    .with_history(Arc::new(History::new(history::Limits {
+        per_entity: config.history_events as usize,
+        max_age: config.history_max_age,
+        budget_bytes: (config.history_budget_mib as usize).saturating_mul(1 << 20),
+    })));
     let (joins, joins_served) = tokio::sync::mpsc::channel(JOIN_QUEUE);
     let ingest = Ingest::new(&config, fanout, Arc::clone(&health), Arc::clone(&metrics))?;
     raise_open_file_limit(config.max_connections);

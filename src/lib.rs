@@ -13,6 +13,7 @@ pub mod event;
 pub mod fanout;
 pub mod gateway;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod index;
 pub mod ingest;

@@ -64,10 +64,11 @@ impl LastValues {
 
     /// Records the latest event of its row. A truncate empties its entity: none of the rows
     /// the cache held exist any more.
-    pub fn record(&self, event: &ChangeEvent, payload: &Bytes) {
+    pub fn record(&self, latest: &Arc<Latest>) {
         if !self.is_enabled() {
             return;
         }
+        let event = &latest.event;
         let mut state = self.lock();
         let state = &mut *state;
         let Some(id) = event.entity_id.as_deref() else {
@@ -77,10 +78,7 @@ impl LastValues {
             }
             return;
         };
-        let latest = Arc::new(Latest {
-            event: event.clone(),
-            payload: payload.clone(),
-        });
+        let latest = Arc::clone(latest);
         let entity = state
             .entities
             .entry(event.entity_type.as_str().into())
@@ -136,6 +134,13 @@ mod tests {
         }
     }
 
+    fn latest(id: Option<&str>, operation: Operation, offset: i64) -> Arc<Latest> {
+        Arc::new(Latest {
+            event: event(id, operation, offset),
+            payload: Bytes::from_static(b"{}"),
+        })
+    }
+
     fn offsets(rows: &[Arc<Latest>]) -> Vec<i64> {
         let mut offsets: Vec<i64> = rows.iter().map(|r| r.event.position.offset).collect();
         offsets.sort();
@@ -145,15 +150,14 @@ mod tests {
     #[test]
     fn keeps_the_latest_per_row_within_its_bound() {
         let cache = LastValues::new(2);
-        let payload = Bytes::from_static(b"{}");
-        cache.record(&event(Some("1"), Operation::Insert, 1), &payload);
-        cache.record(&event(Some("2"), Operation::Insert, 2), &payload);
-        cache.record(&event(Some("1"), Operation::Delete, 3), &payload);
+        cache.record(&latest(Some("1"), Operation::Insert, 1));
+        cache.record(&latest(Some("2"), Operation::Insert, 2));
+        cache.record(&latest(Some("1"), Operation::Delete, 3));
         assert_eq!(cache.rows_held(), 2);
         let (rows, complete) = cache.rows("order", None);
         assert_eq!((offsets(&rows), complete), (vec![2, 3], true));
 
-        cache.record(&event(Some("3"), Operation::Insert, 4), &payload);
+        cache.record(&latest(Some("3"), Operation::Insert, 4));
         let (rows, complete) = cache.rows("order", None);
         assert_eq!(
             (offsets(&rows), complete),
@@ -168,7 +172,7 @@ mod tests {
             "nothing seen, nothing missing"
         );
 
-        cache.record(&event(None, Operation::Truncate, 5), &payload);
+        cache.record(&latest(None, Operation::Truncate, 5));
         assert_eq!(cache.rows_held(), 0);
         assert!(cache.rows("order", None).0.is_empty());
     }
@@ -176,7 +180,7 @@ mod tests {
     #[test]
     fn a_disabled_cache_holds_nothing() {
         let cache = LastValues::new(0);
-        cache.record(&event(Some("1"), Operation::Insert, 1), &Bytes::new());
+        cache.record(&latest(Some("1"), Operation::Insert, 1));
         let (rows, complete) = cache.rows("order", None);
         assert!(rows.is_empty() && !complete);
     }

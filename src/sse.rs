@@ -333,22 +333,25 @@ struct Stream {
 impl Stream {
     /// Sends the acks, then enters the topics into the index: the acks precede any data.
     async fn open(&mut self, request: StreamRequest, chunks: &mpsc::Sender<Bytes>) -> bool {
-        // As on WebSocket: no replay history yet, so a resume is `recovered: false` and a
-        // snapshot is empty and incomplete; live delivery starts now.
-        let recovered = request.since.as_ref().map(|_| false);
         let dispatched = self.shared.positions.snapshot();
         // The position a WebSocket client would keep from the ack, unless it resumes.
         self.position = request.since.clone().unwrap_or_else(|| dispatched.clone());
-        if request.snapshot {
-            // Each topic joins through the consumer task: its ack and snapshot rows come
-            // through the queue, ahead of its live events.
+        if request.snapshot || request.since.is_some() {
+            // Each topic joins through the consumer task: its ack, snapshot rows and missed
+            // events come through the queue, ahead of its live events.
             for (topic, filter) in request.topics {
-                let filter = Arc::new(filter);
-                if !self
+                let joined = self
                     .shared
-                    .join_with_snapshot(&topic, filter, &self.outbound, recovered, None)
-                    .await
-                {
+                    .join(
+                        &topic,
+                        filter,
+                        &self.outbound,
+                        request.since.clone(),
+                        request.snapshot,
+                        None,
+                    )
+                    .await;
+                if !joined {
                     return false;
                 }
                 self.shared.metrics.subscriptions_active.inc();
@@ -357,7 +360,7 @@ impl Stream {
         } else {
             let mut acks = BytesMut::new();
             for (topic, _) in &request.topics {
-                let ack = reply::subscribed(topic, &dispatched, recovered, None, None);
+                let ack = reply::subscribed(topic, &dispatched, None, None, None);
                 acks.put_slice(b"event: ack\ndata: ");
                 acks.put_slice(&ack);
                 acks.put_slice(b"\n\n");

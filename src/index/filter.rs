@@ -3,6 +3,7 @@
 //! client sent. Matching reads the normalized event directly: no serialization per check.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
 
@@ -12,6 +13,8 @@ use crate::event::{ChangeEvent, Row};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     clauses: Vec<Clause>,
+    /// A resumed subscription's position: events at or below it, per partition, were seen.
+    floor: Option<BTreeMap<i32, i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,11 +86,21 @@ impl Filter {
                 })
             })
             .collect::<Result<_, FilterError>>()?;
-        Ok(Filter { clauses })
+        Ok(Filter {
+            clauses,
+            floor: None,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.clauses.is_empty()
+        self.clauses.is_empty() && self.floor.is_none()
+    }
+
+    /// Also refuses the events at or below `floor` on its partitions: a client that resumed
+    /// from there (protocol 7.2) already has them, even when this replica is behind it.
+    pub fn above(mut self, floor: BTreeMap<i32, i64>) -> Filter {
+        self.floor = Some(floor);
+        self
     }
 
     /// Clauses (one per key of the filter objects it was built from).
@@ -102,6 +115,12 @@ impl Filter {
     }
 
     pub fn matches(&self, event: &ChangeEvent) -> bool {
+        let at = event.position;
+        if let Some(floor) = &self.floor {
+            if floor.get(&at.partition).is_some_and(|o| at.offset <= *o) {
+                return false;
+            }
+        }
         self.clauses.iter().all(|clause| {
             let field = clause.path.resolve(event);
             clause

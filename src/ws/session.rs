@@ -371,20 +371,20 @@ impl Session {
                         .error(ErrorCode::TooManySubscriptions, &message, Some(&topic), id)
                         .await;
                 }
-                // No replay history yet: a resume request is answered `recovered: false` (the
-                // client reloads state, with a snapshot for instance).
-                let recovered = since.map(|_| false);
-                let filter = Arc::new(filter);
-                let subscribed = if snapshot {
+                // A snapshot or a resume goes through the consumer task, which answers
+                // `recovered` and the snapshot's rows in the ack.
+                let subscribed = if snapshot || since.is_some() {
                     self.shared
-                        .join_with_snapshot(&topic, filter, &self.outbound, recovered, id)
+                        .join(&topic, filter, &self.outbound, since, snapshot, id)
                         .await
                 } else {
                     let position = self.shared.positions.snapshot();
-                    let ack = reply::subscribed(&topic, &position, recovered, None, id);
+                    let ack = reply::subscribed(&topic, &position, None, None, id);
                     let sent = self.send(Control::Text(ack)).await;
                     if sent {
-                        self.shared.index.subscribe(&topic, &self.outbound, filter);
+                        self.shared
+                            .index
+                            .subscribe(&topic, &self.outbound, Arc::new(filter));
                     }
                     sent
                 };

@@ -549,3 +549,69 @@ async fn connection_limit_and_origin_policy_close_with_1008() {
         (1008, "origin not allowed".to_string())
     );
 }
+
+#[tokio::test]
+async fn a_client_that_comes_back_with_its_position_gets_what_it_missed_then_live() {
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
+    let order = |id: &str, n: u64| json!({"entity_type": "order", "entity_id": id, "operation": "update", "data": {"n": n}});
+    // The watcher sees every event: once it has them, they are dispatched (and in history).
+    let mut watcher = Client::connect(&gateway).await;
+    watcher.subscribe("cdc.order", json!({})).await;
+    let mut offsets = Vec::new();
+    for n in 0..5 {
+        let id = if n % 2 == 0 { "1" } else { "2" };
+        producer.send_json(&topic, None, &order(id, n)).await;
+        offsets.push(watcher.data().await["offset"].as_i64().unwrap());
+    }
+
+    // Back with the position of the third event: the fourth and fifth follow the ack.
+    let mut back = Client::connect(&gateway).await;
+    back.send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": offsets[2]}}))
+        .await;
+    let ack = back.recv().await;
+    assert_eq!(
+        (ack["type"].as_str(), &ack["recovered"]),
+        (Some("ack"), &json!(true))
+    );
+    let mut row = Client::connect(&gateway).await;
+    row.send(json!({"action": "subscribe", "topic": "cdc.order.1", "since": {"0": offsets[0]}}))
+        .await;
+    assert_eq!(row.recv().await["recovered"], true);
+    producer.send_json(&topic, None, &order("1", 5)).await;
+    offsets.push(watcher.data().await["offset"].as_i64().unwrap());
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let message = back.data().await;
+        assert!(message.get("snapshot").is_none());
+        got.push(message["offset"].as_i64().unwrap());
+    }
+    assert_eq!(
+        got,
+        offsets[3..],
+        "missed events in order, then live: no gap, no repeat"
+    );
+    let mut row_got = Vec::new();
+    for _ in 0..3 {
+        row_got.push(row.data().await["payload"]["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(
+        row_got,
+        [2, 4, 5],
+        "only its row's events after its position"
+    );
+
+    // A position history cannot vouch for: recovered false, and live delivery starts.
+    let mut lost = Client::connect(&gateway).await;
+    lost.send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": -5}}))
+        .await;
+    assert_eq!(lost.recv().await["recovered"], false);
+    // A position ahead of this gateway: nothing at or below it is sent again.
+    let mut ahead = Client::connect(&gateway).await;
+    ahead
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": 1000}}))
+        .await;
+    assert_eq!(ahead.recv().await["recovered"], true);
+    producer.send_json(&topic, None, &order("2", 6)).await;
+    assert_eq!(lost.data().await["payload"]["data"]["n"], 6);
+    ahead.expect_silence(Duration::from_millis(500)).await;
+}

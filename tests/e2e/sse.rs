@@ -63,24 +63,30 @@ impl SseClient {
         request.push_str("\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).await.unwrap();
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
+        let head = async {
+            let mut line = String::new();
             reader.read_line(&mut line).await.unwrap();
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
+            let status = line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).await.unwrap();
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').unwrap();
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
             }
-            let (name, value) = header.split_once(':').unwrap();
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
+            (status, headers)
+        };
+        let (status, headers) = tokio::time::timeout(WAIT, head)
+            .await
+            .expect("the response head in time");
         SseClient {
             reader,
             status,
@@ -138,10 +144,12 @@ impl SseClient {
         .expect("an event-stream item in time")
     }
 
-    /// The next `event:` item, skipping comments.
+    /// The next `event:` item within `within`, skipping comments.
     async fn next_event(&mut self, within: Duration) -> Option<(String, Option<String>, Value)> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            match self.next(within).await? {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
                 Item::Event { event, id, data } => {
                     return Some((event, id, serde_json::from_str(&data).unwrap()))
                 }
@@ -426,4 +434,37 @@ async fn a_stalled_stream_is_closed_and_holds_nobody_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(stalled);
+}
+
+#[tokio::test]
+async fn a_reconnecting_event_source_resumes_from_last_event_id() {
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
+    let mut first = SseClient::open(gateway.addr(), "/sse?topic=cdc.order", &[]).await;
+    assert_eq!(first.next_event(WAIT).await.unwrap().0, "ack");
+    for n in 0..4 {
+        producer
+            .send_json(&topic, None, &order(&n.to_string(), "new"))
+            .await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(first.next_event(WAIT).await.unwrap().1.unwrap());
+    }
+    drop(first);
+    let mut again = SseClient::open(
+        gateway.addr(),
+        "/sse?topic=cdc.order",
+        &[("Last-Event-ID", ids[1].as_str())],
+    )
+    .await;
+    let (event, _, ack) = again.next_event(WAIT).await.unwrap();
+    assert_eq!((event.as_str(), &ack["recovered"]), ("ack", &json!(true)));
+    for expected in &ids[2..] {
+        let (_, id, _) = again.next_event(WAIT).await.unwrap();
+        assert_eq!(
+            id.as_ref(),
+            Some(expected),
+            "the missed events, with their ids"
+        );
+    }
 }

@@ -1,0 +1,285 @@
+//! Recent events per entity, for `since` (protocol section 7.2): a client that reconnects
+//! with the position it kept gets the events it missed, then live ones. Like the last-value
+//! cache, history is written by the consumer task after each dispatch and read by it between
+//! two records, so a replay and the live events after it leave no gap.
+//!
+//! History is bounded three ways: a count per entity (`--history-events`), an age
+//! (`--history-max-age`) and a byte budget over all entities (`--history-budget-mib`), which
+//! evicts the oldest event of whichever entity holds it. A replay is only answered when
+//! history still covers the client's position on every partition it names: this process
+//! saw that partition from at or before the position, and evicted nothing of the entity
+//! after it there. Otherwise the answer is `recovered: false` and the client reloads.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::snapshot::Latest;
+
+/// Bytes counted for an event besides its payload (the event's own fields, the bookkeeping).
+const ENTRY_OVERHEAD: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Events kept per entity; 0 turns history off.
+    pub per_entity: usize,
+    pub max_age: Duration,
+    pub budget_bytes: usize,
+}
+
+/// One recorded event: when, in which order over all entities, and what.
+type Entry = (Instant, u64, Arc<Latest>);
+
+#[derive(Default)]
+struct Entity {
+    events: VecDeque<Entry>,
+    /// Highest offset evicted per partition.
+    evicted: HashMap<i32, i64>,
+}
+
+#[derive(Default)]
+struct State {
+    entities: HashMap<Box<str>, Entity>,
+    bytes: usize,
+    /// First offset this process recorded per partition.
+    first_seen: HashMap<i32, i64>,
+    /// Events recorded so far: orders entries over all entities.
+    recorded: u64,
+}
+
+pub struct History {
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+fn size(latest: &Latest) -> usize {
+    latest.payload.len() + ENTRY_OVERHEAD
+}
+
+impl Entity {
+    fn evict_front(&mut self) -> usize {
+        let Some((_, _, latest)) = self.events.pop_front() else {
+            return 0;
+        };
+        let at = latest.event.position;
+        let evicted = self.evicted.entry(at.partition).or_insert(at.offset);
+        *evicted = (*evicted).max(at.offset);
+        size(&latest)
+    }
+}
+
+impl History {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.limits.per_entity > 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a dispatched event, then evicts what the limits no longer allow.
+    pub fn record(&self, latest: &Arc<Latest>) {
+        if !self.is_enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let at = latest.event.position;
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.first_seen.entry(at.partition).or_insert(at.offset);
+        let entity = state
+            .entities
+            .entry(latest.event.entity_type.as_str().into())
+            .or_default();
+        state.recorded += 1;
+        entity
+            .events
+            .push_back((now, state.recorded, Arc::clone(latest)));
+        state.bytes += size(latest);
+        while entity.events.len() > self.limits.per_entity
+            || entity
+                .events
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > self.limits.max_age)
+        {
+            state.bytes -= entity.evict_front();
+        }
+        while state.bytes > self.limits.budget_bytes {
+            // The oldest event of all: the entity whose front came first.
+            let Some(oldest) = state
+                .entities
+                .values_mut()
+                .filter(|e| !e.events.is_empty())
+                .min_by_key(|e| e.events.front().map(|(_, seq, _)| *seq))
+            else {
+                break;
+            };
+            state.bytes -= oldest.evict_front();
+        }
+    }
+
+    /// The events of `entity` (of its row `id` only, when given) after `since` on each
+    /// partition `since` names, in dispatch order; `None` when history does not cover
+    /// `since`. Partitions `since` does not name are not replayed.
+    pub fn replay(
+        &self,
+        entity: &str,
+        id: Option<&str>,
+        since: &BTreeMap<i32, i64>,
+    ) -> Option<Vec<Arc<Latest>>> {
+        if !self.is_enabled() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut missing = Entity::default();
+        let history = match state.entities.get_mut(entity) {
+            Some(history) => {
+                while history
+                    .events
+                    .front()
+                    .is_some_and(|(t, _, _)| now.duration_since(*t) > self.limits.max_age)
+                {
+                    state.bytes -= history.evict_front();
+                }
+                history
+            }
+            None => &mut missing,
+        };
+        let covered = since.iter().all(|(partition, offset)| {
+            let seen_from_there = state
+                .first_seen
+                .get(partition)
+                .is_some_and(|first| *first <= offset.saturating_add(1));
+            let nothing_evicted_after =
+                history.evicted.get(partition).is_none_or(|e| *e <= *offset);
+            seen_from_there && nothing_evicted_after
+        });
+        if !covered {
+            return None;
+        }
+        Some(
+            history
+                .events
+                .iter()
+                .map(|(_, _, latest)| latest)
+                .filter(|latest| {
+                    let at = latest.event.position;
+                    since.get(&at.partition).is_some_and(|o| at.offset > *o)
+                        && id.is_none_or(|id| latest.event.entity_id.as_deref() == Some(id))
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ChangeEvent, Operation, SourcePosition};
+    use bytes::Bytes;
+
+    fn latest(entity: &str, id: &str, partition: i32, offset: i64) -> Arc<Latest> {
+        Arc::new(Latest {
+            event: ChangeEvent {
+                entity_type: entity.into(),
+                entity_id: Some(id.into()),
+                operation: Operation::Update,
+                data: None,
+                before: None,
+                timestamp: "2026-11-23T10:00:00Z".into(),
+                position: SourcePosition { partition, offset },
+                kafka_timestamp_ms: None,
+            },
+            payload: Bytes::from(vec![b' '; 100]),
+        })
+    }
+
+    fn history(per_entity: usize, budget_bytes: usize) -> History {
+        History::new(Limits {
+            per_entity,
+            max_age: Duration::from_secs(600),
+            budget_bytes,
+        })
+    }
+
+    fn offsets(events: Option<Vec<Arc<Latest>>>) -> Option<Vec<i64>> {
+        events.map(|e| e.iter().map(|l| l.event.position.offset).collect())
+    }
+
+    #[test]
+    fn replays_what_came_after_the_position_while_covered() {
+        let h = history(3, usize::MAX);
+        for offset in 10..15 {
+            h.record(&latest("order", &(offset % 2).to_string(), 0, offset));
+        }
+        h.record(&latest("order", "9", 1, 7));
+        // Three per entity: 10, 11 and 12 were evicted, so positions from 12 on are covered.
+        let since = |pairs: &[(i32, i64)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
+        assert_eq!(
+            offsets(h.replay("order", None, &since(&[(0, 12)]))),
+            Some(vec![13, 14])
+        );
+        assert_eq!(
+            offsets(h.replay("order", Some("0"), &since(&[(0, 12)]))),
+            Some(vec![14])
+        );
+        assert_eq!(
+            h.replay("order", None, &since(&[(0, 10)])).map(|_| ()),
+            None,
+            "evicted"
+        );
+        assert_eq!(
+            offsets(h.replay("order", None, &since(&[(0, 13), (1, 6)]))),
+            Some(vec![14, 7]),
+            "dispatch order across partitions"
+        );
+        assert_eq!(
+            h.replay("order", None, &since(&[(1, 5)])).map(|_| ()),
+            None,
+            "not seen from 6"
+        );
+        assert_eq!(
+            h.replay("order", None, &since(&[(2, 0)])).map(|_| ()),
+            None,
+            "never seen"
+        );
+        assert_eq!(
+            offsets(h.replay("customer", None, &since(&[(0, 12)]))),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_event_of_all() {
+        let one = 100 + ENTRY_OVERHEAD;
+        let h = history(100, 3 * one);
+        h.record(&latest("order", "1", 0, 1));
+        h.record(&latest("customer", "1", 0, 2));
+        h.record(&latest("order", "2", 0, 3));
+        h.record(&latest("order", "3", 0, 4));
+        let since = BTreeMap::from([(0, 1)]);
+        assert_eq!(offsets(h.replay("order", None, &since)), Some(vec![3, 4]));
+        assert_eq!(offsets(h.replay("customer", None, &since)), Some(vec![2]));
+        assert_eq!(
+            h.replay("order", None, &BTreeMap::from([(0, 0)]))
+                .map(|_| ()),
+            None
+        );
+        h.record(&latest("order", "4", 0, 5));
+        assert_eq!(
+            h.replay("customer", None, &since).map(|_| ()),
+            None,
+            "customer's 2 went"
+        );
+    }
+}
