@@ -209,6 +209,16 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_HISTORY_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
     pub history_max_age: Duration,
 
+    /// Records read back per partition at start to warm the history and the snapshot cache,
+    /// so that resume works across a restart; 0 starts empty.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_HISTORY_WARMUP",
+        default_value_t = 1000
+    )]
+    pub history_warmup: u32,
+
     /// Memory for the history of all entities together, in MiB.
     #[arg(
         global = true,

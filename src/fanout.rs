@@ -236,6 +236,23 @@ impl FanOut {
         let _ = join.done.send(());
     }
 
+    /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
+    /// cache and the resume history.
+    pub fn remember(&self, event: &ChangeEvent) {
+        self.record(event, None);
+    }
+
+    fn record(&self, event: &ChangeEvent, payload: Option<Bytes>) {
+        if self.last_values.is_enabled() || self.history.is_enabled() {
+            let latest = Arc::new(Latest {
+                event: event.clone(),
+                payload: payload.unwrap_or_else(|| Bytes::from(event.payload_json())),
+            });
+            self.last_values.record(&latest);
+            self.history.record(&latest);
+        }
+    }
+
     /// Queues the event for every matching subscriber of its entity and row topics. Returns
     /// once every recipient has it queued, was skipped under the policy, or is gone.
     pub async fn dispatch(&self, event: &ChangeEvent) {
@@ -275,14 +292,7 @@ impl FanOut {
         }
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
-        if self.last_values.is_enabled() || self.history.is_enabled() {
-            let latest = Arc::new(Latest {
-                event: event.clone(),
-                payload: payload.unwrap_or_else(|| Bytes::from(event.payload_json())),
-            });
-            self.last_values.record(&latest);
-            self.history.record(&latest);
-        }
+        self.record(event, payload);
         self.positions.record(event.position);
         if let Some(ts) = event.kafka_timestamp_ms {
             let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);

@@ -45,6 +45,9 @@ struct State {
     first_seen: HashMap<i32, i64>,
     /// Events recorded so far: orders entries over all entities.
     recorded: u64,
+    /// Highest offset recorded per partition: an older event (dispatched after a warm-up
+    /// that read further) is not recorded twice.
+    last: HashMap<i32, i64>,
 }
 
 pub struct History {
@@ -93,6 +96,11 @@ impl History {
         let at = latest.event.position;
         let mut state = self.lock();
         let state = &mut *state;
+        let last = state.last.entry(at.partition).or_insert(i64::MIN);
+        if *last >= at.offset {
+            return;
+        }
+        *last = at.offset;
         state.first_seen.entry(at.partition).or_insert(at.offset);
         let entity = state
             .entities

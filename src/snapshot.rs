@@ -84,7 +84,13 @@ impl LastValues {
             .entry(event.entity_type.as_str().into())
             .or_default();
         if let Some(row) = entity.rows.get_mut(id) {
-            *row = latest;
+            // A warm-up may have read further than the first records dispatched after it.
+            let held = row.event.position;
+            let newer =
+                held.partition != event.position.partition || held.offset < event.position.offset;
+            if newer {
+                *row = latest;
+            }
         } else if state.rows < self.capacity {
             entity.rows.insert(id.into(), latest);
             state.rows += 1;

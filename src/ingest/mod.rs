@@ -7,6 +7,7 @@
 mod context;
 mod dead_letter;
 pub mod decode;
+mod warmup;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use context::GatewayContext;
 use dead_letter::DeadLetter;
 use decode::{DecodeError, Decoded, Decoder, RawRecord};
+use warmup::Warmup;
 
 use crate::config::Config;
 use crate::event::SourcePosition;
@@ -51,6 +53,7 @@ pub struct Ingest {
     dead_letter: Option<DeadLetter>,
     fanout: FanOut,
     metrics: Arc<Metrics>,
+    warmup: Option<Warmup>,
 }
 
 impl Ingest {
@@ -103,18 +106,24 @@ impl Ingest {
             dead_letter,
             fanout,
             metrics,
+            warmup: Warmup::new(config),
         })
     }
 
     /// Consumes until `stop` fires, then commits what was dispatched. Between two records it
     /// serves the subscriptions that start with a snapshot (`joins`).
-    pub async fn run(self, stop: CancellationToken, mut joins: mpsc::Receiver<Join>) {
+    pub async fn run(mut self, stop: CancellationToken, mut joins: mpsc::Receiver<Join>) {
         let mut log_limit = LogLimit::new(Duration::from_secs(1));
         loop {
             let message = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 Some(join) = joins.recv() => {
+                    if let (Some(warmup), Some(since)) = (self.warmup.as_mut(), &join.since) {
+                        warmup
+                            .before_resume(since.keys().copied(), &self.consumer, &self.decoder, &self.fanout)
+                            .await;
+                    }
                     self.fanout.join(join).await;
                     continue;
                 }
@@ -134,6 +143,17 @@ impl Ingest {
                 partition: message.partition(),
                 offset: message.offset(),
             };
+            if let Some(warmup) = self.warmup.as_mut() {
+                warmup
+                    .before_first(
+                        &topic,
+                        position.partition,
+                        position.offset,
+                        &self.decoder,
+                        &self.fanout,
+                    )
+                    .await;
+            }
             let record = RawRecord {
                 key: message.key(),
                 value: message.payload(),

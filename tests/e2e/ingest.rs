@@ -313,3 +313,65 @@ async fn offsets_are_committed_and_a_restarted_gateway_resumes_after_them() {
     );
     assert_eq!(message["offset"], 3);
 }
+
+#[tokio::test]
+async fn a_restarted_gateway_reads_history_back_so_clients_resume_and_snapshot_on_it() {
+    let tansu = Tansu::start();
+    let topic = unique("cdc-events");
+    tansu.create_topic(&topic, 1).await;
+    let group = unique("group");
+    let mut first = Gateway::start(&tansu.brokers(), &topic, &["--group-id", &group]).await;
+    let producer = tansu.producer();
+    let mut client = Client::connect(&first).await;
+    client.subscribe("cdc.order", json!({})).await;
+    let mut offsets = Vec::new();
+    for i in 0..4 {
+        producer
+            .send_json(
+                &topic,
+                None,
+                &simple(&i.to_string(), "insert", json!({"i": i})),
+            )
+            .await;
+        offsets.push(client.data().await["offset"].as_i64().unwrap());
+    }
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+
+    // The client kept the position of the second event, and reconnects to a new process.
+    let second = Gateway::start(&tansu.brokers(), &topic, &["--group-id", &group]).await;
+    let mut back = Client::connect(&second).await;
+    back.send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": offsets[1]}}))
+        .await;
+    let ack = back.recv().await;
+    assert_eq!(
+        ack["recovered"], true,
+        "history read back from Kafka: {ack}"
+    );
+    for expected in &offsets[2..] {
+        assert_eq!(back.data().await["offset"], *expected);
+    }
+    let mut dashboard = Client::connect(&second).await;
+    dashboard
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "snapshot": true}))
+        .await;
+    assert_eq!(
+        dashboard.recv().await["snapshot"],
+        json!({"rows": 4, "complete": true}),
+        "the snapshot cache is warmed too"
+    );
+    producer
+        .send_json(&topic, None, &simple("new", "insert", json!({"i": 4})))
+        .await;
+    let live = back.data().await;
+    assert_eq!(
+        (
+            live["payload"]["entity_id"].as_str(),
+            live["offset"].as_i64()
+        ),
+        (Some("new"), Some(offsets[3] + 1)),
+        "then live, once"
+    );
+    back.expect_silence(std::time::Duration::from_millis(300))
+        .await;
+}
