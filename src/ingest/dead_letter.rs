@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,18 +24,17 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn new(config: &Config, topic: &str, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("client.id", "cdc-gateway-dead-letter")
-            .set("message.timeout.ms", "5000");
         // Connection properties (security, SASL) apply to the producer too; consumer-only
         // ones would make librdkafka warn, so only those are skipped.
-        for (key, value) in &config.kafka_properties {
-            if !is_consumer_only(key) {
-                client.set(key, value);
-            }
-        }
+        let client = super::kafka_client(
+            config,
+            |client| {
+                client
+                    .set("client.id", "cdc-gateway-dead-letter")
+                    .set("message.timeout.ms", "5000");
+            },
+            |key| !is_consumer_only(key),
+        );
         Ok(Self {
             producer: client.create()?,
             topic: topic.to_owned(),

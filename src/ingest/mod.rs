@@ -63,26 +63,27 @@ impl Ingest {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IngestError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
-            .set("client.id", "cdc-gateway")
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", config.auto_offset_reset.as_kafka())
-            .set(
-                "statistics.interval.ms",
-                config.stats_interval.as_millis().to_string(),
-            )
-            .set("fetch.wait.max.ms", "10")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("topic.metadata.refresh.interval.ms", "10000");
-        for (key, value) in &config.kafka_properties {
-            client.set(key, value);
-        }
+        let client = kafka_client(
+            config,
+            |client| {
+                client
+                    .set("group.id", &config.group_id)
+                    .set("client.id", "cdc-gateway")
+                    .set("enable.auto.commit", "true")
+                    .set("auto.commit.interval.ms", "1000")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", config.auto_offset_reset.as_kafka())
+                    .set(
+                        "statistics.interval.ms",
+                        config.stats_interval.as_millis().to_string(),
+                    )
+                    .set("fetch.wait.max.ms", "10")
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "1000")
+                    .set("topic.metadata.refresh.interval.ms", "10000");
+            },
+            |_| true,
+        );
         let consumer: GatewayConsumer = client
             .create_with_context(GatewayContext::new(health))
             .map_err(IngestError::Consumer)?;
@@ -243,6 +244,25 @@ impl Ingest {
             Err(e) => tracing::warn!("final offset commit failed: {e}"),
         }
     }
+}
+
+/// A librdkafka client of the gateway: `--brokers`, then the settings of its role, then the
+/// `--kafka-property` values that `keep` accepts, which win (security and tuning apply to
+/// every client the gateway makes).
+fn kafka_client(
+    config: &Config,
+    settings: impl FnOnce(&mut ClientConfig),
+    keep: impl Fn(&str) -> bool,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    settings(&mut client);
+    for (key, value) in &config.kafka_properties {
+        if keep(key) {
+            client.set(key, value);
+        }
+    }
+    client
 }
 
 /// Bounds how often the same kind of problem is logged: bad input can arrive at line rate.

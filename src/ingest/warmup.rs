@@ -49,17 +49,18 @@ impl Warmup {
         if config.history_warmup == 0 || !wanted {
             return None;
         }
-        let mut reader = ClientConfig::new();
-        reader
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", format!("{}-warmup", config.group_id))
-            .set("client.id", "cdc-gateway-warmup")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true");
-        for (key, value) in &config.kafka_properties {
-            reader.set(key, value);
-        }
+        let reader = super::kafka_client(
+            config,
+            |reader| {
+                reader
+                    .set("group.id", format!("{}-warmup", config.group_id))
+                    .set("client.id", "cdc-gateway-warmup")
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "true");
+            },
+            |_| true,
+        );
         Some(Self {
             reader,
             window: i64::from(config.history_warmup),
