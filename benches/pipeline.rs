@@ -11,10 +11,11 @@ use serde_json::json;
 
 use cdc_gateway::config::{InputFormat, SlowClientPolicy};
 use cdc_gateway::event::{ChangeEvent, Operation, SourcePosition};
-use cdc_gateway::fanout::{data_message, DispatchedPositions, FanOut, Outbound};
+use cdc_gateway::fanout::{data_message, FanOut, Kind, Outbound};
 use cdc_gateway::index::{Filter, TopicIndex};
 use cdc_gateway::ingest::decode::{Decoded, Decoder, RawRecord};
 use cdc_gateway::metrics::Metrics;
+use cdc_gateway::position::Dispatched;
 
 fn decode(c: &mut Criterion) {
     let decoder = Decoder::new(
@@ -37,10 +38,7 @@ fn decode(c: &mut Criterion) {
         debezium.to_string().into_bytes(),
         wrapped.to_string().into_bytes(),
     );
-    let position = SourcePosition {
-        partition: 0,
-        offset: 1,
-    };
+    let position = SourcePosition::new("cdc.events", 0, 1);
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(1));
     for (name, value, key) in [
@@ -81,10 +79,7 @@ fn event(id: u32) -> ChangeEvent {
         ),
         before: Some(json!({"id": id, "status": "paid", "amount": 150, "region": "eu"}).into()),
         timestamp: "2026-11-22T10:00:00Z".into(),
-        position: SourcePosition {
-            partition: 0,
-            offset: i64::from(id),
-        },
+        position: SourcePosition::new("cdc.events", 0, i64::from(id)),
         kafka_timestamp_ms: None,
     }
 }
@@ -117,7 +112,7 @@ fn serialize(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("payload", |b| b.iter(|| e.payload_json()));
     group.bench_function("data_message", |b| {
-        b.iter(|| data_message("cdc.order.42", &payload, e.position))
+        b.iter(|| data_message("cdc.order.42", &payload, e.position, Kind::Live))
     });
     group.finish();
 }
@@ -137,7 +132,7 @@ fn fanout(c: &mut Criterion) {
         let engine = FanOut::new(
             Arc::clone(&index),
             metrics,
-            Arc::new(DispatchedPositions::default()),
+            Arc::new(Dispatched::default()),
             SlowClientPolicy::Close,
             Duration::from_secs(5),
         );

@@ -278,6 +278,11 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How often the source topics' metadata is re-read for new partitions and, with `^regex`
+    /// entries, newly matching topics (read from their beginning).
+    #[arg(global = true, long, env = "CDC_GATEWAY_PARTITION_DISCOVERY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub partition_discovery_interval: Duration,
+
     /// Interval of librdkafka statistics (consumer lag, broker state).
     #[arg(global = true, long, env = "CDC_GATEWAY_STATS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -311,6 +316,14 @@ impl Config {
                 "must list non-empty topic names",
             ));
         }
+        for pattern in self.source_topics.iter().filter(|t| t.starts_with('^')) {
+            if let Err(e) = regex::Regex::new(pattern) {
+                return Err(ConfigError::new(
+                    "--source-topics",
+                    format!("`{pattern}` is not a regular expression: {e}"),
+                ));
+            }
+        }
         if self.group_id.trim().is_empty() {
             return Err(ConfigError::new("--group-id", "must not be empty"));
         }
@@ -325,10 +338,15 @@ impl Config {
             }
         }
         if let Some(topic) = &self.dead_letter_topic {
-            if topic.trim().is_empty() || self.source_topics.contains(topic) {
+            let read_back = self.source_topics.iter().any(|source| {
+                source == topic
+                    || (source.starts_with('^')
+                        && regex::Regex::new(source).is_ok_and(|p| p.is_match(topic)))
+            });
+            if topic.trim().is_empty() || read_back {
                 return Err(ConfigError::new(
                     "--dead-letter-topic",
-                    "must be a non-empty topic that is not a source topic",
+                    "must be a non-empty topic that no --source-topics entry names or matches",
                 ));
             }
         }
@@ -339,6 +357,10 @@ impl Config {
             ("--ping-interval", self.ping_interval),
             ("--slow-client-grace", self.slow_client_grace),
             ("--stats-interval", self.stats_interval),
+            (
+                "--partition-discovery-interval",
+                self.partition_discovery_interval,
+            ),
             ("--drain-timeout", self.drain_timeout),
         ] {
             if value.is_zero() {

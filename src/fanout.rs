@@ -5,9 +5,8 @@
 //! keeps reading, and a client that stays full is closed with 4004 or, under the drop policy,
 //! skipped with a count. No lock is held while waiting.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use crate::event::{ChangeEvent, GatewayTopic, SourcePosition};
 use crate::history::{self, History};
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
+use crate::position::{Dispatched, Position};
 use crate::queue::{self, TrySendError};
 use crate::snapshot::{LastValues, Latest};
 use crate::ws::close::CloseCode;
@@ -81,77 +81,66 @@ impl Outbound {
     }
 }
 
-/// The highest source offset dispatched per partition: the `position` in subscribe acks.
-#[derive(Default)]
-pub struct DispatchedPositions {
-    offsets: Mutex<BTreeMap<i32, i64>>,
-}
-
-impl DispatchedPositions {
-    pub fn record(&self, position: SourcePosition) {
-        let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = offsets.entry(position.partition).or_insert(position.offset);
-        *entry = (*entry).max(position.offset);
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<i32, i64> {
-        self.offsets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
 /// Hands events to the subscribers of their topics.
 pub struct FanOut {
     index: Arc<TopicIndex>,
     metrics: Arc<Metrics>,
-    positions: Arc<DispatchedPositions>,
+    dispatched: Arc<Dispatched>,
     policy: SlowClientPolicy,
     grace: Duration,
     last_values: Arc<LastValues>,
     history: Arc<History>,
 }
 
-/// What a join found, for the subscribe ack.
-pub struct Joined<'a> {
-    /// The dispatched position when the subscription began.
-    pub position: &'a BTreeMap<i32, i64>,
-    /// With `since`: whether history covered it and the missed events follow.
+/// What a join found: the ack of each topic says it, and the requester is told it.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The dispatched position when the subscription began: every partition read.
+    pub position: Position,
+    /// With `since` (and no snapshot): whether the missed events follow.
     pub recovered: Option<bool>,
-    /// With a snapshot: its row count and completeness.
-    pub snapshot: Option<(usize, bool)>,
 }
 
-/// Builds the subscribe ack from what the join found.
-pub type AckBuilder = Box<dyn FnOnce(Joined<'_>) -> Vec<u8> + Send>;
+/// Builds one topic's subscribe ack: the topic, what the join found, and the snapshot's row
+/// count and completeness when one was asked for.
+pub type AckBuilder = Box<dyn FnMut(&str, &Joined, Option<(usize, bool)>) -> Vec<u8> + Send>;
 
-/// A subscription that starts with a snapshot or resumes from a position. It is served by the
-/// consumer task between two records ([`FanOut::join`]), so the rows and missed events it
-/// sends and the live events that follow them leave no gap and repeat nothing.
+/// A subscription to one or more topics (a WebSocket subscribe, or an SSE stream's topics).
+/// It is served by the consumer task between two records ([`FanOut::join`]), so its ack's
+/// position, the snapshot rows or missed events it sends, and the live events that follow
+/// leave no gap and repeat nothing.
 pub struct Join {
-    pub topic: String,
-    pub filter: Filter,
+    /// Each topic with its compiled filter.
+    pub topics: Vec<(String, Filter)>,
     pub outbound: Arc<Outbound>,
-    pub since: Option<BTreeMap<i32, i64>>,
+    /// The position the client resumes from.
+    pub since: Option<Position>,
     pub snapshot: bool,
     pub ack: AckBuilder,
-    /// Told once the subscription is in the index.
-    pub done: tokio::sync::oneshot::Sender<()>,
+    /// Told what the join found once the subscriptions are in the index.
+    pub done: tokio::sync::oneshot::Sender<Joined>,
+}
+
+/// The kind of a data message: a live event, a snapshot row, or a leave event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Live,
+    Snapshot,
+    Leave,
 }
 
 impl FanOut {
     pub fn new(
         index: Arc<TopicIndex>,
         metrics: Arc<Metrics>,
-        positions: Arc<DispatchedPositions>,
+        dispatched: Arc<Dispatched>,
         policy: SlowClientPolicy,
         grace: Duration,
     ) -> Self {
         Self {
             index,
             metrics,
-            positions,
+            dispatched,
             policy,
             grace,
             last_values: Arc::new(LastValues::new(0)),
@@ -175,65 +164,96 @@ impl FanOut {
         self
     }
 
-    /// Serves a [`Join`]: the ack; the snapshot rows that pass the subscription's filter,
-    /// oldest first; the events missed since `since`, when history covers it; all through the
-    /// connection's queue. Then the subscription enters the index, refusing what the client
-    /// already has. Called by the consumer task between two records.
-    pub async fn join(&self, join: Join) {
-        let (entity, id) = match GatewayTopic::parse(&join.topic) {
-            Ok(GatewayTopic::Entity { entity }) => (entity, None),
-            Ok(GatewayTopic::Row { entity, id }) => (entity, Some(id)),
-            // The session validated the topic; nothing to serve otherwise.
-            Err(_) => return,
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn last_values(&self) -> &LastValues {
+        &self.last_values
+    }
+
+    pub fn dispatched(&self) -> &Dispatched {
+        &self.dispatched
+    }
+
+    /// Serves a [`Join`]. For each topic: its ack; with a snapshot, the rows that pass the
+    /// filter, least recently changed first, then `synced`. Then, when resuming (without a
+    /// snapshot, which supersedes it) and history covers the client's position on every
+    /// partition, the missed events of all the topics in offset order per partition. Then the
+    /// subscriptions enter the index, refusing what a resumed client already has. Called by
+    /// the consumer task between two records.
+    pub async fn join(&self, mut join: Join) {
+        let position = self.dispatched.snapshot();
+        let replays: Option<Vec<Vec<Arc<Latest>>>> = match &join.since {
+            Some(since) if !join.snapshot => join
+                .topics
+                .iter()
+                .map(|(topic, _)| {
+                    let (entity, id) = split_topic(topic)?;
+                    self.history.replay(entity, id, since, &position)
+                })
+                .collect(),
+            _ => None,
         };
-        let snapshot = join.snapshot.then(|| {
-            let (rows, complete) = self.last_values.rows(entity, id);
-            let mut rows: Vec<_> = rows
-                .into_iter()
-                .filter(|row| join.filter.matches(&row.event))
-                .collect();
-            rows.sort_by_key(|row| (row.event.position.offset, row.event.position.partition));
-            (rows, complete)
-        });
-        let replay = join
-            .since
-            .as_ref()
-            .map(|since| self.history.replay(entity, id, since));
-        let missed: Vec<_> = replay
-            .iter()
-            .flatten()
-            .flatten()
-            .filter(|event| join.filter.matches(&event.event))
-            .cloned()
-            .collect();
-        let ack = (join.ack)(Joined {
-            position: &self.positions.snapshot(),
-            recovered: replay.as_ref().map(Option::is_some),
-            snapshot: snapshot
-                .as_ref()
-                .map(|(rows, complete)| (rows.len(), *complete)),
-        });
-        self.offer(&join.outbound, Bytes::from(ack)).await;
+        let joined = Joined {
+            recovered: (join.since.is_some() && !join.snapshot).then_some(replays.is_some()),
+            position,
+        };
         let mut delivered = 0;
-        for row in snapshot.iter().flat_map(|(rows, _)| rows) {
-            let message = snapshot_message(&join.topic, &row.payload, row.event.position);
-            delivered += u64::from(self.offer(&join.outbound, message).await);
+        for (topic, filter) in &join.topics {
+            let snapshot = join.snapshot.then(|| {
+                let (entity, id) = split_topic(topic).unwrap_or_default();
+                let (rows, complete) = self.last_values.rows(entity, id);
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter(|row| filter.matches(&row.event))
+                    .collect();
+                (rows, complete)
+            });
+            let counts = snapshot.as_ref().map(|(rows, c)| (rows.len(), *c));
+            let ack = (join.ack)(topic, &joined, counts);
+            self.offer(&join.outbound, Bytes::from(ack)).await;
+            if let Some((rows, _)) = snapshot {
+                for row in rows {
+                    let message =
+                        data_message(topic, &row.payload, row.event.position, Kind::Snapshot);
+                    delivered += u64::from(self.offer(&join.outbound, message).await);
+                }
+                let synced = crate::ws::protocol::reply::synced(topic);
+                self.offer(&join.outbound, Bytes::from(synced)).await;
+            }
         }
-        for event in &missed {
-            let message = data_message(&join.topic, &event.payload, event.event.position);
-            delivered += u64::from(self.offer(&join.outbound, message).await);
+        if let Some(replays) = &replays {
+            let mut missed: Vec<(&str, &Arc<Latest>)> = join
+                .topics
+                .iter()
+                .zip(replays)
+                .flat_map(|((topic, filter), events)| {
+                    events
+                        .iter()
+                        .filter(|e| filter.matches(&e.event))
+                        .map(move |e| (topic.as_str(), e))
+                })
+                .collect();
+            missed.sort_by_key(|(_, e)| (e.event.position.key(), e.event.position.offset));
+            for (topic, event) in missed {
+                let message = data_message(topic, &event.payload, event.event.position, Kind::Live);
+                delivered += u64::from(self.offer(&join.outbound, message).await);
+            }
         }
         self.metrics.deliveries.inc_by(delivered);
         // After a replay, live events the client already has are refused (this replica may be
         // behind its position). Without one, live delivery simply starts: the client reloads.
-        let recovered = matches!(replay, Some(Some(_)));
-        let filter = match join.since {
-            Some(since) if recovered => join.filter.above(since),
-            _ => join.filter,
-        };
-        self.index
-            .subscribe(&join.topic, &join.outbound, Arc::new(filter));
-        let _ = join.done.send(());
+        let floor = join.since.take().filter(|_| replays.is_some());
+        for (topic, filter) in join.topics {
+            let filter = match &floor {
+                Some(floor) => filter.above(floor.clone()),
+                None => filter,
+            };
+            self.index
+                .subscribe(&topic, &join.outbound, Arc::new(filter));
+        }
+        let _ = join.done.send(joined);
     }
 
     /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
@@ -253,8 +273,9 @@ impl FanOut {
         }
     }
 
-    /// Queues the event for every matching subscriber of its entity and row topics. Returns
-    /// once every recipient has it queued, was skipped under the policy, or is gone.
+    /// Queues the event for every matching subscriber of its entity and row topics, and a
+    /// leave event for every subscriber whose filter the row no longer passes. Returns once
+    /// every recipient has it queued, was skipped under the policy, or is gone.
     pub async fn dispatch(&self, event: &ChangeEvent) {
         let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
@@ -263,28 +284,32 @@ impl FanOut {
             let Some(subscribers) = self.index.subscribers(topic) else {
                 continue;
             };
-            let mut message: Option<Bytes> = None;
+            let mut messages: [Option<Bytes>; 2] = [None, None];
             // Subscribers of one topic with equal filters share one compiled filter (the index
             // interns them), so each distinct filter is evaluated once per event.
-            let mut last: Option<(&Filter, bool)> = None;
+            let mut last: Option<(&Filter, Option<Kind>)> = None;
             for subscriber in subscribers.iter() {
                 let filter: &Filter = &subscriber.filter;
-                let matched = match last {
-                    Some((seen, matched)) if std::ptr::eq(seen, filter) => matched,
+                let kind = match last {
+                    Some((seen, kind)) if std::ptr::eq(seen, filter) => kind,
                     _ => {
-                        let matched = subscriber.filter.matches(event);
-                        last = Some((filter, matched));
-                        matched
+                        let kind = if filter.matches(event) {
+                            Some(Kind::Live)
+                        } else if filter.matched_before(event) {
+                            Some(Kind::Leave)
+                        } else {
+                            None
+                        };
+                        last = Some((filter, kind));
+                        kind
                     }
                 };
-                if !matched {
-                    continue;
-                }
-                let bytes = message
+                let Some(kind) = kind else { continue };
+                let bytes = messages[usize::from(kind == Kind::Leave)]
                     .get_or_insert_with(|| {
                         let payload =
                             payload.get_or_insert_with(|| Bytes::from(event.payload_json()));
-                        data_message(topic, payload, event.position)
+                        data_message(topic, payload, event.position, kind)
                     })
                     .clone();
                 delivered += u64::from(self.offer(&subscriber.outbound, bytes).await);
@@ -293,7 +318,7 @@ impl FanOut {
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
         self.record(event, payload);
-        self.positions.record(event.position);
+        self.dispatched.record(event.position);
         if let Some(ts) = event.kafka_timestamp_ms {
             let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);
             self.metrics
@@ -369,51 +394,65 @@ impl FanOut {
     }
 }
 
-/// `{"type":"data","topic":..,"payload":..,"partition":..,"offset":..,"timestamp":..}`, built
-/// around the payload bytes serialized once per event.
-pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition) -> Bytes {
+/// The entity and row id of a gateway topic; `None` for a topic that is not one.
+fn split_topic(topic: &str) -> Option<(&str, Option<&str>)> {
+    match GatewayTopic::parse(topic).ok()? {
+        GatewayTopic::Entity { entity } => Some((entity, None)),
+        GatewayTopic::Row { entity, id } => Some((entity, Some(id))),
+    }
+}
+
+/// `{"type":"data","topic":..,"payload":..,"source":..,"partition":..,"offset":..,
+/// "timestamp":..}`, built around the payload bytes serialized once per event; snapshot rows
+/// add `"snapshot":true`, leave events `"leave":true`.
+pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition, kind: Kind) -> Bytes {
     let sent_at = crate::clock::now_rfc3339();
-    let mut out = Vec::with_capacity(payload.len() + topic.len() + sent_at.len() + 96);
+    let source = position.topic.as_str();
+    let mut out =
+        Vec::with_capacity(payload.len() + topic.len() + source.len() + sent_at.len() + 128);
     out.extend_from_slice(br#"{"type":"data","topic":"#);
     serde_json::to_writer(&mut out, topic).expect("writing to a Vec cannot fail");
     out.extend_from_slice(br#","payload":"#);
     out.extend_from_slice(payload);
+    // Kafka topic names are [A-Za-z0-9._-]: nothing to escape.
+    out.extend_from_slice(br#","source":""#);
+    out.extend_from_slice(source.as_bytes());
     let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(br#","partition":"#);
+    out.extend_from_slice(br#"","partition":"#);
     out.extend_from_slice(digits.format(position.partition).as_bytes());
     out.extend_from_slice(br#","offset":"#);
     out.extend_from_slice(digits.format(position.offset).as_bytes());
     out.extend_from_slice(br#","timestamp":""#);
     out.extend_from_slice(sent_at.as_bytes());
-    out.extend_from_slice(br#""}"#);
+    out.extend_from_slice(match kind {
+        Kind::Live => br#""}"#.as_slice(),
+        Kind::Snapshot => br#"","snapshot":true}"#.as_slice(),
+        Kind::Leave => br#"","leave":true}"#.as_slice(),
+    });
     Bytes::from(out)
 }
 
-/// A data message of a snapshot row: [`data_message`] with `"snapshot":true`.
-pub fn snapshot_message(topic: &str, payload: &[u8], position: SourcePosition) -> Bytes {
-    let mut message = Vec::from(data_message(topic, payload, position));
-    message.pop();
-    message.extend_from_slice(br#","snapshot":true}"#);
-    Bytes::from(message)
-}
-
-/// The source position of a message built by [`data_message`]: its last `"partition"` and
-/// `"offset"` fields, which come after the payload (the payload may hold fields of those
-/// names; the envelope's are the last).
+/// The source position of a message built by [`data_message`]: its last `"source"`,
+/// `"partition"` and `"offset"` fields, which come after the payload (the payload may hold
+/// fields of those names; the envelope's are the last).
 pub fn data_message_position(message: &[u8]) -> Option<SourcePosition> {
     let text = std::str::from_utf8(message).ok()?;
+    let source_at = text.rfind(r#","source":""#)? + r#","source":""#.len();
+    let source = &text[source_at..source_at + text[source_at..].find('"')?];
+    let tail = &text[source_at..];
     let number_after = |key: &str| {
-        let start = text.rfind(key)? + key.len();
-        let digits = &text[start..];
+        let start = tail.rfind(key)? + key.len();
+        let digits = &tail[start..];
         let end = digits
             .find(|c: char| c != '-' && !c.is_ascii_digit())
             .unwrap_or(digits.len());
         digits[..end].parse::<i64>().ok()
     };
-    Some(SourcePosition {
-        partition: i32::try_from(number_after(r#","partition":"#)?).ok()?,
-        offset: number_after(r#","offset":"#)?,
-    })
+    Some(SourcePosition::new(
+        source,
+        i32::try_from(number_after(r#","partition":"#)?).ok()?,
+        number_after(r#","offset":"#)?,
+    ))
 }
 
 #[cfg(test)]
@@ -430,10 +469,7 @@ mod tests {
             data: Some(json!({"id": id, "status": "new"}).into()),
             before: None,
             timestamp: "2026-11-22T10:00:00Z".into(),
-            position: SourcePosition {
-                partition: 1,
-                offset,
-            },
+            position: SourcePosition::new("cdc.events", 1, offset),
             kafka_timestamp_ms: None,
         }
     }
@@ -441,11 +477,10 @@ mod tests {
     fn fanout(policy: SlowClientPolicy, grace_ms: u64) -> (FanOut, Arc<TopicIndex>, Arc<Metrics>) {
         let index = Arc::new(TopicIndex::new());
         let metrics = Arc::new(Metrics::new());
-        let positions = Arc::new(DispatchedPositions::default());
         let f = FanOut::new(
             index.clone(),
             metrics.clone(),
-            positions,
+            Arc::new(Dispatched::default()),
             policy,
             Duration::from_millis(grace_ms),
         );
@@ -474,26 +509,29 @@ mod tests {
         assert_eq!(v["partition"], 1);
         assert_eq!(
             data_message_position(&mb2),
-            Some(SourcePosition {
-                partition: 1,
-                offset: 10
-            })
+            Some(SourcePosition::new("cdc.events", 1, 10))
         );
         assert_eq!(metrics.deliveries.get(), 3);
-        assert_eq!(fanout.positions.snapshot(), BTreeMap::from([(1, 10)]));
+        assert_eq!(v["source"], "cdc.events");
+        assert_eq!(
+            fanout.dispatched.snapshot(),
+            Position::from([(crate::position::Partition::new("cdc.events", 1), 10)])
+        );
     }
 
     #[test]
     fn the_position_comes_from_the_envelope_not_the_payload() {
         let mut e = event("7", 41);
-        e.data = Some(json!({"partition": 99, "offset": 98, "note": ",\"offset\":97"}).into());
-        let message = data_message("cdc.order", &e.payload_json(), e.position);
+        e.data = Some(
+            json!({"partition": 99, "offset": 98, "source": "x", "note": ",\"source\":\"y\""})
+                .into(),
+        );
+        let message = data_message("cdc.order", &e.payload_json(), e.position, Kind::Leave);
+        let v: Value = serde_json::from_slice(&message).unwrap();
+        assert_eq!(v["leave"], true);
         assert_eq!(
             data_message_position(&message),
-            Some(SourcePosition {
-                partition: 1,
-                offset: 41
-            })
+            Some(SourcePosition::new("cdc.events", 1, 41))
         );
     }
 

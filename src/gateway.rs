@@ -2,7 +2,6 @@
 //! side, and holds the state they share. The data path it assembles reads top to bottom:
 //! Kafka -> decode -> index lookup -> filter -> serialize once -> per-connection queue -> socket.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::fanout::{DispatchedPositions, FanOut, Join, Joined, Outbound};
+use crate::fanout::{FanOut, Join, Joined, Outbound};
 use crate::health::Health;
 use crate::history::{self, History};
 use crate::index::{Filter, TopicIndex};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::position::{Dispatched, Position, PositionError, Resolver};
 use crate::snapshot::LastValues;
 use crate::ws::protocol::reply;
 use crate::ws::SessionSettings;
@@ -34,7 +34,8 @@ const JOIN_QUEUE: usize = 256;
 pub struct Shared {
     pub index: Arc<TopicIndex>,
     pub metrics: Arc<Metrics>,
-    pub positions: Arc<DispatchedPositions>,
+    /// What the consumer task has dispatched, per partition read.
+    pub dispatched: Arc<Dispatched>,
     pub health: Arc<Health>,
     pub settings: SessionSettings,
     /// One permit per allowed connection (`--max-connections`).
@@ -47,7 +48,7 @@ pub struct Shared {
     pub demo_page: bool,
     /// Checks tokens under `--auth jwt`; `None` under `--auth none`.
     pub verifier: Option<Verifier>,
-    /// Subscriptions that start with a snapshot, for the consumer task to serve.
+    /// Subscriptions, for the consumer task to serve between two records.
     pub joins: tokio::sync::mpsc::Sender<Join>,
     next_connection_id: AtomicU64,
 }
@@ -57,39 +58,38 @@ impl Shared {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Subscribes with a snapshot (protocol 7.3) or from a position (7.2): the consumer task
-    /// queues the ack, the snapshot rows and the missed events for `outbound`, then enters the
-    /// subscription into the index, between two records. False when the consumer task is
-    /// gone (shutdown).
+    /// Resolves a client's position against the partitions the gateway reads.
+    pub fn resolve_since(&self, since: &Value) -> Result<Position, PositionError> {
+        Resolver::new(&self.dispatched.snapshot()).json(since)
+    }
+
+    /// Subscribes `outbound` to `topics` through the consumer task, which queues each topic's
+    /// ack (with the dispatched position), the snapshot rows or the missed events when asked
+    /// (protocol section 7), then enters the subscriptions into the index, between two
+    /// records: no gap and no repeat between what the ack says and what follows. `None` when
+    /// the consumer task is gone (shutdown).
     pub async fn join(
         &self,
-        topic: &str,
-        filter: Filter,
+        topics: Vec<(String, Filter)>,
         outbound: &Arc<Outbound>,
-        since: Option<BTreeMap<i32, i64>>,
+        since: Option<Position>,
         snapshot: bool,
         id: Option<&Value>,
-    ) -> bool {
+    ) -> Option<Joined> {
         let (done, joined) = tokio::sync::oneshot::channel();
-        let (ack_topic, id) = (topic.to_owned(), id.cloned());
+        let id = id.cloned();
         let join = Join {
-            topic: topic.to_owned(),
-            filter,
+            topics,
             outbound: Arc::clone(outbound),
             since,
             snapshot,
-            ack: Box::new(move |found: Joined<'_>| {
-                reply::subscribed(
-                    &ack_topic,
-                    found.position,
-                    found.recovered,
-                    found.snapshot,
-                    id.as_ref(),
-                )
+            ack: Box::new(move |topic, found: &Joined, rows| {
+                reply::subscribed(topic, &found.position, found.recovered, rows, id.as_ref())
             }),
             done,
         };
-        self.joins.send(join).await.is_ok() && joined.await.is_ok()
+        self.joins.send(join).await.ok()?;
+        joined.await.ok()
     }
 
     /// Takes a closing connection's subscriptions out of the index, and out of the metrics.
@@ -135,11 +135,11 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(Arc::clone(&metrics)));
     let index = Arc::new(TopicIndex::new());
-    let positions = Arc::new(DispatchedPositions::default());
+    let dispatched = Arc::new(Dispatched::default());
     let fanout = FanOut::new(
         Arc::clone(&index),
         Arc::clone(&metrics),
-        Arc::clone(&positions),
+        Arc::clone(&dispatched),
         config.slow_client_policy,
         config.slow_client_grace,
     )
@@ -167,7 +167,7 @@ pub async fn run(config: Config, demo_page: bool) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         index,
         metrics,
-        positions,
+        dispatched,
         health: Arc::clone(&health),
         settings: SessionSettings::from_config(&config),
         connection_slots: Arc::new(Semaphore::new(config.max_connections as usize)),

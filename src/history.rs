@@ -1,22 +1,26 @@
-//! Recent events per entity, for `since` (protocol section 7.2): a client that reconnects
-//! with the position it kept gets the events it missed, then live ones. Like the last-value
-//! cache, history is written by the consumer task after each dispatch and read by it between
-//! two records, so a replay and the live events after it leave no gap.
+//! Recent events per entity, for `since` (protocol section 7): a client that reconnects with
+//! the position it kept gets the events it missed, then live ones. Like the last-value cache,
+//! history is written by the consumer task after each dispatch and read by it between two
+//! records, so a replay and the live events after it leave no gap.
 //!
 //! History is bounded three ways: a count per entity (`--history-events`), an age
 //! (`--history-max-age`) and a byte budget over all entities (`--history-budget-mib`), which
-//! evicts the oldest event of whichever entity holds it. A replay is only answered when
-//! history still covers the client's position on every partition it names: this process
-//! saw that partition from at or before the position, and evicted nothing of the entity
-//! after it there. Otherwise the answer is `recovered: false` and the client reloads.
+//! evicts the oldest event of whichever entity holds it. A replay is a promise, so it is only
+//! answered when history provably covers the client's position on every partition the
+//! gateway reads: the client named that partition, this process holds every record of it
+//! from just after the client's offset on (it read or warmed it from there, see
+//! [`History::cover`]), and evicted nothing of the entity after it there. Otherwise the
+//! answer is `recovered: false` and the client reloads.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::position::{Partition, Position};
 use crate::snapshot::Latest;
 
-/// Bytes counted for an event besides its payload (the event's own fields, the bookkeeping).
+/// Bytes counted for an event besides its payload and its row text (the event's own
+/// fields, the bookkeeping).
 const ENTRY_OVERHEAD: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
@@ -34,20 +38,19 @@ type Entry = (Instant, u64, Arc<Latest>);
 struct Entity {
     events: VecDeque<Entry>,
     /// Highest offset evicted per partition.
-    evicted: HashMap<i32, i64>,
+    evicted: HashMap<Partition, i64>,
 }
 
 #[derive(Default)]
 struct State {
     entities: HashMap<Box<str>, Entity>,
     bytes: usize,
-    /// First offset this process recorded per partition.
-    first_seen: HashMap<i32, i64>,
+    /// Per partition, the offset from which this process holds every record.
+    covered_from: HashMap<Partition, i64>,
     /// Events recorded so far: orders entries over all entities.
     recorded: u64,
-    /// Highest offset recorded per partition: an older event (dispatched after a warm-up
-    /// that read further) is not recorded twice.
-    last: HashMap<i32, i64>,
+    /// Highest offset recorded per partition: an event is never recorded twice.
+    last: HashMap<Partition, i64>,
 }
 
 pub struct History {
@@ -55,8 +58,14 @@ pub struct History {
     state: Mutex<State>,
 }
 
+/// What an event costs the budget: its payload, the row text kept for filters, and overhead.
 fn size(latest: &Latest) -> usize {
-    latest.payload.len() + ENTRY_OVERHEAD
+    let rows = [&latest.event.data, &latest.event.before]
+        .into_iter()
+        .flatten()
+        .map(|row| row.text().len())
+        .sum::<usize>();
+    latest.payload.len() + rows + ENTRY_OVERHEAD
 }
 
 impl Entity {
@@ -65,7 +74,7 @@ impl Entity {
             return 0;
         };
         let at = latest.event.position;
-        let evicted = self.evicted.entry(at.partition).or_insert(at.offset);
+        let evicted = self.evicted.entry(at.key()).or_insert(at.offset);
         *evicted = (*evicted).max(at.offset);
         size(&latest)
     }
@@ -87,6 +96,13 @@ impl History {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Declares that from `offset` on, every record of `partition` is (or will be) recorded:
+    /// a warm-up read back from there, or the consumer starts there. The first declaration
+    /// for a partition holds: the warm-up's comes before the consumer's start.
+    pub fn cover(&self, partition: Partition, offset: i64) {
+        self.lock().covered_from.entry(partition).or_insert(offset);
+    }
+
     /// Appends a dispatched event, then evicts what the limits no longer allow.
     pub fn record(&self, latest: &Arc<Latest>) {
         if !self.is_enabled() {
@@ -96,12 +112,11 @@ impl History {
         let at = latest.event.position;
         let mut state = self.lock();
         let state = &mut *state;
-        let last = state.last.entry(at.partition).or_insert(i64::MIN);
+        let last = state.last.entry(at.key()).or_insert(i64::MIN);
         if *last >= at.offset {
             return;
         }
         *last = at.offset;
-        state.first_seen.entry(at.partition).or_insert(at.offset);
         let entity = state
             .entities
             .entry(latest.event.entity_type.as_str().into())
@@ -133,16 +148,17 @@ impl History {
         }
     }
 
-    /// The events of `entity` (of its row `id` only, when given) after `since` on each
-    /// partition `since` names, in dispatch order; `None` when history does not cover
-    /// `since`. Partitions `since` does not name are not replayed.
+    /// The events of `entity` (of its row `id` only, when given) after `since`, in dispatch
+    /// order; `None` unless history covers `since` on every partition of `read` (every
+    /// partition the gateway reads) and `since` names no other.
     pub fn replay(
         &self,
         entity: &str,
         id: Option<&str>,
-        since: &BTreeMap<i32, i64>,
+        since: &Position,
+        read: &Position,
     ) -> Option<Vec<Arc<Latest>>> {
-        if !self.is_enabled() {
+        if !self.is_enabled() || since.keys().any(|k| !read.contains_key(k)) {
             return None;
         }
         let now = Instant::now();
@@ -162,14 +178,17 @@ impl History {
             }
             None => &mut missing,
         };
-        let covered = since.iter().all(|(partition, offset)| {
-            let seen_from_there = state
-                .first_seen
+        let covered = read.keys().all(|partition| {
+            let Some(offset) = since.get(partition) else {
+                return false;
+            };
+            let held_from_there = state
+                .covered_from
                 .get(partition)
-                .is_some_and(|first| *first <= offset.saturating_add(1));
+                .is_some_and(|from| *from <= offset.saturating_add(1));
             let nothing_evicted_after =
                 history.evicted.get(partition).is_none_or(|e| *e <= *offset);
-            seen_from_there && nothing_evicted_after
+            held_from_there && nothing_evicted_after
         });
         if !covered {
             return None;
@@ -181,7 +200,7 @@ impl History {
                 .map(|(_, _, latest)| latest)
                 .filter(|latest| {
                     let at = latest.event.position;
-                    since.get(&at.partition).is_some_and(|o| at.offset > *o)
+                    since.get(&at.key()).is_some_and(|o| at.offset > *o)
                         && id.is_none_or(|id| latest.event.entity_id.as_deref() == Some(id))
                 })
                 .cloned()
@@ -205,7 +224,7 @@ mod tests {
                 data: None,
                 before: None,
                 timestamp: "2026-11-23T10:00:00Z".into(),
-                position: SourcePosition { partition, offset },
+                position: SourcePosition::new("t", partition, offset),
                 kafka_timestamp_ms: None,
             },
             payload: Bytes::from(vec![b' '; 100]),
@@ -224,45 +243,63 @@ mod tests {
         events.map(|e| e.iter().map(|l| l.event.position.offset).collect())
     }
 
+    fn position(pairs: &[(i32, i64)]) -> Position {
+        pairs
+            .iter()
+            .map(|(p, o)| (Partition::new("t", *p), *o))
+            .collect()
+    }
+
     #[test]
     fn replays_what_came_after_the_position_while_covered() {
         let h = history(3, usize::MAX);
+        h.cover(Partition::new("t", 0), 10);
+        h.cover(Partition::new("t", 1), 6);
         for offset in 10..15 {
             h.record(&latest("order", &(offset % 2).to_string(), 0, offset));
         }
         h.record(&latest("order", "9", 1, 7));
+        let read = position(&[(0, 14), (1, 7)]);
         // Three per entity: 10, 11 and 12 were evicted, so positions from 12 on are covered.
-        let since = |pairs: &[(i32, i64)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
         assert_eq!(
-            offsets(h.replay("order", None, &since(&[(0, 12)]))),
+            offsets(h.replay("order", None, &position(&[(0, 12), (1, 7)]), &read)),
             Some(vec![13, 14])
         );
         assert_eq!(
-            offsets(h.replay("order", Some("0"), &since(&[(0, 12)]))),
+            offsets(h.replay("order", Some("0"), &position(&[(0, 12), (1, 7)]), &read)),
             Some(vec![14])
         );
         assert_eq!(
-            h.replay("order", None, &since(&[(0, 10)])).map(|_| ()),
+            h.replay("order", None, &position(&[(0, 10), (1, 7)]), &read)
+                .map(|_| ()),
             None,
             "evicted"
         );
         assert_eq!(
-            offsets(h.replay("order", None, &since(&[(0, 13), (1, 6)]))),
+            offsets(h.replay("order", None, &position(&[(0, 13), (1, 6)]), &read)),
             Some(vec![14, 7]),
             "dispatch order across partitions"
         );
         assert_eq!(
-            h.replay("order", None, &since(&[(1, 5)])).map(|_| ()),
+            h.replay("order", None, &position(&[(0, 13), (1, 4)]), &read)
+                .map(|_| ()),
             None,
-            "not seen from 6"
+            "partition 1 is held from 6 on only"
         );
         assert_eq!(
-            h.replay("order", None, &since(&[(2, 0)])).map(|_| ()),
+            h.replay("order", None, &position(&[(0, 13)]), &read)
+                .map(|_| ()),
             None,
-            "never seen"
+            "a partition the client did not name could hide missed events"
         );
         assert_eq!(
-            offsets(h.replay("customer", None, &since(&[(0, 12)]))),
+            h.replay("order", None, &position(&[(0, 13), (1, 7), (2, 0)]), &read)
+                .map(|_| ()),
+            None,
+            "a partition this gateway does not read"
+        );
+        assert_eq!(
+            offsets(h.replay("customer", None, &position(&[(0, 12), (1, 7)]), &read)),
             Some(vec![])
         );
     }
@@ -271,23 +308,45 @@ mod tests {
     fn the_byte_budget_evicts_the_oldest_event_of_all() {
         let one = 100 + ENTRY_OVERHEAD;
         let h = history(100, 3 * one);
+        h.cover(Partition::new("t", 0), 0);
         h.record(&latest("order", "1", 0, 1));
         h.record(&latest("customer", "1", 0, 2));
         h.record(&latest("order", "2", 0, 3));
         h.record(&latest("order", "3", 0, 4));
-        let since = BTreeMap::from([(0, 1)]);
-        assert_eq!(offsets(h.replay("order", None, &since)), Some(vec![3, 4]));
-        assert_eq!(offsets(h.replay("customer", None, &since)), Some(vec![2]));
+        let read = position(&[(0, 4)]);
+        let since = position(&[(0, 1)]);
         assert_eq!(
-            h.replay("order", None, &BTreeMap::from([(0, 0)]))
+            offsets(h.replay("order", None, &since, &read)),
+            Some(vec![3, 4])
+        );
+        assert_eq!(
+            offsets(h.replay("customer", None, &since, &read)),
+            Some(vec![2])
+        );
+        assert_eq!(
+            h.replay("order", None, &position(&[(0, 0)]), &read)
                 .map(|_| ()),
             None
         );
         h.record(&latest("order", "4", 0, 5));
         assert_eq!(
-            h.replay("customer", None, &since).map(|_| ()),
+            h.replay("customer", None, &since, &read).map(|_| ()),
             None,
             "customer's 2 went"
+        );
+    }
+
+    #[test]
+    fn an_event_is_recorded_once() {
+        let h = history(10, usize::MAX);
+        h.cover(Partition::new("t", 0), 0);
+        h.record(&latest("order", "1", 0, 1));
+        h.record(&latest("order", "1", 0, 1));
+        h.record(&latest("order", "1", 0, 0));
+        let read = position(&[(0, 1)]);
+        assert_eq!(
+            offsets(h.replay("order", None, &position(&[(0, -1)]), &read)),
+            Some(vec![1])
         );
     }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
+pub mod position;
 pub mod queue;
 pub mod shutdown;
 pub mod snapshot;

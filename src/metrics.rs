@@ -11,7 +11,9 @@ use crate::ingest::decode::DecodeError;
 use crate::ws::protocol::ErrorCode;
 
 /// Results of consuming one Kafka record.
-pub const CONSUMED_RESULTS: [&str; 3] = ["dispatched", "tombstone", "decode_error"];
+/// `duplicate`: a record at or below the highest offset already dispatched from its partition
+/// (Kafka handed it out again), skipped.
+pub const CONSUMED_RESULTS: [&str; 4] = ["dispatched", "tombstone", "decode_error", "duplicate"];
 
 /// Why a message for a client was not enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

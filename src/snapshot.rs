@@ -1,15 +1,17 @@
-//! The last-value cache behind `"snapshot": true` (protocol section 7.3): the latest event of
+//! The last-value cache behind `"snapshot": true` (protocol section 7): the latest event of
 //! each row the gateway has dispatched, a delete included, so that a dashboard can draw its
 //! table from the gateway and then follow it live. Only the consumer task writes (fan-out
 //! records every event after dispatching it) and only the consumer task reads (a snapshot is
 //! served between two records, see [`crate::fanout::FanOut::join`]); the lock is never
 //! contended and never held across an await.
 //!
-//! The cache is bounded by a row count. When it is full, rows already in it keep being
-//! updated and new rows are turned away; their entity is then marked incomplete, and a
-//! snapshot of it says `"complete": false`.
+//! The cache is bounded by a row count. When it is full, the least recently changed row of
+//! all is evicted to make room, and its entity is marked incomplete: a snapshot of it says
+//! `"complete": false`. So is every snapshot while the cache has not seen a partition from
+//! its beginning ([`LastValues::mark_partial`]): rows changed before what it read are unknown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -22,22 +24,29 @@ pub struct Latest {
     pub payload: Bytes,
 }
 
+/// A held row: when it last changed (over all rows), and its latest event.
+type Held = (u64, Arc<Latest>);
+
 #[derive(Default)]
 struct EntityRows {
-    rows: HashMap<Box<str>, Arc<Latest>>,
-    /// A row of this entity was turned away since the gateway started.
+    rows: HashMap<Box<str>, Held>,
+    /// A row of this entity was evicted since the gateway started.
     incomplete: bool,
 }
 
 #[derive(Default)]
 struct State {
     entities: HashMap<Box<str>, EntityRows>,
-    rows: usize,
+    /// Every held row by when it last changed: the first is the one to evict.
+    by_change: BTreeMap<u64, (Box<str>, Box<str>)>,
+    changes: u64,
 }
 
 pub struct LastValues {
     capacity: usize,
     state: Mutex<State>,
+    /// Some partition was not read from its beginning: any row may be missing.
+    partial: AtomicBool,
 }
 
 impl LastValues {
@@ -46,6 +55,7 @@ impl LastValues {
         Self {
             capacity,
             state: Mutex::new(State::default()),
+            partial: AtomicBool::new(false),
         }
     }
 
@@ -59,11 +69,16 @@ impl LastValues {
 
     /// Rows held, over all entities.
     pub fn rows_held(&self) -> usize {
-        self.lock().rows
+        self.lock().by_change.len()
     }
 
-    /// Records the latest event of its row. A truncate empties its entity: none of the rows
-    /// the cache held exist any more.
+    /// Says that records before what the cache was fed exist: snapshots are incomplete.
+    pub fn mark_partial(&self) {
+        self.partial.store(true, Ordering::Relaxed);
+    }
+
+    /// Records the latest event of its row, evicting the least recently changed row when
+    /// full. A truncate empties its entity: none of the rows the cache held exist any more.
     pub fn record(&self, latest: &Arc<Latest>) {
         if !self.is_enabled() {
             return;
@@ -73,48 +88,65 @@ impl LastValues {
         let state = &mut *state;
         let Some(id) = event.entity_id.as_deref() else {
             if let Some(entity) = state.entities.get_mut(event.entity_type.as_str()) {
-                state.rows -= entity.rows.len();
-                entity.rows.clear();
+                for (changed, _) in entity.rows.drain().map(|(_, held)| held) {
+                    state.by_change.remove(&changed);
+                }
             }
             return;
         };
-        let latest = Arc::clone(latest);
+        state.changes += 1;
+        let changed = state.changes;
         let entity = state
             .entities
             .entry(event.entity_type.as_str().into())
             .or_default();
         if let Some(row) = entity.rows.get_mut(id) {
             // A warm-up may have read further than the first records dispatched after it.
-            let held = row.event.position;
-            let newer =
-                held.partition != event.position.partition || held.offset < event.position.offset;
+            let held = row.1.event.position;
+            let newer = held.key() != event.position.key() || held.offset < event.position.offset;
             if newer {
-                *row = latest;
+                let key = state
+                    .by_change
+                    .remove(&row.0)
+                    .expect("held rows are ordered");
+                *row = (changed, Arc::clone(latest));
+                state.by_change.insert(changed, key);
             }
-        } else if state.rows < self.capacity {
-            entity.rows.insert(id.into(), latest);
-            state.rows += 1;
-        } else {
-            entity.incomplete = true;
+            return;
+        }
+        entity.rows.insert(id.into(), (changed, Arc::clone(latest)));
+        state
+            .by_change
+            .insert(changed, (event.entity_type.as_str().into(), id.into()));
+        if state.by_change.len() > self.capacity {
+            let (_, (entity, id)) = state.by_change.pop_first().expect("over capacity");
+            if let Some(rows) = state.entities.get_mut(&entity) {
+                rows.rows.remove(&id);
+                rows.incomplete = true;
+            }
         }
     }
 
-    /// The rows of an entity (`id` None) or of one row, and whether that is all of them.
+    /// The rows of an entity (`id` None) or of one row, least recently changed first, and
+    /// whether that is all of them.
     pub fn rows(&self, entity: &str, id: Option<&str>) -> (Vec<Arc<Latest>>, bool) {
         if !self.is_enabled() {
             return (Vec::new(), false);
         }
+        let partial = self.partial.load(Ordering::Relaxed);
         let state = self.lock();
         let Some(rows) = state.entities.get(entity) else {
-            return (Vec::new(), true);
+            return (Vec::new(), !partial);
         };
-        let found: Vec<Arc<Latest>> = match id {
-            Some(id) => rows.rows.get(id).cloned().into_iter().collect(),
-            None => rows.rows.values().cloned().collect(),
+        let mut found: Vec<&Held> = match id {
+            Some(id) => rows.rows.get(id).into_iter().collect(),
+            None => rows.rows.values().collect(),
         };
-        // A row topic's snapshot is complete when its row is held, or when the row was
-        // never turned away (the entity lost none).
-        let complete = !rows.incomplete || (id.is_some() && !found.is_empty());
+        found.sort_unstable_by_key(|(changed, _)| *changed);
+        let found: Vec<Arc<Latest>> = found.into_iter().map(|(_, l)| Arc::clone(l)).collect();
+        // A row topic's snapshot is complete when its row is held, or when no row of the
+        // entity can be missing.
+        let complete = (id.is_some() && !found.is_empty()) || !(rows.incomplete || partial);
         (found, complete)
     }
 }
@@ -132,10 +164,7 @@ mod tests {
             data: None,
             before: None,
             timestamp: "2026-11-23T10:00:00Z".into(),
-            position: SourcePosition {
-                partition: 0,
-                offset,
-            },
+            position: SourcePosition::new("cdc.events", 0, offset),
             kafka_timestamp_ms: None,
         }
     }
@@ -148,39 +177,58 @@ mod tests {
     }
 
     fn offsets(rows: &[Arc<Latest>]) -> Vec<i64> {
-        let mut offsets: Vec<i64> = rows.iter().map(|r| r.event.position.offset).collect();
-        offsets.sort();
-        offsets
+        rows.iter().map(|r| r.event.position.offset).collect()
     }
 
     #[test]
-    fn keeps_the_latest_per_row_within_its_bound() {
+    fn keeps_the_latest_per_row_and_evicts_the_least_recently_changed() {
         let cache = LastValues::new(2);
         cache.record(&latest(Some("1"), Operation::Insert, 1));
         cache.record(&latest(Some("2"), Operation::Insert, 2));
         cache.record(&latest(Some("1"), Operation::Delete, 3));
         assert_eq!(cache.rows_held(), 2);
         let (rows, complete) = cache.rows("order", None);
-        assert_eq!((offsets(&rows), complete), (vec![2, 3], true));
+        assert_eq!(
+            (offsets(&rows), complete),
+            (vec![2, 3], true),
+            "oldest change first"
+        );
 
         cache.record(&latest(Some("3"), Operation::Insert, 4));
         let (rows, complete) = cache.rows("order", None);
         assert_eq!(
             (offsets(&rows), complete),
-            (vec![2, 3], false),
-            "row 3 turned away"
+            (vec![3, 4], false),
+            "row 2 changed least recently: evicted"
         );
-        assert!(cache.rows("order", Some("2")).1, "a held row is complete");
-        let (rows, complete) = cache.rows("order", Some("3"));
-        assert!(rows.is_empty() && !complete, "row 3 is not held");
+        assert!(cache.rows("order", Some("3")).1, "a held row is complete");
+        let (rows, complete) = cache.rows("order", Some("2"));
+        assert!(rows.is_empty() && !complete, "row 2 is not held");
         assert!(
             cache.rows("customer", None).1,
             "nothing seen, nothing missing"
         );
 
+        cache.record(&latest(Some("3"), Operation::Update, 2));
+        assert_eq!(
+            offsets(&cache.rows("order", Some("3")).0),
+            vec![4],
+            "an older event never replaces a newer one"
+        );
+
         cache.record(&latest(None, Operation::Truncate, 5));
         assert_eq!(cache.rows_held(), 0);
         assert!(cache.rows("order", None).0.is_empty());
+    }
+
+    #[test]
+    fn a_partial_feed_makes_every_snapshot_incomplete() {
+        let cache = LastValues::new(10);
+        cache.record(&latest(Some("1"), Operation::Insert, 1));
+        cache.mark_partial();
+        assert!(!cache.rows("order", None).1);
+        assert!(!cache.rows("customer", None).1);
+        assert!(cache.rows("order", Some("1")).1);
     }
 
     #[test]

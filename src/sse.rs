@@ -2,16 +2,21 @@
 //! never ends. A stream is a connection like a WebSocket session, with its own bounded queue
 //! in the index and the same slow-client policy, but its subscriptions are fixed by the URL:
 //! `topic` (repeatable), `filters` (JSON, applied to every topic), `since` or the
-//! `Last-Event-ID` header (`p:o,p:o`), `snapshot=1`. Every request problem is answered before
-//! the stream starts, with the HTTP status and the JSON error body of the WebSocket protocol.
+//! `Last-Event-ID` header (`topic:partition:offset,...`), `snapshot=1`. Every request problem
+//! is answered before the stream starts, with the HTTP status and the JSON error body of the
+//! WebSocket protocol.
 //!
-//! Each data message goes out as `event: data`, with `id:` the stream's position (the highest
-//! offset delivered per partition, starting from `since` or else from the ack's position), so
-//! a reconnecting `EventSource` sends it back as `Last-Event-ID`. Before any data, one `event: ack` per topic carries the same JSON as
-//! a WebSocket subscribe ack (an extension: `EventSource.onmessage` ignores named events).
-//! A comment line keeps idle streams alive through proxies.
+//! All of a stream's topics join in one step through the consumer task, so their missed
+//! events come in offset order per partition, before any live event. Each data message goes
+//! out as `event: data`, with `id:` the stream's one position over all its topics (every
+//! partition: the offset it resumed from, or the ack's, raised by every event delivered), so
+//! a reconnecting `EventSource` sends it back as `Last-Event-ID` and can skip nothing. Before
+//! any data, one `event: ack` per topic carries the same JSON as a WebSocket subscribe ack,
+//! and `event: synced` follows a topic's snapshot rows (named events:
+//! `EventSource.onmessage` ignores them). A comment line keeps idle streams alive through
+//! proxies.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,8 +36,9 @@ use crate::event::GatewayTopic;
 use crate::fanout::{data_message_position, Outbound};
 use crate::gateway::Shared;
 use crate::index::Filter;
+use crate::position::{to_event_id, Position, Resolver};
 use crate::queue;
-use crate::ws::protocol::{reply, ErrorCode};
+use crate::ws::protocol::ErrorCode;
 
 /// Data messages taken from the queue per write.
 const BATCH: usize = 256;
@@ -66,7 +72,7 @@ impl Refusal {
 struct StreamRequest {
     /// Each topic with its filter (the request's, confined by the token's claims).
     topics: Vec<(String, Filter)>,
-    since: Option<BTreeMap<i32, i64>>,
+    since: Option<Position>,
     snapshot: bool,
     /// When the token expires; the stream ends then.
     expires_in: Option<Duration>,
@@ -236,12 +242,11 @@ fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, 
     let since = match last_event_id.or(since) {
         None => None,
         Some(text) if text.is_empty() => None,
-        Some(text) => Some(parse_position(&text).ok_or_else(|| {
-            Refusal::bad(
-                ErrorCode::InvalidMessage,
-                format!("position `{text}` is not `partition:offset[,partition:offset...]`"),
-            )
-        })?),
+        Some(text) => Some(
+            Resolver::new(&shared.dispatched.snapshot())
+                .event_id(&text)
+                .map_err(|e| Refusal::bad(ErrorCode::InvalidMessage, e.to_string()))?,
+        ),
     };
     Ok(StreamRequest {
         topics,
@@ -249,27 +254,6 @@ fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, 
         snapshot,
         expires_in: grant.as_ref().map(Grant::remaining),
     })
-}
-
-/// `p:o,p:o` -> partition -> offset.
-fn parse_position(text: &str) -> Option<BTreeMap<i32, i64>> {
-    text.split(',')
-        .map(|pair| {
-            let (partition, offset) = pair.trim().split_once(':')?;
-            let partition: i32 = partition.parse().ok().filter(|p| *p >= 0)?;
-            let offset: i64 = offset.parse().ok().filter(|o| *o >= -1)?;
-            Some((partition, offset))
-        })
-        .collect()
-}
-
-/// `p:o,p:o`, partitions in order.
-fn format_position(position: &BTreeMap<i32, i64>) -> String {
-    position
-        .iter()
-        .map(|(p, o)| format!("{p}:{o}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The response body: chunks the stream task formatted.
@@ -306,10 +290,10 @@ async fn run(
         shared: Arc::clone(&shared),
         outbound,
         topics: HashSet::new(),
-        position: BTreeMap::new(),
+        position: Position::new(),
     };
     let expires_in = request.expires_in;
-    if stream.open(request, &chunks).await {
+    if stream.open(request).await {
         let pump = stream.pump(&mut queue, &chunks);
         match expires_in {
             // The token's end is the stream's end; the client reconnects with a fresh one.
@@ -327,54 +311,37 @@ struct Stream {
     shared: Arc<Shared>,
     outbound: Arc<Outbound>,
     topics: HashSet<String>,
-    position: BTreeMap<i32, i64>,
+    position: Position,
 }
 
 impl Stream {
-    /// Sends the acks, then enters the topics into the index: the acks precede any data.
-    async fn open(&mut self, request: StreamRequest, chunks: &mpsc::Sender<Bytes>) -> bool {
-        let dispatched = self.shared.positions.snapshot();
-        // The position a WebSocket client would keep from the ack, unless it resumes.
-        self.position = request.since.clone().unwrap_or_else(|| dispatched.clone());
-        if request.snapshot || request.since.is_some() {
-            // Each topic joins through the consumer task: its ack, snapshot rows and missed
-            // events come through the queue, ahead of its live events.
-            for (topic, filter) in request.topics {
-                let joined = self
-                    .shared
-                    .join(
-                        &topic,
-                        filter,
-                        &self.outbound,
-                        request.since.clone(),
-                        request.snapshot,
-                        None,
-                    )
-                    .await;
-                if !joined {
-                    return false;
-                }
-                self.shared.metrics.subscriptions_active.inc();
-                self.topics.insert(topic);
-            }
-        } else {
-            let mut acks = BytesMut::new();
-            for (topic, _) in &request.topics {
-                let ack = reply::subscribed(topic, &dispatched, None, None, None);
-                acks.put_slice(b"event: ack\ndata: ");
-                acks.put_slice(&ack);
-                acks.put_slice(b"\n\n");
-            }
-            if chunks.send(acks.freeze()).await.is_err() {
-                return false;
-            }
-            for (topic, filter) in request.topics {
-                self.shared
-                    .index
-                    .subscribe(&topic, &self.outbound, Arc::new(filter));
-                self.shared.metrics.subscriptions_active.inc();
-                self.topics.insert(topic);
-            }
+    /// Joins every topic in one step through the consumer task: the acks, snapshot rows and
+    /// missed events come through the queue, ahead of the live events.
+    async fn open(&mut self, request: StreamRequest) -> bool {
+        let topics: Vec<String> = request.topics.iter().map(|(t, _)| t.clone()).collect();
+        let since = request.since.clone();
+        let Some(joined) = self
+            .shared
+            .join(
+                request.topics,
+                &self.outbound,
+                request.since,
+                request.snapshot,
+                None,
+            )
+            .await
+        else {
+            return false;
+        };
+        // The position a WebSocket client would keep: where it resumed from when the missed
+        // events follow, else the ack's.
+        self.position = match (joined.recovered, since) {
+            (Some(true), Some(since)) => since,
+            _ => joined.position,
+        };
+        for topic in topics {
+            self.shared.metrics.subscriptions_active.inc();
+            self.topics.insert(topic);
         }
         self.shared
             .metrics
@@ -420,23 +387,30 @@ impl Stream {
         }
     }
 
-    /// Formats a batch of data messages as `event: data` entries, raising the position.
+    /// Formats a batch of messages as SSE entries: data messages as `event: data` with the
+    /// position they raise, the others (acks, `synced`) as events of their type.
     fn events(&mut self, batch: &mut Vec<Bytes>) -> Bytes {
         let mut out = BytesMut::with_capacity(batch.iter().map(|m| m.len() + 64).sum());
         for message in batch.drain(..) {
-            // A snapshot join's ack comes through the queue too.
-            if message.starts_with(br#"{"type":"ack""#) {
-                out.put_slice(b"event: ack\ndata: ");
+            let kind = [&b"ack"[..], b"synced", b"error"].into_iter().find(|kind| {
+                message.strip_prefix(br#"{"type":""#).is_some_and(|rest| {
+                    rest.starts_with(kind) && rest.get(kind.len()) == Some(&b'"')
+                })
+            });
+            if let Some(kind) = kind {
+                out.put_slice(b"event: ");
+                out.put_slice(kind);
+                out.put_slice(b"\ndata: ");
                 out.put_slice(&message);
                 out.put_slice(b"\n\n");
                 continue;
             }
             if let Some(at) = data_message_position(&message) {
-                let offset = self.position.entry(at.partition).or_insert(at.offset);
+                let offset = self.position.entry(at.key()).or_insert(at.offset);
                 *offset = (*offset).max(at.offset);
             }
             out.put_slice(b"event: data\nid: ");
-            out.put_slice(format_position(&self.position).as_bytes());
+            out.put_slice(to_event_id(&self.position).as_bytes());
             out.put_slice(b"\ndata: ");
             out.put_slice(&message);
             out.put_slice(b"\n\n");
@@ -449,22 +423,5 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.shared
             .release_subscriptions(self.outbound.id(), self.topics.drain());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_round_trip_and_reject_garbage() {
-        let position = parse_position("0:12, 3:-1,1:7").unwrap();
-        assert_eq!(position, BTreeMap::from([(0, 12), (1, 7), (3, -1)]));
-        assert_eq!(format_position(&position), "0:12,1:7,3:-1");
-        for bad in [
-            "", "0", "0:", ":5", "a:1", "0:x", "-1:3", "0:-2", "0:1,,1:2",
-        ] {
-            assert_eq!(parse_position(bad), None, "{bad:?}");
-        }
     }
 }

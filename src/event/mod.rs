@@ -10,6 +10,8 @@ use serde_json::Value;
 
 pub use row::Row;
 
+pub use crate::position::SourcePosition;
+
 /// Longest entity id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
 /// Longest entity name accepted, in bytes.
@@ -46,13 +48,6 @@ impl Operation {
             _ => return None,
         })
     }
-}
-
-/// Where the event came from in Kafka: the position clients resume from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SourcePosition {
-    pub partition: i32,
-    pub offset: i64,
 }
 
 /// One change of one row (or a truncate of a whole entity).
@@ -155,10 +150,7 @@ mod tests {
             data: data.map(Row::from),
             before: before.map(Row::from),
             timestamp: "2026-11-22T10:00:00Z".into(),
-            position: SourcePosition {
-                partition: 0,
-                offset: 7,
-            },
+            position: SourcePosition::new("cdc.events", 0, 7),
             kafka_timestamp_ms: None,
         }
     }

@@ -3,18 +3,18 @@
 //! client sent. Matching reads the normalized event directly: no serialization per check.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
 
 use crate::event::{ChangeEvent, Row};
+use crate::position::Position;
 
 /// A compiled filter: every clause must hold. The empty filter matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     clauses: Vec<Clause>,
     /// A resumed subscription's position: events at or below it, per partition, were seen.
-    floor: Option<BTreeMap<i32, i64>>,
+    floor: Option<Position>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +60,13 @@ enum Condition {
 #[error("{0}")]
 pub struct FilterError(String);
 
+/// Which state of the row a filter reads: as the event leaves it, or as it was before.
+#[derive(Clone, Copy)]
+enum View {
+    Current,
+    Before,
+}
+
 /// A field of the event as a filter sees it: borrowed, never copied.
 #[derive(Clone, Copy)]
 enum Field<'a> {
@@ -98,7 +105,7 @@ impl Filter {
 
     /// Also refuses the events at or below `floor` on its partitions: a client that resumed
     /// from there (protocol 7.2) already has them, even when this replica is behind it.
-    pub fn above(mut self, floor: BTreeMap<i32, i64>) -> Filter {
+    pub fn above(mut self, floor: Position) -> Filter {
         self.floor = Some(floor);
         self
     }
@@ -115,14 +122,27 @@ impl Filter {
     }
 
     pub fn matches(&self, event: &ChangeEvent) -> bool {
+        self.matches_as(event, View::Current)
+    }
+
+    /// Whether the row as it was before an update matched: with [`Filter::matches`] false,
+    /// the update moved the row out of the subscription (a leave event, protocol section 7).
+    /// Only updates with a `before` image can leave.
+    pub fn matched_before(&self, event: &ChangeEvent) -> bool {
+        event.operation == crate::event::Operation::Update
+            && event.before.is_some()
+            && self.matches_as(event, View::Before)
+    }
+
+    fn matches_as(&self, event: &ChangeEvent, view: View) -> bool {
         let at = event.position;
         if let Some(floor) = &self.floor {
-            if floor.get(&at.partition).is_some_and(|o| at.offset <= *o) {
+            if floor.get(&at.key()).is_some_and(|o| at.offset <= *o) {
                 return false;
             }
         }
         self.clauses.iter().all(|clause| {
-            let field = clause.path.resolve(event);
+            let field = clause.path.resolve(event, view);
             clause
                 .conditions
                 .iter()
@@ -165,15 +185,20 @@ impl Path {
         Ok(Path { root, rest })
     }
 
-    fn resolve<'a>(&self, event: &'a ChangeEvent) -> Field<'a> {
-        let start = match self.root {
-            Root::Operation => return Field::Text(event.operation.as_str()),
-            Root::EntityType => return Field::Text(&event.entity_type),
-            Root::EntityId => return event.entity_id.as_deref().map_or(Field::Null, Field::Text),
-            Root::Timestamp => return Field::Text(&event.timestamp),
-            Root::Data => event.data.as_ref().map(Row::value),
-            Root::Before => event.before.as_ref().map(Row::value),
-            Root::Row => event.row(),
+    fn resolve<'a>(&self, event: &'a ChangeEvent, view: View) -> Field<'a> {
+        let start = match (self.root, view) {
+            (Root::Operation, _) => return Field::Text(event.operation.as_str()),
+            (Root::EntityType, _) => return Field::Text(&event.entity_type),
+            (Root::EntityId, _) => {
+                return event.entity_id.as_deref().map_or(Field::Null, Field::Text)
+            }
+            (Root::Timestamp, _) => return Field::Text(&event.timestamp),
+            (Root::Data, View::Current) => event.data.as_ref().map(Row::value),
+            (Root::Before, View::Current) => event.before.as_ref().map(Row::value),
+            (Root::Row, View::Current) => event.row(),
+            // The row as it was: its image before the change; what came before that is unknown.
+            (Root::Data | Root::Row, View::Before) => event.before.as_ref().map(Row::value),
+            (Root::Before, View::Before) => return Field::Missing,
         };
         let Some(mut value) = start else {
             return if self.rest.is_empty() {

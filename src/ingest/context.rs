@@ -1,12 +1,11 @@
-//! librdkafka callbacks: statistics (broker state -> readiness, consumer lag -> metrics),
-//! errors (all brokers down -> not ready at once), and rebalances (the assignment readiness
-//! waits for).
+//! librdkafka callbacks: statistics (broker state -> readiness, consumer lag -> metrics) and
+//! errors (all brokers down -> not ready at once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
@@ -55,30 +54,5 @@ impl ClientContext for GatewayContext {
     }
 }
 
-impl ConsumerContext for GatewayContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(_) | Rebalance::Revoke(_) => {
-                let partitions = consumer
-                    .assignment()
-                    .map(|tpl| {
-                        tpl.elements()
-                            .iter()
-                            .map(|e| Partition {
-                                topic: e.topic().to_owned(),
-                                partition: e.partition(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                tracing::info!(?partitions, "partition assignment changed");
-                if matches!(rebalance, Rebalance::Assign(_)) {
-                    // An assignment comes from the group coordinator: the cluster is reachable.
-                    self.health.set_kafka_connected(true);
-                }
-                self.health.set_assignment(partitions);
-            }
-            Rebalance::Error(e) => tracing::warn!("rebalance failed: {e}"),
-        }
-    }
-}
+/// The consumer assigns its partitions itself (no group rebalances): nothing to hook.
+impl ConsumerContext for GatewayContext {}

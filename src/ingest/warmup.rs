@@ -1,45 +1,47 @@
-//! Warms the resume history and the snapshot cache from Kafka (protocol section 7.2), so that
-//! a client resumes across a gateway restart and onto another replica: the first time the
-//! consumer task needs a partition (its first record, or a resume that names it), it reads
-//! back up to `--history-warmup` records that come before where the group's consumption of
-//! that partition starts, decodes them, and records them without dispatching them.
+//! Warms the resume history and the snapshot cache from Kafka (protocol section 7), so that a
+//! client resumes across a gateway restart and onto another replica: before the consumer
+//! starts, one group-less reader reads back up to `--history-warmup` records before each
+//! partition's start, in one pass over all partitions, and the records are kept without
+//! being dispatched. What it reached decides what history may promise ([`Warmed::from`]).
 //!
-//! The read-back uses its own group-less consumer, assigned to the one partition, on a
-//! blocking thread: the group's consumer and its offsets are untouched.
+//! The reader is its own consumer on a blocking thread: the group's offsets are untouched.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::decode::{Decoded, Decoder, RawRecord};
-use super::GatewayConsumer;
+use super::assignment::Start;
 use crate::config::Config;
-use crate::event::SourcePosition;
-use crate::fanout::FanOut;
+use crate::position::Partition;
 
-/// Bound on one partition's read-back, and on each broker request it makes.
+/// Bound on the whole read-back.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One record read back, owned.
-struct Record {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    offset: i64,
-    timestamp_ms: Option<i64>,
+pub struct Record {
+    pub partition: Partition,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
 }
 
+/// What a read-back got: the records in offset order per partition, and per partition the
+/// offset from which everything up to its start was read.
+pub struct Warmed {
+    pub records: Vec<Record>,
+    pub from: HashMap<Partition, i64>,
+}
+
+#[derive(Clone)]
 pub struct Warmup {
     reader: ClientConfig,
     window: i64,
-    /// Source topics the consumer reads; a resume names partitions, not topics.
-    topics: Vec<String>,
-    /// Partitions already warmed, per source topic.
-    warmed: HashMap<String, HashSet<i32>>,
 }
 
 impl Warmup {
@@ -64,179 +66,100 @@ impl Warmup {
         Some(Self {
             reader,
             window: i64::from(config.history_warmup),
-            topics: config.source_topics.clone(),
-            warmed: HashMap::new(),
         })
     }
 
-    /// Before the first record of `topic`/`partition`, at `offset`: reads back what came
-    /// before it.
-    pub async fn before_first(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        decoder: &Decoder,
-        fanout: &FanOut,
-    ) {
-        // Checked for every record: a lookup that allocates nothing.
-        if self.is_warmed(topic, partition) {
-            return;
-        }
-        self.mark(topic, partition);
-        self.read_back(topic, partition, offset, decoder, fanout)
-            .await;
-    }
-
-    /// Before a resume names `partitions`: reads back what came before the group's position
-    /// on each one not warmed yet (its committed offset, or the end of the partition).
-    pub async fn before_resume(
-        &mut self,
-        partitions: impl Iterator<Item = i32>,
-        consumer: &Arc<GatewayConsumer>,
-        decoder: &Decoder,
-        fanout: &FanOut,
-    ) {
-        let wanted: Vec<(String, i32)> = partitions
-            .flat_map(|p| self.topics.iter().map(move |t| (t.clone(), p)))
-            .filter(|(topic, partition)| !self.is_warmed(topic, *partition))
-            .collect();
-        for (topic, partition) in wanted {
-            let consumer = Arc::clone(consumer);
-            let lookup = (topic.clone(), partition);
-            let end = tokio::task::spawn_blocking(move || group_position(&consumer, &lookup))
-                .await
-                .ok()
-                .flatten();
-            // A partition this gateway does not consume (or cannot look up) stays unwarmed.
-            let Some(end) = end else { continue };
-            self.mark(&topic, partition);
-            self.read_back(&topic, partition, end, decoder, fanout)
-                .await;
-        }
-    }
-
-    fn is_warmed(&self, topic: &str, partition: i32) -> bool {
-        self.warmed
-            .get(topic)
-            .is_some_and(|partitions| partitions.contains(&partition))
-    }
-
-    fn mark(&mut self, topic: &str, partition: i32) {
-        self.warmed
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(partition);
-    }
-
-    async fn read_back(
-        &self,
-        topic: &str,
-        partition: i32,
-        end: i64,
-        decoder: &Decoder,
-        fanout: &FanOut,
-    ) {
-        let (reader, window, owned_topic) = (self.reader.clone(), self.window, topic.to_owned());
-        let read = tokio::task::spawn_blocking(move || {
-            read_range(&reader, &owned_topic, partition, end, window)
-        })
-        .await;
-        let records = match read {
-            Ok(Ok(records)) => records,
-            Ok(Err(e)) => {
-                tracing::warn!(topic, partition, "history warm-up failed: {e}");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(topic, partition, "history warm-up failed: {e}");
-                return;
-            }
-        };
-        let mut warmed = 0;
-        for record in &records {
-            let raw = RawRecord {
-                key: record.key.as_deref(),
-                value: record.value.as_deref(),
-                position: SourcePosition {
-                    partition,
-                    offset: record.offset,
-                },
-                timestamp_ms: record.timestamp_ms,
-            };
-            if let Ok(Decoded::Event(event)) = decoder.decode(&raw) {
-                fanout.remember(&event);
-                warmed += 1;
+    /// Reads `[max(next - window, low), next)` of every partition (blocking). A partition the
+    /// read could not finish in time keeps what it got, but counts as read from its start.
+    pub fn read(&self, starts: &[Start]) -> Result<Warmed, KafkaError> {
+        let mut from: HashMap<Partition, i64> =
+            starts.iter().map(|s| (s.partition, s.next)).collect();
+        let mut pending: HashMap<Partition, (i64, i64)> = HashMap::new();
+        let mut list = TopicPartitionList::new();
+        for start in starts {
+            let first = start.next.saturating_sub(self.window).max(start.low);
+            if first < start.next {
+                list.add_partition_offset(
+                    start.partition.topic.as_str(),
+                    start.partition.partition,
+                    Offset::Offset(first),
+                )?;
+                pending.insert(start.partition, (first, start.next));
             }
         }
-        tracing::info!(
-            topic,
-            partition,
-            end,
-            events = warmed,
-            "history warmed from Kafka"
-        );
+        let mut records = Vec::new();
+        if pending.is_empty() {
+            return Ok(Warmed { records, from });
+        }
+        let reader: BaseConsumer = self.reader.create()?;
+        reader.assign(&list)?;
+        let deadline = Instant::now() + TIMEOUT;
+        while !pending.is_empty() && Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let partition = Partition::new(message.topic(), message.partition());
+                    let Some(&(first, end)) = pending.get(&partition) else {
+                        continue;
+                    };
+                    if message.offset() < end {
+                        records.push(Record {
+                            partition,
+                            key: message.key().map(<[u8]>::to_vec),
+                            value: message.payload().map(<[u8]>::to_vec),
+                            offset: message.offset(),
+                            timestamp_ms: message.timestamp().to_millis(),
+                        });
+                    }
+                    if message.offset() + 1 >= end {
+                        pending.remove(&partition);
+                        from.insert(partition, first);
+                    }
+                }
+                // The end of a partition: nothing more before its start.
+                Some(Err(KafkaError::PartitionEOF(id))) => {
+                    let done: Vec<Partition> = pending
+                        .keys()
+                        .filter(|p| p.partition == id)
+                        .copied()
+                        .collect();
+                    // EOF names only the partition number: finish it where the position
+                    // reached says so, which the reader knows per topic.
+                    for partition in done {
+                        if reached_end(&reader, partition, pending[&partition].1) {
+                            let (first, _) = pending.remove(&partition).expect("pending");
+                            from.insert(partition, first);
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        Ok(Warmed { records, from })
     }
 }
 
-/// Where the group's consumption of a partition starts: the committed offset, else the
-/// partition's end. `None` when neither can be read.
-fn group_position(consumer: &GatewayConsumer, (topic, partition): &(String, i32)) -> Option<i64> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, *partition);
-    let committed = consumer.committed_offsets(tpl, TIMEOUT).ok()?;
-    match committed
-        .find_partition(topic, *partition)
-        .map(|e| e.offset())
-    {
-        Some(Offset::Offset(offset)) => Some(offset),
-        _ => consumer
-            .fetch_watermarks(topic, *partition, TIMEOUT)
-            .ok()
-            .map(|(_, high)| high),
+/// Whether the reader's position on `partition` has reached `end` (or the partition's end).
+fn reached_end(reader: &BaseConsumer, partition: Partition, end: i64) -> bool {
+    let Ok(positions) = reader.position() else {
+        return false;
+    };
+    let at = positions
+        .find_partition(partition.topic.as_str(), partition.partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        });
+    let high = reader
+        .fetch_watermarks(
+            partition.topic.as_str(),
+            partition.partition,
+            Duration::from_secs(1),
+        )
+        .map(|(_, high)| high)
+        .ok();
+    match (at, high) {
+        (Some(at), Some(high)) => at >= end.min(high),
+        _ => false,
     }
-}
-
-/// The records of `[end - window, end)` that still exist, in offset order.
-fn read_range(
-    config: &ClientConfig,
-    topic: &str,
-    partition: i32,
-    end: i64,
-    window: i64,
-) -> Result<Vec<Record>, rdkafka::error::KafkaError> {
-    let reader: BaseConsumer = config.create()?;
-    let (low, _high) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
-    let start = end.saturating_sub(window).max(low);
-    let mut records = Vec::new();
-    if start >= end {
-        return Ok(records);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
-    reader.assign(&tpl)?;
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                if message.offset() >= end {
-                    break;
-                }
-                records.push(Record {
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                });
-                if message.offset() + 1 >= end {
-                    break;
-                }
-            }
-            // The end of the partition: nothing more before `end`.
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
-    Ok(records)
 }

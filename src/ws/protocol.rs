@@ -1,10 +1,10 @@
 //! The JSON messages of a WebSocket session (protocol section 3): parsing client requests into
 //! typed values and building the server's replies. Nothing here touches a socket.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::position::Position;
 
 /// Error codes of error replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,7 +59,9 @@ pub enum Request {
     Subscribe {
         topic: String,
         filters: Option<Value>,
-        since: Option<BTreeMap<i32, i64>>,
+        /// The position to resume from, as sent: resolved against the partitions the
+        /// gateway reads by the session ([`crate::position::Resolver`]).
+        since: Option<Value>,
         snapshot: bool,
     },
     Unsubscribe {
@@ -114,11 +116,13 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Value>), Rejection> {
             };
             let since = match object.remove("since") {
                 None | Some(Value::Null) => None,
-                Some(Value::Object(since)) => match positions(&since) {
-                    Some(since) => Some(since),
-                    None => return Err(invalid("`since` maps partition numbers to offsets", id)),
-                },
-                Some(_) => return Err(invalid("`since` maps partition numbers to offsets", id)),
+                Some(since @ Value::Object(_)) => Some(since),
+                Some(_) => {
+                    return Err(invalid(
+                        "`since` maps \"<source topic>:<partition>\" to offsets",
+                        id,
+                    ))
+                }
             };
             let snapshot = match object.remove("snapshot") {
                 None | Some(Value::Null) => false,
@@ -161,13 +165,6 @@ fn take_topic(object: &mut Map<String, Value>) -> Result<String, &'static str> {
     }
 }
 
-fn positions(object: &Map<String, Value>) -> Option<BTreeMap<i32, i64>> {
-    object
-        .iter()
-        .map(|(partition, offset)| Some((partition.parse().ok()?, offset.as_i64()?)))
-        .collect()
-}
-
 /// Builds server replies. Each returns the serialized text of one message.
 pub mod reply {
     use super::*;
@@ -197,20 +194,16 @@ pub mod reply {
     /// The subscribe ack: the dispatched position, and the resume/snapshot outcome when asked.
     pub fn subscribed(
         topic: &str,
-        position: &BTreeMap<i32, i64>,
+        position: &Position,
         recovered: Option<bool>,
         snapshot: Option<(usize, bool)>,
         id: Option<&Value>,
     ) -> Vec<u8> {
-        let position: Map<String, Value> = position
-            .iter()
-            .map(|(p, o)| (p.to_string(), Value::from(*o)))
-            .collect();
         let mut fields = object(&[
             ("type", "ack".into()),
             ("action", "subscribe".into()),
             ("topic", topic.into()),
-            ("position", Value::Object(position)),
+            ("position", crate::position::to_json(position)),
         ]);
         if let Some(recovered) = recovered {
             fields.insert("recovered".into(), recovered.into());
@@ -239,6 +232,14 @@ pub mod reply {
             fields.insert("topic".into(), topic.into());
         }
         with_id(fields, id)
+    }
+
+    /// After a subscription's snapshot rows: everything after it is live.
+    pub fn synced(topic: &str) -> Vec<u8> {
+        with_id(
+            object(&[("type", "synced".into()), ("topic", topic.into())]),
+            None,
+        )
     }
 
     pub fn pong(timestamp: Value, id: Option<&Value>) -> Vec<u8> {
@@ -276,7 +277,7 @@ mod tests {
             Request::Subscribe {
                 topic: "cdc.order".into(),
                 filters: Some(json!({"operation": "insert"})),
-                since: Some(BTreeMap::from([(0, 12)])),
+                since: Some(json!({"0": 12})),
                 snapshot: true
             }
         );
@@ -318,7 +319,7 @@ mod tests {
             ErrorCode::InvalidMessage
         );
         assert_eq!(
-            code(br#"{"action": "subscribe", "topic": "t", "since": {"x": 1}}"#),
+            code(br#"{"action": "subscribe", "topic": "t", "since": [1]}"#),
             ErrorCode::InvalidMessage
         );
         assert_eq!(code(br#"{"action": "dance"}"#), ErrorCode::UnknownAction);
@@ -347,7 +348,7 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&reply::subscribed(
             "cdc.order",
-            &BTreeMap::from([(0, 5)]),
+            &Position::from([(crate::position::Partition::new("t", 0), 5)]),
             None,
             None,
             None,
@@ -355,7 +356,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             v,
-            json!({"type": "ack", "action": "subscribe", "topic": "cdc.order", "position": {"0": 5}})
+            json!({"type": "ack", "action": "subscribe", "topic": "cdc.order", "position": {"t:0": 5}})
         );
+        let v: Value = serde_json::from_slice(&reply::synced("cdc.order")).unwrap();
+        assert_eq!(v, json!({"type": "synced", "topic": "cdc.order"}));
     }
 }

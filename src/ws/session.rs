@@ -371,23 +371,28 @@ impl Session {
                         .error(ErrorCode::TooManySubscriptions, &message, Some(&topic), id)
                         .await;
                 }
-                // A snapshot or a resume goes through the consumer task, which answers
-                // `recovered` and the snapshot's rows in the ack.
-                let subscribed = if snapshot || since.is_some() {
-                    self.shared
-                        .join(&topic, filter, &self.outbound, since, snapshot, id)
-                        .await
-                } else {
-                    let position = self.shared.positions.snapshot();
-                    let ack = reply::subscribed(&topic, &position, None, None, id);
-                    let sent = self.send(Control::Text(ack)).await;
-                    if sent {
-                        self.shared
-                            .index
-                            .subscribe(&topic, &self.outbound, Arc::new(filter));
+                let since = match since.as_ref().map(|since| self.shared.resolve_since(since)) {
+                    None => None,
+                    Some(Ok(since)) => Some(since),
+                    Some(Err(e)) => {
+                        return self
+                            .error(ErrorCode::InvalidMessage, &e.to_string(), Some(&topic), id)
+                            .await
                     }
-                    sent
                 };
+                // Every subscribe goes through the consumer task, between two records: the
+                // ack's position is exactly what precedes the first live event.
+                let subscribed = self
+                    .shared
+                    .join(
+                        vec![(topic.clone(), filter)],
+                        &self.outbound,
+                        since,
+                        snapshot,
+                        id,
+                    )
+                    .await
+                    .is_some();
                 if !subscribed {
                     return false;
                 }

@@ -18,10 +18,7 @@ fn event(operation: Operation, data: Value, before: Value) -> ChangeEvent {
         data: row(data),
         before: row(before),
         timestamp: "2026-11-22T10:00:00Z".into(),
-        position: SourcePosition {
-            partition: 0,
-            offset: 1,
-        },
+        position: SourcePosition::new("cdc.events", 0, 1),
         kafka_timestamp_ms: None,
     }
 }

@@ -9,10 +9,7 @@ fn record<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> RawRecord<'a> {
     RawRecord {
         key,
         value,
-        position: SourcePosition {
-            partition: 2,
-            offset: 99,
-        },
+        position: SourcePosition::new("cdc.events", 2, 99),
         timestamp_ms: Some(1_763_805_600_000),
     }
 }
@@ -57,13 +54,7 @@ fn simple_envelope_decodes_every_field() {
     assert_eq!(e.data, Some(json!({"status": "shipped"}).into()));
     assert_eq!(e.before, Some(json!({"status": "new"}).into()));
     assert_eq!(e.timestamp, "2026-11-22T10:00:00Z");
-    assert_eq!(
-        e.position,
-        SourcePosition {
-            partition: 2,
-            offset: 99
-        }
-    );
+    assert_eq!(e.position, SourcePosition::new("cdc.events", 2, 99));
 }
 
 #[test]
