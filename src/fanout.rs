@@ -617,4 +617,111 @@ mod tests {
             "delivery resumes once the client reads"
         );
     }
+
+    #[tokio::test]
+    async fn an_update_that_moves_a_row_out_of_a_filter_is_a_leave_event() {
+        let (fanout, index, _) = fanout(SlowClientPolicy::Close, 100);
+        let (new_only, mut rx_new) = Outbound::new(1, 4);
+        let (all, mut rx_all) = Outbound::new(2, 4);
+        let filter = Filter::compile(Some(&json!({"data.status": "new"}))).unwrap();
+        index.subscribe("cdc.order", &new_only, Arc::new(filter));
+        index.subscribe("cdc.order", &all, Arc::new(Filter::default()));
+        let mut shipped = event("7", 3);
+        shipped.operation = Operation::Update;
+        shipped.before = Some(json!({"id": "7", "status": "new"}).into());
+        shipped.data = Some(json!({"id": "7", "status": "shipped"}).into());
+        fanout.dispatch(&shipped).await;
+        let left: Value = serde_json::from_slice(&rx_new.recv().await.unwrap()).unwrap();
+        assert_eq!(left["leave"], true);
+        assert_eq!(left["payload"]["data"]["status"], "shipped");
+        let live: Value = serde_json::from_slice(&rx_all.recv().await.unwrap()).unwrap();
+        assert_eq!(live.get("leave"), None);
+        // Once out, later updates of the row are neither data nor leave events.
+        let mut again = shipped.clone();
+        again.position.offset = 4;
+        again.before = again.data.clone();
+        fanout.dispatch(&again).await;
+        assert!(rx_new.try_recv().is_none());
+    }
+
+    fn join_of(
+        outbound: &Arc<Outbound>,
+        since: Option<Position>,
+    ) -> (Join, tokio::sync::oneshot::Receiver<Joined>) {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        let join = Join {
+            topics: vec![("cdc.order".into(), Filter::default())],
+            outbound: Arc::clone(outbound),
+            since,
+            snapshot: false,
+            ack: Box::new(|topic, found, _| {
+                crate::ws::protocol::reply::subscribed(
+                    topic,
+                    &found.position,
+                    found.recovered,
+                    None,
+                    None,
+                )
+            }),
+            done,
+        };
+        (join, joined)
+    }
+
+    #[tokio::test]
+    async fn a_resume_is_recovered_only_when_every_partition_read_is_covered() {
+        use crate::position::Partition;
+        let (fanout, _index, _) = fanout(SlowClientPolicy::Close, 100);
+        let fanout = fanout.with_history(Arc::new(History::new(history::Limits {
+            per_entity: 100,
+            max_age: Duration::from_secs(60),
+            budget_bytes: usize::MAX,
+        })));
+        let (p0, p1) = (
+            Partition::new("cdc.events", 0),
+            Partition::new("cdc.events", 1),
+        );
+        for p in [p0, p1] {
+            fanout.dispatched.start(p, 0);
+            fanout.history.cover(p, 0);
+        }
+        for offset in 0..3 {
+            fanout.dispatch(&event(&offset.to_string(), offset)).await;
+        }
+        let (client, mut rx) = Outbound::new(1, 16);
+        let since = Position::from([(p0, -1), (p1, 0)]);
+        let (join, joined) = join_of(&client, Some(since));
+        fanout.join(join).await;
+        let joined = joined.await.unwrap();
+        assert_eq!(joined.recovered, Some(true));
+        assert_eq!(joined.position, Position::from([(p0, -1), (p1, 2)]));
+        let ack: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(ack["recovered"], true);
+        assert_eq!(
+            ack["position"],
+            json!({"cdc.events:0": -1, "cdc.events:1": 2})
+        );
+        let offsets: Vec<i64> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<Value>(m).unwrap()["offset"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(offsets, vec![1, 2], "the missed events, after the ack");
+        assert!(rx.try_recv().is_none());
+
+        let (other, mut rx_other) = Outbound::new(2, 16);
+        let (join, joined) = join_of(&other, Some(Position::from([(p1, 0)])));
+        fanout.join(join).await;
+        assert_eq!(
+            joined.await.unwrap().recovered,
+            Some(false),
+            "partition 0 was not named: its missed events could not be proven absent"
+        );
+        let ack: Value = serde_json::from_slice(&rx_other.recv().await.unwrap()).unwrap();
+        assert_eq!(ack["recovered"], false);
+        assert!(rx_other.try_recv().is_none(), "nothing replayed");
+    }
 }
