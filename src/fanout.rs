@@ -97,7 +97,8 @@ pub struct FanOut {
 pub struct Joined {
     /// The dispatched position when the subscription began: every partition read.
     pub position: Position,
-    /// With `since` (and no snapshot): whether the missed events follow.
+    /// With `since`: whether the missed events follow (never with a snapshot, which is the
+    /// client's reload instead).
     pub recovered: Option<bool>,
 }
 
@@ -195,8 +196,9 @@ impl FanOut {
                 .collect(),
             _ => None,
         };
+        // With a snapshot nothing is replayed: the rows are the client's reload.
         let joined = Joined {
-            recovered: (join.since.is_some() && !join.snapshot).then_some(replays.is_some()),
+            recovered: join.since.is_some().then_some(replays.is_some()),
             position,
         };
         let mut delivered = 0;

@@ -153,6 +153,9 @@ pub enum PositionError {
     BadEventId(String),
 }
 
+/// Entries a client's position may have beyond the partitions the gateway reads.
+const DISCOVERY_MARGIN: usize = 64;
+
 /// Resolves the keys a client sent against the partitions the gateway reads (`known`).
 pub struct Resolver<'a> {
     known: &'a Position,
@@ -169,8 +172,10 @@ impl<'a> Resolver<'a> {
         self.known.keys().all(|k| k.topic == first).then_some(first)
     }
 
+    /// The most entries a position may have: the partitions read, and a margin for
+    /// partitions another replica has discovered and this one not yet.
     fn limit(&self) -> usize {
-        self.known.len().max(1)
+        self.known.len() + DISCOVERY_MARGIN
     }
 
     /// `"<topic>:<partition>"` or, with one source topic, `"<partition>"`. A partition the
@@ -339,9 +344,14 @@ mod tests {
             err(serde_json::json!({"t.a:0": -2})),
             PositionError::BadOffset(_)
         ));
+        let huge: serde_json::Map<String, serde_json::Value> =
+            (0..67).map(|p| (format!("t.a:{p}"), 1.into())).collect();
         assert!(matches!(
-            err(serde_json::json!({"t.a:0": 1, "t.a:1": 1, "t.b:0": 1})),
-            PositionError::TooLarge { given: 3, limit: 2 }
+            err(serde_json::Value::Object(huge)),
+            PositionError::TooLarge {
+                given: 67,
+                limit: 66
+            }
         ));
         for bad in [
             "",

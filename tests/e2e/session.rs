@@ -174,7 +174,7 @@ async fn acks_pings_and_resubscribe_replace_filters() {
     let ack = client.recv().await;
     assert_eq!(ack["type"], "ack");
     // The insert (offset 0) was delivered, so it was dispatched; the update (offset 1) may be.
-    let position = ack["position"]["0"].as_i64();
+    let position = ack["position"][format!("{topic}:0")].as_i64();
     assert!(
         matches!(position, Some(0 | 1)),
         "position = highest dispatched offset per partition: {ack}"
@@ -265,6 +265,11 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         json!({"rows": 0, "complete": true}),
         "no event of the row yet"
     );
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "synced", "topic": "cdc.order.1"}),
+        "after the (no) snapshot rows, live events"
+    );
 
     let change = |id: &str, operation: &str, status: &str| {
         let data = if operation == "delete" {
@@ -321,6 +326,10 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         rows,
         [("1", "update"), ("3", "insert")].map(|(i, o)| (i.to_owned(), o.to_owned())),
         "the last event of each row that passes the filter, oldest first"
+    );
+    assert_eq!(
+        dashboard.recv().await,
+        json!({"type": "synced", "topic": "cdc.order"})
     );
     producer
         .send_json(&topic, None, &change("2", "update", "shipped"))
@@ -600,9 +609,16 @@ async fn a_client_that_comes_back_with_its_position_gets_what_it_missed_then_liv
         "only its row's events after its position"
     );
 
-    // A position history cannot vouch for: recovered false, and live delivery starts.
+    // A position that is not one: an error, and no subscription.
+    let mut garbage = Client::connect(&gateway).await;
+    garbage
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": -5}}))
+        .await;
+    assert_eq!(garbage.recv().await["code"], "INVALID_MESSAGE");
+    // A position history cannot vouch for (a partition this gateway does not read): recovered
+    // false, and live delivery starts.
     let mut lost = Client::connect(&gateway).await;
-    lost.send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": -5}}))
+    lost.send(json!({"action": "subscribe", "topic": "cdc.order", "since": {format!("{topic}:0"): offsets[0], format!("{topic}:7"): 0}}))
         .await;
     assert_eq!(lost.recv().await["recovered"], false);
     // A position ahead of this gateway: nothing at or below it is sent again.

@@ -218,7 +218,7 @@ async fn a_stream_acks_then_carries_data_with_its_position() {
         let offset = data["offset"].as_i64().unwrap();
         assert_eq!(
             id.as_deref(),
-            Some(format!("0:{offset}").as_str()),
+            Some(format!("{topic}:0:{offset}").as_str()),
             "id is the position"
         );
         seen.push((
@@ -346,19 +346,24 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
     let mut sse = SseClient::open(
         gateway.addr(),
         "/sse?topic=cdc.order.5&snapshot=1",
-        &[("Last-Event-ID", "0:1000,3:4")],
+        &[("Last-Event-ID", "0:1000")],
     )
     .await;
     assert_eq!(sse.status, 200);
     let (_, _, ack) = sse.next_event(WAIT).await.unwrap();
     assert_eq!(
         ack["recovered"], false,
-        "no replay history: the client reloads"
+        "a snapshot is the reload: nothing is replayed"
     );
     assert_eq!(
         ack["snapshot"],
         json!({"rows": 0, "complete": true}),
         "no event of the row yet"
+    );
+    let (event, _, synced) = sse.next_event(WAIT).await.unwrap();
+    assert_eq!(
+        (event.as_str(), synced),
+        ("synced", json!({"type": "synced", "topic": "cdc.order.5"}))
     );
     assert_eq!(
         sse.next(Duration::from_secs(5)).await,
@@ -370,8 +375,8 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
     assert_eq!(data["payload"]["entity_id"], "5");
     assert_eq!(
         id.as_deref(),
-        Some("0:1000,3:4"),
-        "offsets below the resumed position do not lower it"
+        Some(format!("{topic}:0:0").as_str()),
+        "after a reload the position is the ack's, raised by each event"
     );
     // A second stream's snapshot holds the row's last event, marked as such.
     let mut second =
@@ -384,7 +389,9 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
     let (event, id, row) = second.next_event(WAIT).await.unwrap();
     assert_eq!((event.as_str(), &row["snapshot"]), ("data", &json!(true)));
     assert_eq!(row["payload"]["entity_id"], "5");
-    assert!(id.is_some_and(|id| id.starts_with("0:")));
+    assert!(id.is_some_and(|id| id.starts_with(&format!("{topic}:0:"))));
+    let (event, _, _) = second.next_event(WAIT).await.unwrap();
+    assert_eq!(event, "synced");
     drop(second);
 
     gateway.signal("TERM");
