@@ -11,11 +11,13 @@ use serde_json::json;
 
 use cdc_gateway::config::{InputFormat, SlowClientPolicy};
 use cdc_gateway::event::{ChangeEvent, Operation, SourcePosition};
-use cdc_gateway::fanout::{data_message, FanOut, Kind, Outbound};
+use cdc_gateway::fanout::FanOut;
 use cdc_gateway::index::{Filter, TopicIndex};
 use cdc_gateway::ingest::decode::{Decoded, Decoder, RawRecord};
 use cdc_gateway::metrics::Metrics;
+use cdc_gateway::outbound::Outbound;
 use cdc_gateway::position::Dispatched;
+use cdc_gateway::protocol::data::{data_message, Kind};
 
 fn decode(c: &mut Criterion) {
     let decoder = Decoder::new(

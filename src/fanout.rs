@@ -5,81 +5,23 @@
 //! keeps reading, and a client that stays full is closed with 4004 or, under the drop policy,
 //! skipped with a count. No lock is held while waiting.
 
-use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowClientPolicy;
-use crate::event::{ChangeEvent, GatewayTopic, SourcePosition};
+use crate::event::{ChangeEvent, GatewayTopic};
 use crate::history::{self, History};
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
+use crate::outbound::Outbound;
 use crate::position::{Dispatched, Position};
-use crate::queue::{self, TrySendError};
+use crate::protocol::close::CloseCode;
+use crate::protocol::data::{data_message, Kind};
+use crate::protocol::reply;
+use crate::queue::TrySendError;
 use crate::snapshot::{LastValues, Latest};
-use crate::ws::close::CloseCode;
-
-/// The sending side of one connection: its bounded queue of serialized messages and the
-/// switch the dispatcher uses to close it.
-pub struct Outbound {
-    id: u64,
-    queue: queue::Sender,
-    /// Milliseconds since `EPOCH` at which the queue was first found full; 0 while not full.
-    full_since_ms: AtomicI64,
-    close: CancellationToken,
-    close_code: AtomicU16,
-}
-
-/// Reference instant for `full_since_ms`.
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-fn elapsed_ms() -> i64 {
-    // +1 so that 0 keeps meaning "not full" even at the first millisecond.
-    EPOCH.elapsed().as_millis() as i64 + 1
-}
-
-impl Outbound {
-    pub fn new(id: u64, capacity: usize) -> (Arc<Self>, queue::Receiver) {
-        let (queue, receiver) = queue::bounded(capacity);
-        let outbound = Outbound {
-            id,
-            queue,
-            full_since_ms: AtomicI64::new(0),
-            close: CancellationToken::new(),
-            close_code: AtomicU16::new(0),
-        };
-        (Arc::new(outbound), receiver)
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Asks the connection to close with `code`; the first request wins.
-    pub fn close(&self, code: CloseCode) {
-        if self
-            .close_code
-            .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.close.cancel();
-        }
-    }
-
-    /// Resolves once [`Outbound::close`] was called; yields the code.
-    pub async fn closed(&self) -> CloseCode {
-        self.close.cancelled().await;
-        CloseCode::from_u16(self.close_code.load(Ordering::Acquire))
-    }
-
-    fn is_closing(&self) -> bool {
-        self.close.is_cancelled()
-    }
-}
 
 /// Hands events to the subscribers of their topics.
 pub struct FanOut {
@@ -120,14 +62,6 @@ pub struct Join {
     pub ack: AckBuilder,
     /// Told what the join found once the subscriptions are in the index.
     pub done: tokio::sync::oneshot::Sender<Joined>,
-}
-
-/// The kind of a data message: a live event, a snapshot row, or a leave event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Live,
-    Snapshot,
-    Leave,
 }
 
 impl FanOut {
@@ -221,7 +155,7 @@ impl FanOut {
                         data_message(topic, &row.payload, row.event.position, Kind::Snapshot);
                     delivered += u64::from(self.offer(&join.outbound, message).await);
                 }
-                let synced = crate::ws::protocol::reply::synced(topic);
+                let synced = reply::synced(topic);
                 self.offer(&join.outbound, Bytes::from(synced)).await;
             }
         }
@@ -340,16 +274,8 @@ impl FanOut {
         if outbound.is_closing() {
             return self.dropped(DropReason::SlowConsumerClosed);
         }
-        let now = elapsed_ms();
-        let since = match outbound.full_since_ms.compare_exchange(
-            0,
-            now,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => now,
-            Err(earlier) => earlier,
-        };
+        let now = crate::outbound::elapsed_ms();
+        let since = outbound.full_since();
         let grace_ms = self.grace.as_millis() as i64;
         let remaining = grace_ms - (now - since);
         if remaining > 0 {
@@ -366,14 +292,14 @@ impl FanOut {
                         Ok(Err(_)) => return self.dropped(DropReason::ConnectionClosed),
                         Err(_elapsed) => break,
                     },
-                    _ = outbound.close.cancelled() => return self.dropped(DropReason::SlowConsumerClosed),
+                    _ = outbound.closing() => return self.dropped(DropReason::SlowConsumerClosed),
                 }
             }
         }
         match self.policy {
             SlowClientPolicy::Close => {
                 tracing::info!(
-                    connection = outbound.id,
+                    connection = outbound.id(),
                     "closing slow consumer: queue full past the grace period"
                 );
                 outbound.close(CloseCode::SlowConsumer);
@@ -384,9 +310,7 @@ impl FanOut {
     }
 
     fn delivered(outbound: &Outbound) -> bool {
-        if outbound.full_since_ms.load(Ordering::Relaxed) != 0 {
-            outbound.full_since_ms.store(0, Ordering::Release);
-        }
+        outbound.drained();
         true
     }
 
@@ -404,64 +328,13 @@ fn split_topic(topic: &str) -> Option<(&str, Option<&str>)> {
     }
 }
 
-/// `{"type":"data","topic":..,"payload":..,"source":..,"partition":..,"offset":..,
-/// "timestamp":..}`, built around the payload bytes serialized once per event; snapshot rows
-/// add `"snapshot":true`, leave events `"leave":true`.
-pub fn data_message(topic: &str, payload: &[u8], position: SourcePosition, kind: Kind) -> Bytes {
-    let sent_at = crate::clock::now_rfc3339();
-    let source = position.topic.as_str();
-    let mut out =
-        Vec::with_capacity(payload.len() + topic.len() + source.len() + sent_at.len() + 128);
-    out.extend_from_slice(br#"{"type":"data","topic":"#);
-    serde_json::to_writer(&mut out, topic).expect("writing to a Vec cannot fail");
-    out.extend_from_slice(br#","payload":"#);
-    out.extend_from_slice(payload);
-    // Kafka topic names are [A-Za-z0-9._-]: nothing to escape.
-    out.extend_from_slice(br#","source":""#);
-    out.extend_from_slice(source.as_bytes());
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(br#"","partition":"#);
-    out.extend_from_slice(digits.format(position.partition).as_bytes());
-    out.extend_from_slice(br#","offset":"#);
-    out.extend_from_slice(digits.format(position.offset).as_bytes());
-    out.extend_from_slice(br#","timestamp":""#);
-    out.extend_from_slice(sent_at.as_bytes());
-    out.extend_from_slice(match kind {
-        Kind::Live => br#""}"#.as_slice(),
-        Kind::Snapshot => br#"","snapshot":true}"#.as_slice(),
-        Kind::Leave => br#"","leave":true}"#.as_slice(),
-    });
-    Bytes::from(out)
-}
-
-/// The source position of a message built by [`data_message`]: its last `"source"`,
-/// `"partition"` and `"offset"` fields, which come after the payload (the payload may hold
-/// fields of those names; the envelope's are the last).
-pub fn data_message_position(message: &[u8]) -> Option<SourcePosition> {
-    let text = std::str::from_utf8(message).ok()?;
-    let source_at = text.rfind(r#","source":""#)? + r#","source":""#.len();
-    let source = &text[source_at..source_at + text[source_at..].find('"')?];
-    let tail = &text[source_at..];
-    let number_after = |key: &str| {
-        let start = tail.rfind(key)? + key.len();
-        let digits = &tail[start..];
-        let end = digits
-            .find(|c: char| c != '-' && !c.is_ascii_digit())
-            .unwrap_or(digits.len());
-        digits[..end].parse::<i64>().ok()
-    };
-    Some(SourcePosition::new(
-        source,
-        i32::try_from(number_after(r#","partition":"#)?).ok()?,
-        number_after(r#","offset":"#)?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Operation;
+    use crate::event::{Operation, SourcePosition};
+    use crate::protocol::data::data_message_position;
     use serde_json::{json, Value};
+    use tokio::time::Instant;
 
     fn event(id: &str, offset: i64) -> ChangeEvent {
         ChangeEvent {
@@ -518,22 +391,6 @@ mod tests {
         assert_eq!(
             fanout.dispatched.snapshot(),
             Position::from([(crate::position::Partition::new("cdc.events", 1), 10)])
-        );
-    }
-
-    #[test]
-    fn the_position_comes_from_the_envelope_not_the_payload() {
-        let mut e = event("7", 41);
-        e.data = Some(
-            json!({"partition": 99, "offset": 98, "source": "x", "note": ",\"source\":\"y\""})
-                .into(),
-        );
-        let message = data_message("cdc.order", &e.payload_json(), e.position, Kind::Leave);
-        let v: Value = serde_json::from_slice(&message).unwrap();
-        assert_eq!(v["leave"], true);
-        assert_eq!(
-            data_message_position(&message),
-            Some(SourcePosition::new("cdc.events", 1, 41))
         );
     }
 
@@ -657,13 +514,7 @@ mod tests {
             since,
             snapshot: false,
             ack: Box::new(|topic, found, _| {
-                crate::ws::protocol::reply::subscribed(
-                    topic,
-                    &found.position,
-                    found.recovered,
-                    None,
-                    None,
-                )
+                reply::subscribed(topic, &found.position, found.recovered, None, None)
             }),
             done,
         };

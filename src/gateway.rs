@@ -15,15 +15,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::fanout::{FanOut, Join, Joined, Outbound};
+use crate::fanout::{FanOut, Join, Joined};
 use crate::health::Health;
 use crate::history::{self, History};
 use crate::index::{Filter, TopicIndex};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::position::{Dispatched, Position, PositionError, Resolver};
+use crate::protocol::reply;
 use crate::snapshot::LastValues;
-use crate::ws::protocol::reply;
 use crate::ws::SessionSettings;
 
 /// Snapshot and resume subscriptions waiting for the consumer task; more make their sessions

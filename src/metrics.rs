@@ -8,7 +8,7 @@ use prometheus::{
 };
 
 use crate::ingest::decode::DecodeError;
-use crate::ws::protocol::ErrorCode;
+use crate::protocol::ErrorCode;
 
 /// Results of consuming one Kafka record.
 /// `duplicate`: a record at or below the highest offset already dispatched from its partition

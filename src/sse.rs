@@ -33,12 +33,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::auth::Grant;
 use crate::event::GatewayTopic;
-use crate::fanout::{data_message_position, Outbound};
 use crate::gateway::Shared;
 use crate::index::Filter;
+use crate::outbound::Outbound;
 use crate::position::{to_event_id, Position, Resolver};
+use crate::protocol::data::data_message_position;
+use crate::protocol::ErrorCode;
 use crate::queue;
-use crate::ws::protocol::ErrorCode;
 
 /// Data messages taken from the queue per write.
 const BATCH: usize = 256;

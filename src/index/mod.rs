@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 pub use filter::{Filter, FilterError};
 
-use crate::fanout::Outbound;
+use crate::outbound::Outbound;
 
 /// One subscription: a connection's queue and the filter its messages must pass.
 #[derive(Clone)]
@@ -85,7 +85,7 @@ impl TopicIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::Outbound;
+    use crate::outbound::Outbound;
 
     #[test]
     fn subscribe_replace_unsubscribe() {

@@ -3,9 +3,7 @@
 //! handshake so the client sees a close code (1008, 4001) and a reason rather than a bare HTTP
 //! error.
 
-pub mod close;
 mod coalesce;
-pub mod protocol;
 mod session;
 
 use std::sync::Arc;
@@ -20,7 +18,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::auth::AuthError;
 use crate::gateway::Shared;
-use close::CloseCode;
+use crate::protocol::close::CloseCode;
 use session::Access;
 
 /// Per-connection limits and timers, taken from the configuration.

@@ -19,14 +19,14 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 
-use super::close::CloseCode;
 use super::coalesce::Coalesce;
-use super::protocol::{self, reply, ErrorCode, Request};
 use crate::auth::{AuthError, Grant};
 use crate::event::GatewayTopic;
-use crate::fanout::Outbound;
 use crate::gateway::Shared;
 use crate::index::Filter;
+use crate::outbound::Outbound;
+use crate::protocol::close::CloseCode;
+use crate::protocol::{self, reply, ErrorCode, Request};
 
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Io>>;

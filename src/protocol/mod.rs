@@ -1,5 +1,9 @@
-//! The JSON messages of a WebSocket session (protocol section 3): parsing client requests into
-//! typed values and building the server's replies. Nothing here touches a socket.
+//! The wire format, below every module that speaks it (fan-out, WebSocket, SSE, HTTP, metrics):
+//! parsing client requests into typed values, the error and close codes as enum values, and
+//! the builders of every server message. Nothing here touches a socket.
+
+pub mod close;
+pub mod data;
 
 use serde::Serialize;
 use serde_json::{Map, Value};

@@ -1,0 +1,96 @@
+//! One connection's sending end, below the index, fan-out and the transports: its bounded
+//! queue of serialized messages, when that queue was first found full (the slow-client grace
+//! runs from there), and the switch that closes the connection with a reason. It knows
+//! nothing of WebSocket or SSE: a transport reads the queue and maps the close code.
+
+use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::close::CloseCode;
+use crate::queue;
+
+/// The sending side of one connection: its bounded queue of serialized messages and the
+/// switch the dispatcher uses to close it.
+pub struct Outbound {
+    id: u64,
+    pub(crate) queue: queue::Sender,
+    /// Milliseconds since `EPOCH` at which the queue was first found full; 0 while not full.
+    full_since_ms: AtomicI64,
+    close: CancellationToken,
+    close_code: AtomicU16,
+}
+
+/// Reference instant for `full_since_ms`.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+pub(crate) fn elapsed_ms() -> i64 {
+    // +1 so that 0 keeps meaning "not full" even at the first millisecond.
+    EPOCH.elapsed().as_millis() as i64 + 1
+}
+
+impl Outbound {
+    pub fn new(id: u64, capacity: usize) -> (Arc<Self>, queue::Receiver) {
+        let (queue, receiver) = queue::bounded(capacity);
+        let outbound = Outbound {
+            id,
+            queue,
+            full_since_ms: AtomicI64::new(0),
+            close: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+        };
+        (Arc::new(outbound), receiver)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn close(&self, code: CloseCode) {
+        if self
+            .close_code
+            .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close.cancel();
+        }
+    }
+
+    /// Resolves once [`Outbound::close`] was called; yields the code.
+    pub async fn closed(&self) -> CloseCode {
+        self.close.cancelled().await;
+        CloseCode::from_u16(self.close_code.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close.is_cancelled()
+    }
+
+    /// Resolves once a close was requested.
+    pub(crate) async fn closing(&self) {
+        self.close.cancelled().await
+    }
+
+    /// The queue was found full now: returns since when it has been full (milliseconds on
+    /// this process's clock), now if it was not.
+    pub(crate) fn full_since(&self) -> i64 {
+        let now = elapsed_ms();
+        match self
+            .full_since_ms
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => now,
+            Err(earlier) => earlier,
+        }
+    }
+
+    /// A message was queued: the queue is not stuck.
+    pub(crate) fn drained(&self) {
+        if self.full_since_ms.load(Ordering::Relaxed) != 0 {
+            self.full_since_ms.store(0, Ordering::Release);
+        }
+    }
+}
