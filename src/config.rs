@@ -350,7 +350,6 @@ impl Config {
                 ));
             }
         }
-        crate::auth::Verifier::from_config(self)?;
         for (flag, value) in [
             ("--auth-timeout", self.auth_timeout),
             ("--idle-timeout", self.idle_timeout),

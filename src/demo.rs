@@ -47,7 +47,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         config.brokers, args.events_per_second
     );
     tokio::spawn(generate(producer, args.events_per_second.max(1)));
-    crate::gateway::run(config, true).await
+    let gateway = crate::gateway::Gateway::new(config.clone(), crate::gateway::Pages::Demo)?;
+    let listener = crate::gateway::bind(&config).await?;
+    gateway.run(listener, crate::shutdown::signal()).await
 }
 
 /// Produces a plausible stream of shop changes forever (until the process stops).

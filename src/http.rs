@@ -16,13 +16,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Shared;
+use crate::hub::Hub;
+use crate::protocol::ErrorCode;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// Accepts connections until `stop` fires. Open keep-alive HTTP connections are then told to
 /// finish their current request; WebSocket sessions are closed by their own shutdown path.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationToken) {
     loop {
         let (stream, _peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -61,18 +62,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
 /// Every response body: whole JSON or text, or an endless event stream (`/sse`).
 pub type Body = BoxBody<Bytes, Infallible>;
 
-fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
     match request.uri().path() {
-        _ if request.method() != Method::GET => json_response(
+        _ if request.method() != Method::GET => crate::protocol::json_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"code": "METHOD_NOT_ALLOWED", "message": "only GET is served"}),
+            &json!({"code": ErrorCode::MethodNotAllowed, "message": "only GET is served"}),
         ),
         "/ws" => crate::ws::upgrade(request, shared),
         "/sse" => return crate::sse::stream(&request, shared),
-        "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/healthz" => crate::protocol::json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => match shared.health.readiness() {
-            Ok(()) => json_response(StatusCode::OK, &json!({"ready": true})),
-            Err(reason) => json_response(
+            Ok(()) => crate::protocol::json_response(StatusCode::OK, &json!({"ready": true})),
+            Err(reason) => crate::protocol::json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"ready": false, "reason": reason}),
             ),
@@ -89,15 +90,15 @@ fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
             .body(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())))
             .expect("static response parts are valid"),
-        _ => json_response(
+        _ => crate::protocol::json_response(
             StatusCode::NOT_FOUND,
-            &json!({"code": "NOT_FOUND", "message": "no such endpoint"}),
+            &json!({"code": ErrorCode::NotFound, "message": "no such endpoint"}),
         ),
     }
     .map(BodyExt::boxed)
 }
 
-fn health(shared: &Shared) -> Response<Full<Bytes>> {
+fn health(shared: &Hub) -> Response<Full<Bytes>> {
     let status = match shared.health.readiness() {
         Ok(()) => "ok",
         Err(_) if shared.health.is_shutting_down() => "shutting_down",
@@ -110,13 +111,5 @@ fn health(shared: &Shared) -> Response<Full<Bytes>> {
         "topics": shared.index.topic_count(),
         "kafka": shared.health.kafka(),
     });
-    json_response(StatusCode::OK, &body)
-}
-
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("static response parts are valid")
+    crate::protocol::json_response(StatusCode::OK, &body)
 }

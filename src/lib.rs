@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod event;
 pub mod fanout;
@@ -15,6 +16,7 @@ pub mod gateway;
 pub mod health;
 pub mod history;
 pub mod http;
+pub mod hub;
 pub mod index;
 pub mod ingest;
 pub mod metrics;

@@ -7,6 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cdc_gateway::config::{Cli, Command, LogFormat};
+use cdc_gateway::gateway::{self, Gateway, Pages};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -32,12 +33,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async move {
-        match cli.command {
-            Some(Command::Demo(args)) => cdc_gateway::demo::run(cli.config, args).await,
-            None => cdc_gateway::gateway::run(cli.config, false).await,
+    let outcome = match cli.command {
+        Some(Command::Demo(args)) => runtime.block_on(cdc_gateway::demo::run(cli.config, args)),
+        None => {
+            let gateway = match Gateway::new(cli.config.clone(), Pages::ApiOnly) {
+                Ok(gateway) => gateway,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(async move {
+                let listener = gateway::bind(&cli.config).await?;
+                gateway.run(listener, cdc_gateway::shutdown::signal()).await
+            })
         }
-    });
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Shared;
+use crate::hub::Hub;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn signal() {
@@ -27,7 +27,7 @@ pub async fn signal() {
 
 /// Everything shutdown acts on.
 pub struct Drain<'a> {
-    pub shared: &'a Shared,
+    pub shared: &'a Hub,
     pub delay: std::time::Duration,
     pub timeout: std::time::Duration,
     pub stop_accepting: CancellationToken,

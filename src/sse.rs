@@ -16,7 +16,6 @@
 //! `EventSource.onmessage` ignores them). A comment line keeps idle streams alive through
 //! proxies.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,14 +28,12 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 
-use crate::auth::Grant;
-use crate::event::GatewayTopic;
-use crate::gateway::Shared;
+use crate::connection::{admit, Admitted, Connection, Refusal, Since, SubscribeError, TokenLater};
+use crate::hub::Hub;
 use crate::index::Filter;
-use crate::outbound::Outbound;
-use crate::position::{to_event_id, Position, Resolver};
+use crate::position::{to_event_id, Position};
 use crate::protocol::data::data_message_position;
 use crate::protocol::ErrorCode;
 use crate::queue;
@@ -48,23 +45,56 @@ const CHUNKS: usize = 2;
 
 /// A request problem, answered before the stream starts.
 #[derive(Debug, PartialEq)]
-struct Refusal {
+struct Refused {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
-impl Refusal {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+impl Refused {
+    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
-            code: code.as_str(),
+            status: StatusCode::BAD_REQUEST,
+            code,
             message: message.into(),
         }
     }
+}
 
-    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        let (status, code) = match &refusal {
+            Refusal::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+            Refusal::Origin => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            Refusal::TokenRequired | Refusal::Token(_) => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated)
+            }
+            Refusal::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+        };
+        Self {
+            status,
+            code,
+            message: refusal.to_string(),
+        }
+    }
+}
+
+impl From<SubscribeError> for Refused {
+    fn from(e: SubscribeError) -> Self {
+        let status = match e.code {
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match &e.topic {
+            Some(topic) => format!("{topic}: {}", e.message),
+            None => e.message,
+        };
+        Self {
+            status,
+            code: e.code,
+            message,
+        }
     }
 }
 
@@ -75,72 +105,39 @@ struct StreamRequest {
     topics: Vec<(String, Filter)>,
     since: Option<Position>,
     snapshot: bool,
-    /// When the token expires; the stream ends then.
-    expires_in: Option<Duration>,
 }
 
 /// Answers `GET /sse`.
-pub fn stream(
-    request: &Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Response<BoxBody<Bytes, Infallible>> {
-    let origin = request
-        .headers()
-        .get(hyper::header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .map(str::to_owned);
-    let allowed = &shared.settings.allowed_origins;
-    let cors = match &origin {
-        _ if allowed.is_empty() => Some("*".to_owned()),
-        Some(origin) if allowed.iter().any(|a| a == origin) => Some(origin.clone()),
-        Some(_) => None,
-        // Not a browser's cross-origin request: nothing to allow.
-        None => Some(String::new()),
-    };
-    let admitted = match cors {
-        None => Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        )),
-        Some(_) if shared.shutdown.is_cancelled() => Err(Refusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "SHUTTING_DOWN",
-            message: "the gateway is shutting down".into(),
-        }),
-        Some(_) => parse(request, &shared).and_then(|parsed| {
-            Arc::clone(&shared.connection_slots)
-                .try_acquire_owned()
-                .map(|slot| (parsed, slot))
-                .map_err(|_| {
-                    Refusal::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        ErrorCode::RateLimited,
-                        "too many connections",
-                    )
-                })
-        }),
-    };
-    let (parsed, slot) = match admitted {
+pub fn stream(request: &Request<Incoming>, hub: Arc<Hub>) -> Response<BoxBody<Bytes, Infallible>> {
+    let opened = admit(&hub, request, TokenLater::Refused)
+        .map_err(Refused::from)
+        .and_then(|admitted| {
+            let parsed = parse(request, &hub, &admitted)?;
+            Ok((admitted, parsed))
+        });
+    let (admitted, parsed) = match opened {
         Ok(pair) => pair,
-        Err(refusal) => {
-            shared
-                .metrics
+        Err(refused) => {
+            hub.metrics
                 .error_replies
-                .with_label_values(&[refusal.code])
+                .with_label_values(&[refused.code.as_str()])
                 .inc();
-            let body = serde_json::json!({"code": refusal.code, "message": refusal.message});
-            return crate::http::json_response(refusal.status, &body).map(|b| b.boxed());
+            let body = serde_json::json!({"code": refused.code, "message": refused.message});
+            return crate::protocol::json_response(refused.status, &body).map(|b| b.boxed());
         }
     };
     let (chunks, body) = mpsc::channel(CHUNKS);
-    let tracker = shared.sessions.clone();
-    tracker.spawn(run(parsed, shared, slot, chunks));
+    let tracker = hub.sessions.clone();
+    tracker.spawn(run(
+        parsed,
+        Connection::open(Arc::clone(&hub), admitted),
+        chunks,
+    ));
     let mut response = Response::builder()
         .header(hyper::header::CONTENT_TYPE, "text/event-stream")
         .header(hyper::header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no");
-    if let Some(origin) = cors.filter(|o| !o.is_empty()) {
+    if let Some(origin) = cors_origin(request, &hub) {
         response = response.header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
     response
@@ -148,28 +145,28 @@ pub fn stream(
         .expect("static response parts are valid")
 }
 
-/// Reads the query string and `Last-Event-ID`.
-fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, Refusal> {
-    let max_topics = shared.settings.max_subscriptions;
-    let grant = match &shared.verifier {
+/// The `Access-Control-Allow-Origin` of an admitted stream: any origin without
+/// `--allowed-origins`, else the request's (admission checked it is allowed).
+fn cors_origin(request: &Request<Incoming>, hub: &Hub) -> Option<String> {
+    let origin = request
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    match origin {
+        _ if hub.settings.allowed_origins.is_empty() => Some("*".to_owned()),
+        Some(origin) => Some(origin.to_owned()),
+        // Not a browser's cross-origin request: nothing to allow.
         None => None,
-        Some(verifier) => {
-            let token = crate::auth::request_token(request).ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthenticated,
-                    "a token is required: `Authorization: Bearer <JWT>` or `token=<JWT>`",
-                )
-            })?;
-            Some(verifier.verify(&token).map_err(|e| {
-                Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthenticated,
-                    e.to_string(),
-                )
-            })?)
-        }
-    };
+    }
+}
+
+/// Reads the query string and `Last-Event-ID`.
+fn parse(
+    request: &Request<Incoming>,
+    hub: &Hub,
+    admitted: &Admitted,
+) -> Result<StreamRequest, Refused> {
+    let max_topics = hub.settings.max_subscriptions;
     let query = request.uri().query().unwrap_or_default();
     let mut topics: Vec<String> = Vec::new();
     let mut filters: Option<String> = None;
@@ -177,33 +174,24 @@ fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, 
     let mut snapshot = false;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "topic" => {
-                if let Err(why) = GatewayTopic::parse(&value) {
-                    return Err(Refusal::bad(
-                        ErrorCode::InvalidTopic,
-                        format!("{value}: {why}"),
-                    ));
-                }
-                if !topics.iter().any(|t| *t == value) {
-                    topics.push(value.into_owned());
-                }
-            }
+            "topic" if !topics.iter().any(|t| *t == value) => topics.push(value.into_owned()),
+            "topic" => {}
             "filters" => filters = Some(value.into_owned()),
             "since" => since = Some(value.into_owned()),
             "snapshot" => snapshot = matches!(value.as_ref(), "1" | "true"),
-            // `token` was read above; unknown parameters are ignored, as a URL's extra
+            // `token` was read at admission; unknown parameters are ignored, as a URL's extra
             // parameters usually are.
             _ => {}
         }
     }
     if topics.is_empty() {
-        return Err(Refusal::bad(
+        return Err(Refused::bad(
             ErrorCode::InvalidMessage,
             "at least one `topic` parameter is required",
         ));
     }
     if topics.len() > max_topics {
-        return Err(Refusal::bad(
+        return Err(Refused::bad(
             ErrorCode::TooManySubscriptions,
             format!("at most {max_topics} topics per stream"),
         ));
@@ -211,7 +199,7 @@ fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, 
     let filters: Option<Value> = match filters {
         None => None,
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-            Refusal::bad(
+            Refused::bad(
                 ErrorCode::InvalidFilter,
                 format!("`filters` is not JSON: {e}"),
             )
@@ -220,21 +208,10 @@ fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, 
     let topics = topics
         .into_iter()
         .map(|topic| {
-            let filter = match &grant {
-                Some(grant) if !grant.allows(&topic) => {
-                    return Err(Refusal::new(
-                        StatusCode::FORBIDDEN,
-                        ErrorCode::Forbidden,
-                        format!("{topic}: the token's `topics` claim does not cover it"),
-                    ))
-                }
-                Some(grant) => grant.confine(&topic, filters.as_ref()),
-                None => Filter::compile(filters.as_ref()),
-            }
-            .map_err(|e| Refusal::bad(ErrorCode::InvalidFilter, e.to_string()))?;
+            let filter = admitted.filter(&topic, filters.as_ref())?;
             Ok((topic, filter))
         })
-        .collect::<Result<Vec<_>, Refusal>>()?;
+        .collect::<Result<Vec<_>, Refused>>()?;
     // `Last-Event-ID` is what a reconnecting EventSource sends; it wins over the URL's `since`.
     let last_event_id = request
         .headers()
@@ -243,17 +220,12 @@ fn parse(request: &Request<Incoming>, shared: &Shared) -> Result<StreamRequest, 
     let since = match last_event_id.or(since) {
         None => None,
         Some(text) if text.is_empty() => None,
-        Some(text) => Some(
-            Resolver::new(&shared.dispatched.snapshot())
-                .event_id(&text)
-                .map_err(|e| Refusal::bad(ErrorCode::InvalidMessage, e.to_string()))?,
-        ),
+        Some(text) => Some(crate::connection::resolve(hub, Since::EventId(&text))?),
     };
     Ok(StreamRequest {
         topics,
         since,
         snapshot,
-        expires_in: grant.as_ref().map(Grant::remaining),
     })
 }
 
@@ -279,21 +251,14 @@ impl hyper::body::Body for SseBody {
 /// One stream, from subscription to the end of the response.
 async fn run(
     request: StreamRequest,
-    shared: Arc<Shared>,
-    _slot: OwnedSemaphorePermit,
+    (connection, mut queue): (Connection, queue::Receiver),
     chunks: mpsc::Sender<Bytes>,
 ) {
-    let id = shared.next_connection_id();
-    let (outbound, mut queue) = Outbound::new(id, shared.settings.outbound_queue);
-    shared.metrics.connections_active.inc();
-    shared.metrics.connections_total.inc();
+    let expires_in = connection.token_remaining();
     let mut stream = Stream {
-        shared: Arc::clone(&shared),
-        outbound,
-        topics: HashSet::new(),
+        connection,
         position: Position::new(),
     };
-    let expires_in = request.expires_in;
     if stream.open(request).await {
         let pump = stream.pump(&mut queue, &chunks);
         match expires_in {
@@ -304,14 +269,11 @@ async fn run(
             None => pump.await,
         }
     }
-    drop(stream);
-    shared.metrics.connections_active.dec();
 }
 
 struct Stream {
-    shared: Arc<Shared>,
-    outbound: Arc<Outbound>,
-    topics: HashSet<String>,
+    connection: Connection,
+    /// The stream's one position over all its topics: its `id:`.
     position: Position,
 }
 
@@ -319,19 +281,13 @@ impl Stream {
     /// Joins every topic in one step through the consumer task: the acks, snapshot rows and
     /// missed events come through the queue, ahead of the live events.
     async fn open(&mut self, request: StreamRequest) -> bool {
-        let topics: Vec<String> = request.topics.iter().map(|(t, _)| t.clone()).collect();
         let since = request.since.clone();
-        let Some(joined) = self
-            .shared
-            .join(
-                request.topics,
-                &self.outbound,
-                request.since,
-                request.snapshot,
-                None,
-            )
-            .await
-        else {
+        let joined = self
+            .connection
+            .subscribe(request.topics, request.since, request.snapshot, None)
+            .await;
+        let Ok(Some(joined)) = joined else {
+            // Checked when the request was parsed; only a shutdown gets here.
             return false;
         };
         // The position a WebSocket client would keep: where it resumed from when the missed
@@ -340,27 +296,16 @@ impl Stream {
             (Some(true), Some(since)) => since,
             _ => joined.position,
         };
-        for topic in topics {
-            self.shared.metrics.subscriptions_active.inc();
-            self.topics.insert(topic);
-        }
-        self.shared
-            .metrics
-            .topics_active
-            .set(self.shared.index.topic_count() as i64);
         true
     }
 
     /// Moves data messages from the queue to the response until the client goes, the gateway
     /// shuts down, or the slow-client policy closes the stream.
     async fn pump(&mut self, queue: &mut queue::Receiver, chunks: &mpsc::Sender<Bytes>) {
-        let heartbeat_every = self
-            .shared
-            .settings
-            .ping_interval
-            .max(Duration::from_secs(1));
-        let shutdown_token = self.shared.shutdown.child_token();
-        let outbound = Arc::clone(&self.outbound);
+        let hub = Arc::clone(self.connection.hub());
+        let heartbeat_every = hub.settings.ping_interval.max(Duration::from_secs(1));
+        let shutdown_token = hub.shutdown.child_token();
+        let outbound = Arc::clone(self.connection.outbound());
         let closed = outbound.closed();
         let shutdown = shutdown_token.cancelled();
         tokio::pin!(closed, shutdown);
@@ -417,12 +362,5 @@ impl Stream {
             out.put_slice(b"\n\n");
         }
         out.freeze()
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.shared
-            .release_subscriptions(self.outbound.id(), self.topics.drain());
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::position::Position;
 
-/// Error codes of error replies.
+/// Error codes of error replies, and of the JSON bodies of refused HTTP requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -23,10 +23,16 @@ pub enum ErrorCode {
     RateLimited,
     NotSubscribed,
     Unauthenticated,
+    /// HTTP only: the gateway is draining (503).
+    ShuttingDown,
+    /// HTTP only: no such endpoint (404).
+    NotFound,
+    /// HTTP only: a method other than GET (405).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UnknownAction,
         ErrorCode::InvalidTopic,
@@ -36,6 +42,9 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::NotSubscribed,
         ErrorCode::Unauthenticated,
+        ErrorCode::ShuttingDown,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +57,9 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::NotSubscribed => "NOT_SUBSCRIBED",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
         }
     }
@@ -259,6 +271,21 @@ pub mod reply {
             None,
         )
     }
+}
+
+/// A JSON HTTP response: the `{"code": …, "message": …}` bodies of refusals, and the
+/// small endpoints.
+pub fn json_response(
+    status: hyper::StatusCode,
+    body: &serde_json::Value,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    hyper::Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("static response parts are valid")
 }
 
 #[cfg(test)]

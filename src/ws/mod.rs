@@ -17,88 +17,54 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::auth::AuthError;
-use crate::gateway::Shared;
+use crate::connection::{admit, Connection, Refusal, TokenLater};
+use crate::hub::Hub;
 use crate::protocol::close::CloseCode;
-use session::Access;
-
-/// Per-connection limits and timers, taken from the configuration.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    pub max_subscriptions: usize,
-    pub max_message_size: usize,
-    pub outbound_queue: usize,
-    pub idle_timeout: Duration,
-    pub ping_interval: Duration,
-    /// `None`: no JSON heartbeats.
-    pub app_ping_interval: Option<Duration>,
-    pub rate_limit: u32,
-    pub rate_burst: u32,
-    /// Under `--auth jwt`: how long a connection without a token has to send `auth`.
-    pub auth_timeout: Duration,
-    /// Empty: any origin.
-    pub allowed_origins: Vec<String>,
-}
+use crate::protocol::ErrorCode;
 
 /// Answers `GET /ws`.
-pub fn upgrade(mut request: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
-        return crate::http::json_response(
+        return crate::protocol::json_response(
             StatusCode::UPGRADE_REQUIRED,
-            &serde_json::json!({"code": "INVALID_MESSAGE", "message": "GET /ws expects a WebSocket upgrade"}),
+            &serde_json::json!({"code": ErrorCode::InvalidMessage, "message": "GET /ws expects a WebSocket upgrade"}),
         );
     }
-    if shared.shutdown.is_cancelled() {
-        return crate::http::json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"code": "SHUTTING_DOWN", "message": "the gateway is shutting down"}),
-        );
-    }
-    let origin_allowed = {
-        let allowed = &shared.settings.allowed_origins;
-        allowed.is_empty()
-            || request
-                .headers()
-                .get(hyper::header::ORIGIN)
-                .and_then(|o| o.to_str().ok())
-                .is_some_and(|origin| allowed.iter().any(|a| a == origin))
-    };
-    let slot = Arc::clone(&shared.connection_slots)
-        .try_acquire_owned()
-        .ok();
     // A token in the upgrade request is checked now; without one, the session waits for an
     // `auth` message (protocol section 6).
-    let access = match (&shared.verifier, crate::auth::request_token(&request)) {
-        (None, _) => Ok(Access::Open),
-        (Some(_), None) => Ok(Access::Pending(
-            tokio::time::Instant::now() + shared.settings.auth_timeout,
-        )),
-        (Some(verifier), Some(token)) => verifier.verify(&token).map(Access::Granted),
-    };
+    let admitted = admit(&hub, &request, TokenLater::Allowed);
+    if matches!(admitted, Err(Refusal::ShuttingDown)) {
+        return crate::protocol::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"code": ErrorCode::ShuttingDown, "message": Refusal::ShuttingDown.to_string()}),
+        );
+    }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(e) => {
-            return crate::http::json_response(
+            return crate::protocol::json_response(
                 StatusCode::BAD_REQUEST,
-                &serde_json::json!({"code": "INVALID_MESSAGE", "message": format!("bad upgrade request: {e}")}),
+                &serde_json::json!({"code": ErrorCode::InvalidMessage, "message": format!("bad upgrade request: {e}")}),
             )
         }
     };
-    let tracker = shared.sessions.clone();
+    let tracker = hub.sessions.clone();
     tracker.spawn(async move {
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
         };
-        match (origin_allowed, slot, access) {
-            (false, _, _) => refuse(ws, &shared, CloseCode::Policy, "origin not allowed").await,
-            (true, None, _) => refuse(ws, &shared, CloseCode::Policy, "too many connections").await,
-            (true, Some(_), Err(AuthError::Expired)) => {
-                refuse(ws, &shared, CloseCode::TokenExpired, "token expired").await
+        match admitted {
+            Ok(admitted) => session::run(ws, Connection::open(hub, admitted)).await,
+            Err(refusal) => {
+                let code = match &refusal {
+                    Refusal::Token(AuthError::Expired) => CloseCode::TokenExpired,
+                    Refusal::Token(_) | Refusal::TokenRequired => CloseCode::Unauthorized,
+                    Refusal::ShuttingDown => CloseCode::GoingAway,
+                    Refusal::Origin | Refusal::TooManyConnections => CloseCode::Policy,
+                };
+                refuse(ws, &hub, code, &refusal.to_string()).await
             }
-            (true, Some(_), Err(e)) => {
-                refuse(ws, &shared, CloseCode::Unauthorized, &e.to_string()).await
-            }
-            (true, Some(slot), Ok(access)) => session::run(ws, shared, access, slot).await,
         }
     });
     response.map(|_| Full::new(Bytes::new()))
@@ -107,12 +73,11 @@ pub fn upgrade(mut request: Request<Incoming>, shared: Arc<Shared>) -> Response<
 /// Completes the handshake only to close with `code` and a reason.
 async fn refuse(
     mut ws: WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
-    shared: &Shared,
+    hub: &Hub,
     code: CloseCode,
     reason: &str,
 ) {
-    shared
-        .metrics
+    hub.metrics
         .connections_closed
         .with_label_values(&[&code.as_u16().to_string()])
         .inc();

@@ -4,7 +4,6 @@
 //! connection's bounded queue, then flushes each batch with one write. Replies to a subscribe
 //! are queued before the subscription enters the index, so the ack always precedes its data.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +15,13 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 
 use super::coalesce::Coalesce;
-use crate::auth::{AuthError, Grant};
-use crate::event::GatewayTopic;
-use crate::gateway::Shared;
-use crate::index::Filter;
+use crate::auth::AuthError;
+use crate::connection::{AccessEnd, Connection, Since};
+use crate::hub::Hub;
 use crate::outbound::Outbound;
 use crate::protocol::close::CloseCode;
 use crate::protocol::{self, reply, ErrorCode, Request};
@@ -61,25 +59,9 @@ enum Ending {
     Unreadable,
 }
 
-/// Where a connection stands with authentication.
-pub enum Access {
-    /// `--auth none`: everything is allowed.
-    Open,
-    /// `--auth jwt` without a token yet: it must come in an `auth` message by the deadline.
-    Pending(Instant),
-    /// A verified token's grant, until it expires.
-    Granted(Grant),
-}
-
-pub async fn run(
-    ws: WebSocket<Io>,
-    shared: Arc<Shared>,
-    access: Access,
-    _slot: OwnedSemaphorePermit,
-) {
-    let settings = &shared.settings;
-    let id = shared.next_connection_id();
-    let (outbound, queue) = Outbound::new(id, settings.outbound_queue);
+pub async fn run(ws: WebSocket<Io>, (connection, queue): (Connection, crate::queue::Receiver)) {
+    let hub = Arc::clone(connection.hub());
+    let settings = &hub.settings;
     let (read_half, write_half) = tokio::io::split(ws.into_inner());
     let (mut reader, mut writer) =
         fastwebsockets::after_handshake_split(read_half, Coalesce::new(write_half), Role::Server);
@@ -90,27 +72,21 @@ pub async fn run(
     writer.set_writev_threshold(0);
 
     let (control, control_queue) = mpsc::channel(CONTROL_QUEUE);
-    shared.metrics.connections_active.inc();
-    shared.metrics.connections_total.inc();
     let mut writer_task = tokio::spawn(write_loop(
         writer,
         control_queue,
         queue,
-        Arc::clone(&outbound),
-        Arc::clone(&shared),
+        Arc::clone(connection.outbound()),
+        Arc::clone(&hub),
     ));
 
     let mut session = Session {
-        shared: Arc::clone(&shared),
-        outbound,
+        connection,
         control,
-        subscriptions: HashSet::new(),
         bucket: TokenBucket::new(settings.rate_limit, settings.rate_burst),
-        access,
     };
     let ending = session.read_loop(&mut reader, &mut writer_task).await;
-    session.unsubscribe_all();
-    drop(session);
+    session.connection.unsubscribe_all();
 
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     if !matches!(ending, Ending::WriterDone)
@@ -127,7 +103,8 @@ pub async fn run(
         Ending::Unreadable => tokio::time::sleep(Duration::from_millis(500)).await,
         Ending::Gone => {}
     }
-    shared.metrics.connections_active.dec();
+    // The connection (its slot and gauges) ends with the session.
+    drop(session);
 }
 
 /// Reads (and discards) until the client's close frame or the end of the stream.
@@ -146,12 +123,9 @@ fn no_obligations(_frame: Frame<'_>) -> std::future::Ready<Result<(), std::io::E
 }
 
 struct Session {
-    shared: Arc<Shared>,
-    outbound: Arc<Outbound>,
+    connection: Connection,
     control: mpsc::Sender<Control>,
-    subscriptions: HashSet<String>,
     bucket: TokenBucket,
-    access: Access,
 }
 
 /// Resolves with the close code when the access deadline passes; never without a deadline.
@@ -171,19 +145,16 @@ impl Session {
         reader: &mut Reader,
         writer_task: &mut tokio::task::JoinHandle<()>,
     ) -> Ending {
-        let settings = &self.shared.settings;
+        let settings = &self.connection.hub().settings;
         let (max_size, idle_timeout) = (settings.max_message_size, settings.idle_timeout);
         let mut last_seen = Instant::now();
         let mut fragments: Option<Vec<u8>> = None;
         let mut obligations = no_obligations;
         loop {
-            let deadline = match &self.access {
-                Access::Open => None,
-                Access::Pending(at) => Some((*at, CloseCode::AuthTimeout)),
-                Access::Granted(grant) => {
-                    Some((Instant::now() + grant.remaining(), CloseCode::TokenExpired))
-                }
-            };
+            let deadline = self.connection.access_ends().map(|(at, end)| match end {
+                AccessEnd::NoToken => (at, CloseCode::AuthTimeout),
+                AccessEnd::Expired => (at, CloseCode::TokenExpired),
+            });
             let frame = tokio::select! {
                 biased;
                 _ = &mut *writer_task => return Ending::WriterDone,
@@ -273,7 +244,8 @@ impl Session {
         topic: Option<&str>,
         id: Option<&Value>,
     ) -> bool {
-        self.shared
+        self.connection
+            .hub()
             .metrics
             .error_replies
             .with_label_values(&[code.as_str()])
@@ -292,7 +264,7 @@ impl Session {
             };
             let message = format!(
                 "more than {} messages per second: slow down",
-                self.shared.settings.rate_limit
+                self.connection.hub().settings.rate_limit
             );
             return self
                 .error(ErrorCode::RateLimited, &message, None, id.as_ref())
@@ -317,7 +289,7 @@ impl Session {
             Request::Auth { token } => self.authenticate(token, id).await,
             // A pong answers the gateway's heartbeat: not an action to refuse.
             Request::Pong => true,
-            _ if matches!(self.access, Access::Pending(_)) => {
+            _ if self.connection.is_pending() => {
                 self.error(
                     ErrorCode::Unauthenticated,
                     r#"send {"action":"auth","token":"<JWT>"} first"#,
@@ -336,78 +308,39 @@ impl Session {
                 since,
                 snapshot,
             } => {
-                if let Err(why) = GatewayTopic::parse(&topic) {
-                    return self
-                        .error(ErrorCode::InvalidTopic, why, Some(&topic), id)
-                        .await;
-                }
-                let compiled = match &self.access {
-                    Access::Granted(grant) if !grant.allows(&topic) => {
-                        return self
-                            .error(
-                                ErrorCode::Forbidden,
-                                "the token's `topics` claim does not cover this topic",
-                                Some(&topic),
-                                id,
-                            )
-                            .await
+                let subscribed = match self.connection.filter(&topic, filters.as_ref()) {
+                    Ok(filter) => {
+                        let since = since
+                            .as_ref()
+                            .map(|since| self.connection.since(Since::Json(since)))
+                            .transpose();
+                        match since {
+                            Ok(since) => {
+                                self.connection
+                                    .subscribe(vec![(topic.clone(), filter)], since, snapshot, id)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
-                    Access::Granted(grant) => grant.confine(&topic, filters.as_ref()),
-                    _ => Filter::compile(filters.as_ref()),
+                    Err(e) => Err(e),
                 };
-                let filter = match compiled {
-                    Ok(filter) => filter,
+                match subscribed {
+                    // The ack (and what follows it) came through the connection's queue.
+                    Ok(joined) => joined.is_some(),
                     Err(e) => {
-                        return self
-                            .error(ErrorCode::InvalidFilter, &e.to_string(), Some(&topic), id)
-                            .await
+                        self.error(
+                            e.code,
+                            &e.message,
+                            Some(e.topic.as_deref().unwrap_or(&topic)),
+                            id,
+                        )
+                        .await
                     }
-                };
-                let is_new = !self.subscriptions.contains(&topic);
-                let max = self.shared.settings.max_subscriptions;
-                if is_new && self.subscriptions.len() >= max {
-                    let message = format!("at most {max} subscriptions per connection");
-                    return self
-                        .error(ErrorCode::TooManySubscriptions, &message, Some(&topic), id)
-                        .await;
                 }
-                let since = match since.as_ref().map(|since| self.shared.resolve_since(since)) {
-                    None => None,
-                    Some(Ok(since)) => Some(since),
-                    Some(Err(e)) => {
-                        return self
-                            .error(ErrorCode::InvalidMessage, &e.to_string(), Some(&topic), id)
-                            .await
-                    }
-                };
-                // Every subscribe goes through the consumer task, between two records: the
-                // ack's position is exactly what precedes the first live event.
-                let subscribed = self
-                    .shared
-                    .join(
-                        vec![(topic.clone(), filter)],
-                        &self.outbound,
-                        since,
-                        snapshot,
-                        id,
-                    )
-                    .await
-                    .is_some();
-                if !subscribed {
-                    return false;
-                }
-                if is_new {
-                    self.subscriptions.insert(topic);
-                    self.shared.metrics.subscriptions_active.inc();
-                }
-                self.shared
-                    .metrics
-                    .topics_active
-                    .set(self.shared.index.topic_count() as i64);
-                true
             }
             Request::Unsubscribe { topic } => {
-                if !self.subscriptions.remove(&topic) {
+                if !self.connection.unsubscribe(&topic) {
                     return self
                         .error(
                             ErrorCode::NotSubscribed,
@@ -417,12 +350,6 @@ impl Session {
                         )
                         .await;
                 }
-                self.shared.index.unsubscribe(&topic, self.outbound.id());
-                self.shared.metrics.subscriptions_active.dec();
-                self.shared
-                    .metrics
-                    .topics_active
-                    .set(self.shared.index.topic_count() as i64);
                 self.send(Control::Text(reply::ack("unsubscribe", Some(&topic), id)))
                     .await
             }
@@ -432,9 +359,9 @@ impl Session {
     /// An `auth` message: the first token of a connection, or a fresh one that replaces the
     /// claims; subscriptions the fresh claims no longer cover end with `FORBIDDEN`.
     async fn authenticate(&mut self, token: Option<String>, id: Option<&Value>) -> bool {
-        let Some(verifier) = &self.shared.verifier else {
+        if self.connection.hub().verifier.is_none() {
             return self.send(Control::Text(reply::ack("auth", None, id))).await;
-        };
+        }
         let Some(token) = token else {
             return self
                 .error(
@@ -445,8 +372,8 @@ impl Session {
                 )
                 .await;
         };
-        let grant = match verifier.verify(&token) {
-            Ok(grant) => grant,
+        let revoked = match self.connection.authorize(&token) {
+            Ok(revoked) => revoked,
             Err(AuthError::Expired) => {
                 self.close(CloseCode::TokenExpired).await;
                 return false;
@@ -457,20 +384,10 @@ impl Session {
                 return false;
             }
         };
-        let revoked: Vec<String> = self
-            .subscriptions
-            .iter()
-            .filter(|topic| !grant.allows(topic))
-            .cloned()
-            .collect();
-        self.access = Access::Granted(grant);
         if !self.send(Control::Text(reply::ack("auth", None, id))).await {
             return false;
         }
         for topic in revoked {
-            self.subscriptions.remove(&topic);
-            self.shared
-                .release_subscriptions(self.outbound.id(), [topic.clone()]);
             let message = "the fresh token's `topics` claim no longer covers this topic";
             if !self
                 .error(ErrorCode::Forbidden, message, Some(&topic), None)
@@ -481,11 +398,6 @@ impl Session {
         }
         true
     }
-
-    fn unsubscribe_all(&mut self) {
-        self.shared
-            .release_subscriptions(self.outbound.id(), self.subscriptions.drain());
-    }
 }
 
 /// The writer task: the only code that writes to the socket.
@@ -494,7 +406,7 @@ async fn write_loop(
     mut control: mpsc::Receiver<Control>,
     mut queue: crate::queue::Receiver,
     outbound: Arc<Outbound>,
-    shared: Arc<Shared>,
+    shared: Arc<Hub>,
 ) {
     let settings = &shared.settings;
     let start = Instant::now();

@@ -1,0 +1,124 @@
+//! The state every connection shares, below the transports: the topic index, metrics,
+//! health, the dispatched position, the connection slots, the token verifier, and the queue of
+//! subscriptions for the consumer task to serve. WebSocket sessions and SSE streams reach it
+//! only through the connection core ([`crate::connection`]); `gateway` builds it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::fanout::{Join, Joined};
+use crate::health::Health;
+use crate::index::{Filter, TopicIndex};
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::position::{Dispatched, Position};
+use crate::protocol::reply;
+
+/// Subscriptions waiting for the consumer task; more make their connections wait.
+pub const JOIN_QUEUE: usize = 256;
+
+/// Per-connection limits and timers, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_subscriptions: usize,
+    pub max_message_size: usize,
+    pub outbound_queue: usize,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    /// `None`: no JSON heartbeats.
+    pub app_ping_interval: Option<Duration>,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    /// Under `--auth jwt`: how long a connection without a token has to send `auth`.
+    pub auth_timeout: Duration,
+    /// Empty: any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+/// State shared by the HTTP side and every connection.
+pub struct Hub {
+    pub index: Arc<TopicIndex>,
+    pub metrics: Arc<Metrics>,
+    /// What the consumer task has dispatched, per partition read.
+    pub dispatched: Arc<Dispatched>,
+    pub health: Arc<Health>,
+    pub settings: Settings,
+    /// One permit per allowed connection (`--max-connections`).
+    pub connection_slots: Arc<Semaphore>,
+    /// Cancelled when sessions must close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for them to finish closing.
+    pub sessions: TaskTracker,
+    /// Serves the demo page at `/` (only under `cdc-gateway demo`).
+    pub demo_page: bool,
+    /// Checks tokens under `--auth jwt`; `None` under `--auth none`.
+    pub verifier: Option<Verifier>,
+    /// Subscriptions, for the consumer task to serve between two records.
+    pub joins: tokio::sync::mpsc::Sender<Join>,
+    pub(crate) next_connection_id: AtomicU64,
+}
+
+impl Hub {
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes `outbound` to `topics` through the consumer task, which queues each topic's
+    /// ack (with the dispatched position), the snapshot rows or the missed events when asked
+    /// (protocol section 7), then enters the subscriptions into the index, between two
+    /// records: no gap and no repeat between what the ack says and what follows. `None` when
+    /// the consumer task is gone (shutdown).
+    pub async fn join(
+        &self,
+        topics: Vec<(String, Filter)>,
+        outbound: &Arc<Outbound>,
+        since: Option<Position>,
+        snapshot: bool,
+        id: Option<&Value>,
+    ) -> Option<Joined> {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        let id = id.cloned();
+        let join = Join {
+            topics,
+            outbound: Arc::clone(outbound),
+            since,
+            snapshot,
+            ack: Box::new(move |topic, found: &Joined, rows| {
+                reply::subscribed(topic, &found.position, found.recovered, rows, id.as_ref())
+            }),
+            done,
+        };
+        self.joins.send(join).await.ok()?;
+        joined.await.ok()
+    }
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_subscriptions: config.max_subscriptions as usize,
+            max_message_size: config.max_message_size as usize,
+            outbound_queue: config.outbound_queue as usize,
+            idle_timeout: config.idle_timeout,
+            ping_interval: config.ping_interval,
+            app_ping_interval: Some(config.app_ping_interval).filter(|d| !d.is_zero()),
+            rate_limit: config.client_rate_limit,
+            rate_burst: config.client_rate_burst,
+            auth_timeout: config.auth_timeout,
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
+}
