@@ -1,4 +1,4 @@
-//! Authentication and authorization (protocol section 6). Under `--auth jwt` a client proves
+//! Authentication and authorization (protocol section 7.1). Under `--auth jwt` a client proves
 //! itself with a signed token (HS256 with a shared secret, or RS256/ES256 with a PEM public
 //! key). What the token allows travels in its claims: `topics`, the patterns its holder may
 //! subscribe to, and `filters`, filters ANDed into every subscription a pattern covers, so that

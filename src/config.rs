@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Streams database change events from Kafka to WebSocket clients, filtered per subscription.
+/// Streams database change events from Kafka to WebSocket and SSE clients, filtered per subscription.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cdc-gateway", version, about, long_about = None)]
 pub struct Cli {
@@ -42,7 +42,7 @@ pub enum InputFormat {
     Debezium,
 }
 
-/// How clients prove who they are (protocol section 6).
+/// How clients prove who they are (protocol section 7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
     /// Every client may subscribe to every topic.
@@ -112,7 +112,7 @@ pub struct Config {
     )]
     pub group_id: String,
 
-    /// Address for WebSocket, health and metrics endpoints.
+    /// Address for the WebSocket, SSE, health and metrics endpoints.
     #[arg(
         global = true,
         long,
@@ -141,7 +141,7 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
     pub auto_offset_reset: OffsetReset,
 
-    /// Concurrent WebSocket connections; more are closed with 1008.
+    /// Concurrent connections (WebSocket sessions and SSE streams); more are closed with 1008 (SSE: 429).
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 

@@ -1,4 +1,4 @@
-//! Recent events per entity, for `since` (protocol section 7): a client that reconnects with
+//! Recent events per entity, for `since` (protocol section 7.2): a client that reconnects with
 //! the position it kept gets the events it missed, then live ones. Like the last-value cache,
 //! history is written by the consumer task after each dispatch and read by it between two
 //! records, so a replay and the live events after it leave no gap.

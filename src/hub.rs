@@ -73,7 +73,7 @@ impl Hub {
 
     /// Subscribes `outbound` to `topics` through the consumer task, which queues each topic's
     /// ack (with the dispatched position), the snapshot rows or the missed events when asked
-    /// (protocol section 7), then enters the subscriptions into the index, between two
+    /// (protocol sections 7.2 and 7.3), then enters the subscriptions into the index, between two
     /// records: no gap and no repeat between what the ack says and what follows. `None` when
     /// the consumer task is gone (shutdown).
     pub async fn join(

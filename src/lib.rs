@@ -1,30 +1,35 @@
-//! cdc-gateway: Kafka change-data-capture events to filtered WebSocket subscriptions.
+//! cdc-gateway: Kafka change-data-capture events to filtered WebSocket and SSE subscriptions.
+//! "Protocol section N" in the module docs is a section of docs/protocol.md.
 //!
-//! The data path, one module per stage: [`ingest`] (consumer, [`ingest::decode`]) ->
-//! [`event`] -> [`index`] (topics, filters) -> [`fanout`] (serialize once, bounded queues) ->
-//! [`ws`] (sessions). [`http`] serves the port, [`metrics`] and [`health`] report,
-//! [`shutdown`] ends it in order, [`gateway`] wires it all from [`config`].
+//! The data path, one module per stage, dependencies pointing one way:
+//! [`ingest`] (assignment, decode) -> [`event`] -> [`index`] (topics, filters) -> [`fanout`]
+//! (serialize once, bounded queues; `history` and `snapshot` beside it) -> `hub` (the shared
+//! state) -> `connection` (admission, authorization, subscription for both transports) ->
+//! `ws` and `sse` (the transports) -> `http` (the port) -> [`gateway`] (assembly). Below them
+//! all: [`config`], [`position`] (Kafka positions as clients see them), [`protocol`] (the wire
+//! format), [`outbound`] (one connection's queue), [`metrics`] and `health`. [`shutdown`] ends
+//! it in order; [`demo`] runs it on a mock cluster.
 
-pub mod auth;
-pub mod clock;
+pub(crate) mod auth;
+pub(crate) mod clock;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod demo;
 pub mod event;
 pub mod fanout;
 pub mod gateway;
-pub mod health;
-pub mod history;
-pub mod http;
-pub mod hub;
+pub(crate) mod health;
+pub(crate) mod history;
+pub(crate) mod http;
+pub(crate) mod hub;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod outbound;
 pub mod position;
 pub mod protocol;
-pub mod queue;
+pub(crate) mod queue;
 pub mod shutdown;
-pub mod snapshot;
-pub mod sse;
-pub mod ws;
+pub(crate) mod snapshot;
+pub(crate) mod sse;
+pub(crate) mod ws;

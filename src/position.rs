@@ -1,4 +1,4 @@
-//! Kafka positions as clients see them (protocol section 7): the source topic, partition and
+//! Kafka positions as clients see them (protocol section 7.2): the source topic, partition and
 //! offset of a record. A position is the same on every replica reading the same source topics,
 //! which is what lets a client resume anywhere. Keys are written `"<source topic>:<partition>"`
 //! (Kafka topic names cannot contain `:`).

@@ -1,4 +1,4 @@
-//! The last-value cache behind `"snapshot": true` (protocol section 7): the latest event of
+//! The last-value cache behind `"snapshot": true` (protocol section 7.3): the latest event of
 //! each row the gateway has dispatched, a delete included, so that a dashboard can draw its
 //! table from the gateway and then follow it live. Only the consumer task writes (fan-out
 //! records every event after dispatching it) and only the consumer task reads (a snapshot is

@@ -126,7 +126,7 @@ impl Filter {
     }
 
     /// Whether the row as it was before an update matched: with [`Filter::matches`] false,
-    /// the update moved the row out of the subscription (a leave event, protocol section 7).
+    /// the update moved the row out of the subscription (a leave event, protocol section 3.3).
     /// Only updates with a `before` image can leave.
     pub fn matched_before(&self, event: &ChangeEvent) -> bool {
         event.operation == crate::event::Operation::Update

@@ -97,6 +97,10 @@ impl Ingest {
             .create_with_context(GatewayContext::new(Arc::clone(&health)))
             .map_err(IngestError::Consumer)?;
         let sources = Sources::new(&config.source_topics).map_err(IngestError::Pattern)?;
+        // Every reason shows as 0 before the first failure.
+        for reason in DecodeError::REASONS {
+            metrics.decode_errors.with_label_values(&[reason]);
+        }
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(
                 DeadLetter::new(config, topic, Arc::clone(&metrics))

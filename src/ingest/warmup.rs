@@ -1,4 +1,4 @@
-//! Warms the resume history and the snapshot cache from Kafka (protocol section 7), so that a
+//! Warms the resume history and the snapshot cache from Kafka (protocol section 7.2), so that a
 //! client resumes across a gateway restart and onto another replica: before the consumer
 //! starts, one group-less reader reads back up to `--history-warmup` records before each
 //! partition's start, in one pass over all partitions, and the records are kept without

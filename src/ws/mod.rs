@@ -31,7 +31,7 @@ pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<B
         );
     }
     // A token in the upgrade request is checked now; without one, the session waits for an
-    // `auth` message (protocol section 6).
+    // `auth` message (protocol section 7.1).
     let admitted = admit(&hub, &request, TokenLater::Allowed);
     if matches!(admitted, Err(Refusal::ShuttingDown)) {
         return crate::protocol::json_response(
