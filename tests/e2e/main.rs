@@ -1,13 +1,11 @@
 //! End-to-end tests: the gateway binary against a real tansu broker, driven by an rdkafka
-//! producer and tokio-tungstenite clients. One test binary, so the suite links once.
+//! producer and tokio-tungstenite clients: ingest, delivery, backpressure, HTTP, the command
+//! line. Session, SSE and auth behaviour runs in-process
+//! (tests/inprocess), on librdkafka's mock cluster.
 
-mod auth;
 mod backpressure;
 mod cli;
-mod deploy;
 mod http;
 mod ingest;
 mod schemas;
-mod session;
-mod sse;
 mod support;

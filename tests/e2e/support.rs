@@ -1,6 +1,9 @@
 //! Real parts for end-to-end tests: a tansu broker on a free loopback port, the gateway binary
 //! as a child process, an rdkafka producer, and a tokio-tungstenite WebSocket client (an
 //! implementation independent of the server's). Every process is killed when its handle drops.
+//! Both test binaries use this file (tests/inprocess takes its clients and producer), so what
+//! one of them does not call is not dead code.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -143,14 +146,7 @@ impl Tansu {
     }
 
     pub fn producer(&self) -> Producer {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("message.timeout.ms", "10000")
-            .set("linger.ms", "5")
-            .set("max.in.flight.requests.per.connection", "1")
-            .create()
-            .unwrap();
-        Producer { producer }
+        Producer::new(&self.brokers())
     }
 }
 
@@ -221,6 +217,17 @@ pub struct Producer {
 }
 
 impl Producer {
+    pub fn new(brokers: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("message.timeout.ms", "10000")
+            .set("linger.ms", "5")
+            .set("max.in.flight.requests.per.connection", "1")
+            .create()
+            .unwrap();
+        Producer { producer }
+    }
+
     pub async fn send(&self, topic: &str, key: Option<&str>, value: Option<&str>) {
         self.send_to(topic, None, key, value).await
     }
@@ -365,14 +372,6 @@ impl Gateway {
         gateway
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-
     pub async fn wait_ready(&self, ready: bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let want = if ready { 200 } else { 503 };
@@ -389,15 +388,6 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    pub async fn metrics(&self) -> String {
-        http_get(self.addr(), "/metrics").await.expect("metrics").1
-    }
-
-    /// The value of one series, e.g. `cdc_gateway_drops_total{reason="queue_full"}`; 0 if absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics().await, series)
     }
 
     pub fn signal(&self, signal: &str) {
@@ -435,6 +425,12 @@ impl Gateway {
     }
 }
 
+impl Endpoint for Gateway {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -448,6 +444,26 @@ impl Drop for Gateway {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A gateway a test talks to: a child process here, or one running in the test process (the
+/// in-process tier).
+#[allow(async_fn_in_trait)]
+pub trait Endpoint {
+    fn addr(&self) -> SocketAddr;
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr())
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.addr(), "/metrics").await.expect("metrics").1
+    }
+
+    /// The value of one series, e.g. `cdc_gateway_drops_total{reason="queue_full"}`; 0 if absent.
+    async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
     }
 }
 
@@ -498,7 +514,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(gateway: &Gateway) -> Self {
+    pub async fn connect(gateway: &impl Endpoint) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(gateway.ws_url())
             .await
             .expect("WebSocket connects");
@@ -507,7 +523,7 @@ impl Client {
 
     /// A client with a tiny socket receive buffer: when it stops reading, the gateway's
     /// queue for it fills quickly instead of the kernel buffering megabytes.
-    pub async fn connect_small_buffer(gateway: &Gateway) -> Self {
+    pub async fn connect_small_buffer(gateway: &impl Endpoint) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = socket.connect(gateway.addr()).await.unwrap();
@@ -599,9 +615,13 @@ impl Client {
     }
 }
 
+/// What most tests start from: a broker, a gateway reading a fresh topic (ready), a producer
+/// and the topic's name.
+pub type Stack = (Tansu, Gateway, Producer, String);
+
 /// A fresh broker with a new single-partition source topic, a gateway reading it (ready),
 /// and a producer: what most end-to-end tests start from.
-pub async fn start_stack(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
+pub async fn start_stack(extra: &[&str]) -> Stack {
     let tansu = Tansu::start();
     let topic = unique("cdc-events");
     tansu.create_topic(&topic, 1).await;

@@ -181,8 +181,6 @@ fn order(id: &str, status: &str) -> Value {
            "data": {"id": id, "status": status}})
 }
 
-const WAIT: Duration = Duration::from_secs(10);
-
 #[tokio::test]
 async fn a_stream_acks_then_carries_data_with_its_position() {
     let (_tansu, gateway, producer, topic) = start_stack(&[]).await;

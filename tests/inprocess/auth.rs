@@ -38,13 +38,17 @@ fn claims(topics: &[&str]) -> Value {
     json!({"exp": now() + 600, "topics": topics})
 }
 
-async fn jwt_stack(extra: &[&str]) -> (Tansu, Gateway, Producer, String) {
+async fn jwt_stack(extra: &[&str]) -> Stack {
     let mut args = vec!["--auth", "jwt", "--jwt-secret", SECRET];
     args.extend_from_slice(extra);
     start_stack(&args).await
 }
 
-async fn connect_with(gateway: &Gateway, header: Option<&str>, query: Option<&str>) -> Client {
+async fn connect_with(
+    gateway: &impl Endpoint,
+    header: Option<&str>,
+    query: Option<&str>,
+) -> Client {
     let url = match query {
         Some(token) => format!("{}?token={token}", gateway.ws_url()),
         None => gateway.ws_url(),

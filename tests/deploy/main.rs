@@ -1,0 +1,7 @@
+//! The deploy stack, tested statically and against a live gateway: the compose file, the
+//! Dockerfile, Prometheus' configuration and alert rules, the Grafana dashboards. Its own test
+//! binary: most of it reads files and needs no broker.
+
+mod deploy;
+#[path = "../e2e/support.rs"]
+mod support;
