@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::support::*;
@@ -63,11 +62,6 @@ async fn connect_with(
     Client { ws }
 }
 
-fn order(id: &str, tenant: &str, status: &str) -> Value {
-    json!({"entity_type": "order", "entity_id": id, "operation": "update",
-           "data": {"id": id, "tenant": tenant, "status": status}})
-}
-
 #[tokio::test]
 async fn without_a_token_only_auth_is_answered_then_topics_are_checked() {
     let (_tansu, gateway, producer, topic) = jwt_stack(&[]).await;
@@ -111,7 +105,16 @@ async fn without_a_token_only_auth_is_answered_then_topics_are_checked() {
         );
     }
     producer
-        .send_json(&topic, None, &order("1", "acme", "new"))
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "1",
+                "update",
+                json!({"id": "1", "tenant": "acme", "status": "new"}),
+                Value::Null,
+            ),
+        )
         .await;
     assert_eq!(client.data().await["payload"]["entity_id"], "1");
 }
@@ -164,13 +167,40 @@ async fn header_and_query_tokens_and_claim_filters_confine_what_arrives() {
     by_query.subscribe("cdc.order", json!({})).await;
 
     producer
-        .send_json(&topic, None, &order("1", "globex", "paid"))
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "1",
+                "update",
+                json!({"id": "1", "tenant": "globex", "status": "paid"}),
+                Value::Null,
+            ),
+        )
         .await;
     producer
-        .send_json(&topic, None, &order("2", "acme", "new"))
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "2",
+                "update",
+                json!({"id": "2", "tenant": "acme", "status": "new"}),
+                Value::Null,
+            ),
+        )
         .await;
     producer
-        .send_json(&topic, None, &order("3", "acme", "paid"))
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "3",
+                "update",
+                json!({"id": "3", "tenant": "acme", "status": "paid"}),
+                Value::Null,
+            ),
+        )
         .await;
     let mut all = Vec::new();
     for _ in 0..3 {
@@ -277,19 +307,12 @@ async fn event_streams_need_a_token_that_covers_their_topics() {
         );
     }
     // With the token in the header, the stream starts.
-    let stream = tokio::net::TcpStream::connect(gateway.addr())
-        .await
-        .unwrap();
-    let (mut read, mut write) = stream.into_split();
-    let request = format!(
-        "GET /sse?topic=cdc.order HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    write.write_all(request.as_bytes()).await.unwrap();
-    let mut head = vec![0; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&head[..n]);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let bearer = format!("Bearer {token}");
+    let stream = SseClient::open(
+        gateway.addr(),
+        "/sse?topic=cdc.order",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(stream.status, 200);
 }

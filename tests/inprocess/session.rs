@@ -9,10 +9,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
-fn order(id: &str, operation: &str, data: Value, before: Value) -> Value {
-    json!({"entity_type": "order", "entity_id": id, "operation": operation, "data": data, "before": before})
-}
-
 #[tokio::test]
 async fn every_error_code_without_auth_and_the_connection_stays_open() {
     let (_tansu, gateway, _producer, _topic) = start_stack(&[

@@ -2,184 +2,11 @@
 //! line, headers, chunked transfer decoding, event-stream parsing), independent of the
 //! gateway's code.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use crate::support::*;
-
-/// One item of an event stream.
-#[derive(Debug, Clone, PartialEq)]
-enum Item {
-    Event {
-        event: String,
-        id: Option<String>,
-        data: String,
-    },
-    Comment(String),
-}
-
-struct SseClient {
-    reader: BufReader<TcpStream>,
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// Decoded body text not yet parsed into items.
-    text: String,
-    ended: bool,
-}
-
-impl SseClient {
-    async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Self {
-        Self::open_on(
-            TcpStream::connect(addr).await.unwrap(),
-            addr,
-            target,
-            headers,
-        )
-        .await
-    }
-
-    /// With a 4 KiB receive buffer, so that a client that stops reading fills up quickly.
-    async fn open_small_buffer(addr: SocketAddr, target: &str) -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        Self::open_on(socket.connect(addr).await.unwrap(), addr, target, &[]).await
-    }
-
-    async fn open_on(
-        mut stream: TcpStream,
-        addr: SocketAddr,
-        target: &str,
-        headers: &[(&str, &str)],
-    ) -> Self {
-        let mut request =
-            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut reader = BufReader::new(stream);
-        let head = async {
-            let mut line = String::new();
-            reader.read_line(&mut line).await.unwrap();
-            let status = line
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let mut headers = Vec::new();
-            loop {
-                line.clear();
-                reader.read_line(&mut line).await.unwrap();
-                let header = line.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                let (name, value) = header.split_once(':').unwrap();
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-            }
-            (status, headers)
-        };
-        let (status, headers) = tokio::time::timeout(WAIT, head)
-            .await
-            .expect("the response head in time");
-        SseClient {
-            reader,
-            status,
-            headers,
-            text: String::new(),
-            ended: false,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The JSON body of a refusal (sent with a Content-Length).
-    async fn error_body(mut self) -> Value {
-        let length: usize = self.header("content-length").unwrap().parse().unwrap();
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).await.unwrap();
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// Reads one chunk of the chunked body into `text`; false at the end of the body.
-    async fn read_chunk(&mut self) -> bool {
-        let mut size = String::new();
-        if self.reader.read_line(&mut size).await.unwrap() == 0 {
-            return false;
-        }
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        let mut chunk = vec![0; size + 2];
-        self.reader.read_exact(&mut chunk).await.unwrap();
-        assert_eq!(&chunk[size..], b"\r\n", "chunk framing");
-        self.text
-            .push_str(std::str::from_utf8(&chunk[..size]).unwrap());
-        size > 0
-    }
-
-    /// The next item within `within`; `None` when the stream ended.
-    async fn next(&mut self, within: Duration) -> Option<Item> {
-        tokio::time::timeout(within, async {
-            loop {
-                if let Some(end) = self.text.find("\n\n") {
-                    let block: String = self.text.drain(..end + 2).collect();
-                    return Some(parse_item(block.trim_end_matches('\n')));
-                }
-                if self.ended || !self.read_chunk().await {
-                    self.ended = true;
-                    return None;
-                }
-            }
-        })
-        .await
-        .expect("an event-stream item in time")
-    }
-
-    /// The next `event:` item within `within`, skipping comments.
-    async fn next_event(&mut self, within: Duration) -> Option<(String, Option<String>, Value)> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await? {
-                Item::Event { event, id, data } => {
-                    return Some((event, id, serde_json::from_str(&data).unwrap()))
-                }
-                Item::Comment(_) => continue,
-            }
-        }
-    }
-}
-
-fn parse_item(block: &str) -> Item {
-    if let Some(comment) = block.strip_prefix(':') {
-        return Item::Comment(comment.trim().to_owned());
-    }
-    let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
-    for line in block.lines() {
-        let (field, value) = line.split_once(": ").unwrap_or((line, ""));
-        match field {
-            "event" => event = value.to_owned(),
-            "id" => id = Some(value.to_owned()),
-            "data" => data.push_str(value),
-            other => panic!("unexpected field {other:?} in {block:?}"),
-        }
-    }
-    Item::Event { event, id, data }
-}
-
-fn order(id: &str, status: &str) -> Value {
-    json!({"entity_type": "order", "entity_id": id, "operation": "update",
-           "data": {"id": id, "status": status}})
-}
 
 #[tokio::test]
 async fn a_stream_acks_then_carries_data_with_its_position() {
@@ -206,8 +33,30 @@ async fn a_stream_acks_then_carries_data_with_its_position() {
         );
         assert!(ack["position"].is_object());
     }
-    producer.send_json(&topic, None, &order("7", "paid")).await;
-    producer.send_json(&topic, None, &order("8", "new")).await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "7",
+                "update",
+                json!({"id": "7", "status": "paid"}),
+                Value::Null,
+            ),
+        )
+        .await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "8",
+                "update",
+                json!({"id": "8", "status": "new"}),
+                Value::Null,
+            ),
+        )
+        .await;
     let mut seen = Vec::new();
     for _ in 0..3 {
         let (event, id, data) = sse.next_event(WAIT).await.unwrap();
@@ -243,7 +92,18 @@ async fn a_stream_acks_then_carries_data_with_its_position() {
     // The stream ends with its client: its subscriptions leave the index.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        producer.send_json(&topic, None, &order("7", "again")).await;
+        producer
+            .send_json(
+                &topic,
+                None,
+                &order(
+                    "7",
+                    "update",
+                    json!({"id": "7", "status": "again"}),
+                    Value::Null,
+                ),
+            )
+            .await;
         if gateway.metric("cdc_gateway_subscriptions_active").await == 0.0 {
             break;
         }
@@ -277,8 +137,30 @@ async fn filters_apply_and_bad_requests_are_refused_before_the_stream() {
         Some("https://ok.example")
     );
     assert_eq!(sse.next_event(WAIT).await.unwrap().0, "ack");
-    producer.send_json(&topic, None, &order("1", "new")).await;
-    producer.send_json(&topic, None, &order("2", "paid")).await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "1",
+                "update",
+                json!({"id": "1", "status": "new"}),
+                Value::Null,
+            ),
+        )
+        .await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "2",
+                "update",
+                json!({"id": "2", "status": "paid"}),
+                Value::Null,
+            ),
+        )
+        .await;
     let (_, _, data) = sse.next_event(WAIT).await.unwrap();
     assert_eq!(
         data["payload"]["entity_id"], "2",
@@ -368,7 +250,18 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
         Some(Item::Comment("keep-alive".into())),
         "an idle stream sends a heartbeat comment"
     );
-    producer.send_json(&topic, None, &order("5", "paid")).await;
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "5",
+                "update",
+                json!({"id": "5", "status": "paid"}),
+                Value::Null,
+            ),
+        )
+        .await;
     let (_, id, data) = sse.next_event(WAIT).await.unwrap();
     assert_eq!(data["payload"]["entity_id"], "5");
     assert_eq!(
@@ -448,7 +341,16 @@ async fn a_reconnecting_event_source_resumes_from_last_event_id() {
     assert_eq!(first.next_event(WAIT).await.unwrap().0, "ack");
     for n in 0..4 {
         producer
-            .send_json(&topic, None, &order(&n.to_string(), "new"))
+            .send_json(
+                &topic,
+                None,
+                &order(
+                    &n.to_string(),
+                    "update",
+                    json!({"id": n.to_string(), "status": "new"}),
+                    Value::Null,
+                ),
+            )
             .await;
     }
     let mut ids = Vec::new();

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use cdc_gateway::config::Cli;
 use cdc_gateway::gateway::{Gateway as Core, Pages};
 
-pub use crate::real::{http_get, unique, Client, Endpoint, Producer, WAIT};
+pub use crate::real::{http_get, order, unique, Client, Endpoint, Item, Producer, SseClient, WAIT};
 
 /// A mock Kafka cluster in this process.
 pub struct MockBroker {
