@@ -33,3 +33,6 @@ pub mod shutdown;
 pub(crate) mod snapshot;
 pub(crate) mod sse;
 pub(crate) mod ws;
+
+#[cfg(test)]
+mod architecture;
