@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{AuthMode, Config, ConfigError};
+use crate::event::GatewayTopic;
 use crate::index::{Filter, FilterError};
 
 /// Checks tokens against the configured key and claims.
@@ -183,8 +184,8 @@ impl Grant {
         Ok(self
             .filters
             .iter()
-            .filter(|(pattern, _)| pattern.covers(topic))
-            .fold(own, |filter, (_, claim)| filter.and(claim)))
+            .filter(|(pattern, _)| pattern.confines(topic))
+            .fold(own, |filter, (_, claim)| filter.confined_by(claim)))
     }
 }
 
@@ -209,6 +210,16 @@ impl Pattern {
             Pattern::Exact(exact) => exact == topic,
             Pattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
         }
+    }
+
+    /// Whether a claim filter keyed by this pattern applies to `topic`: as [`Pattern::covers`],
+    /// and a filter keyed by an entity topic (`cdc.order`) also confines that entity's row
+    /// topics (`cdc.order.<id>`), or a row topic would be a way around it.
+    fn confines(&self, topic: &str) -> bool {
+        self.covers(topic)
+            || matches!(self, Pattern::Exact(entity)
+                if matches!(GatewayTopic::parse(entity), Ok(GatewayTopic::Entity { .. }))
+                    && topic.strip_prefix(entity.as_str()).is_some_and(|rest| rest.starts_with('.')))
     }
 }
 
@@ -286,10 +297,16 @@ mod tests {
         let confined = grant.confine("cdc.order", Some(&own)).unwrap();
         let expected = Filter::compile(Some(&own))
             .unwrap()
-            .and(&Filter::compile(Some(&json!({"operation": {"ne": "truncate"}}))).unwrap())
-            .and(&Filter::compile(Some(&json!({"data.tenant": "acme"}))).unwrap());
+            .confined_by(&Filter::compile(Some(&json!({"operation": {"ne": "truncate"}}))).unwrap())
+            .confined_by(&Filter::compile(Some(&json!({"data.tenant": "acme"}))).unwrap());
         assert_eq!(confined.len(), expected.len());
         assert_eq!(grant.confine("cdc.customer", None).unwrap().len(), 1);
+        assert_eq!(
+            grant.confine("cdc.order.7", None).unwrap().len(),
+            2,
+            "an entity's claim filter confines its row topics too"
+        );
+        assert_eq!(grant.confine("cdc.orders.7", None).unwrap().len(), 1);
     }
 
     #[test]

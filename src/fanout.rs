@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::config::SlowClientPolicy;
 use crate::event::{ChangeEvent, GatewayTopic};
 use crate::history::{self, History};
+use crate::index::filter::Redaction;
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::Outbound;
@@ -151,8 +152,7 @@ impl FanOut {
             self.offer(&join.outbound, Bytes::from(ack)).await;
             if let Some((rows, _)) = snapshot {
                 for row in rows {
-                    let message =
-                        data_message(topic, &row.payload, row.event.position, Kind::Snapshot);
+                    let message = shown(topic, filter, &row, Kind::Snapshot);
                     delivered += u64::from(self.offer(&join.outbound, message).await);
                 }
                 let synced = reply::synced(topic);
@@ -160,7 +160,7 @@ impl FanOut {
             }
         }
         if let Some(replays) = &replays {
-            let mut missed: Vec<(&str, &Arc<Latest>)> = join
+            let mut missed: Vec<(&str, &Filter, &Arc<Latest>)> = join
                 .topics
                 .iter()
                 .zip(replays)
@@ -168,12 +168,12 @@ impl FanOut {
                     events
                         .iter()
                         .filter(|e| filter.matches(&e.event))
-                        .map(move |e| (topic.as_str(), e))
+                        .map(move |e| (topic.as_str(), filter, e))
                 })
                 .collect();
-            missed.sort_by_key(|(_, e)| (e.event.position.key(), e.event.position.offset));
-            for (topic, event) in missed {
-                let message = data_message(topic, &event.payload, event.event.position, Kind::Live);
+            missed.sort_by_key(|(_, _, e)| (e.event.position.key(), e.event.position.offset));
+            for (topic, filter, event) in missed {
+                let message = shown(topic, filter, event, Kind::Live);
                 delivered += u64::from(self.offer(&join.outbound, message).await);
             }
         }
@@ -220,14 +220,16 @@ impl FanOut {
             let Some(subscribers) = self.index.subscribers(topic) else {
                 continue;
             };
-            let mut messages: [Option<Bytes>; 2] = [None, None];
+            // One message per variant the subscribers need, built once: live or leave, with
+            // an image the token's claims reject hidden or not.
+            let mut messages: [Option<Bytes>; 4] = Default::default();
             // Subscribers of one topic with equal filters share one compiled filter (the index
             // interns them), so each distinct filter is evaluated once per event.
-            let mut last: Option<(&Filter, Option<Kind>)> = None;
+            let mut last: Option<(&Filter, Option<(Kind, Redaction)>)> = None;
             for subscriber in subscribers.iter() {
                 let filter: &Filter = &subscriber.filter;
-                let kind = match last {
-                    Some((seen, kind)) if std::ptr::eq(seen, filter) => kind,
+                let variant = match last {
+                    Some((seen, variant)) if std::ptr::eq(seen, filter) => variant,
                     _ => {
                         let kind = if filter.matches(event) {
                             Some(Kind::Live)
@@ -236,16 +238,29 @@ impl FanOut {
                         } else {
                             None
                         };
-                        last = Some((filter, kind));
-                        kind
+                        let variant =
+                            kind.map(|kind| (kind, filter.redaction(event, kind == Kind::Leave)));
+                        last = Some((filter, variant));
+                        variant
                     }
                 };
-                let Some(kind) = kind else { continue };
-                let bytes = messages[usize::from(kind == Kind::Leave)]
-                    .get_or_insert_with(|| {
-                        let payload =
-                            payload.get_or_insert_with(|| Bytes::from(event.payload_json()));
-                        data_message(topic, payload, event.position, kind)
+                let Some((kind, redaction)) = variant else {
+                    continue;
+                };
+                let slot = match (kind, redaction) {
+                    (Kind::Leave, Redaction::None) => 1,
+                    (_, Redaction::Before) => 2,
+                    (_, Redaction::Data) => 3,
+                    _ => 0,
+                };
+                let bytes = messages[slot]
+                    .get_or_insert_with(|| match redaction {
+                        Redaction::None => {
+                            let payload =
+                                payload.get_or_insert_with(|| Bytes::from(event.payload_json()));
+                            data_message(topic, payload, event.position, kind)
+                        }
+                        _ => data_message(topic, &redacted(event, redaction), event.position, kind),
                     })
                     .clone();
                 delivered += u64::from(self.offer(&subscriber.outbound, bytes).await);
@@ -317,6 +332,27 @@ impl FanOut {
     fn dropped(&self, reason: DropReason) -> bool {
         self.metrics.count_drop(reason);
         false
+    }
+}
+
+/// The payload of `event` with the image `redaction` names set to `null`.
+fn redacted(event: &ChangeEvent, redaction: Redaction) -> Vec<u8> {
+    let mut shown = event.clone();
+    match redaction {
+        Redaction::Before => shown.before = None,
+        Redaction::Data => shown.data = None,
+        Redaction::None => {}
+    }
+    shown.payload_json()
+}
+
+/// The data message of a recorded event (a snapshot row or a missed event) for a subscriber
+/// with `filter`: its payload serialized when recorded, unless the claims hide an image.
+fn shown(topic: &str, filter: &Filter, latest: &Latest, kind: Kind) -> Bytes {
+    let event = &latest.event;
+    match filter.redaction(event, false) {
+        Redaction::None => data_message(topic, &latest.payload, event.position, kind),
+        redaction => data_message(topic, &redacted(event, redaction), event.position, kind),
     }
 }
 
@@ -576,5 +612,38 @@ mod tests {
         let ack: Value = serde_json::from_slice(&rx_other.recv().await.unwrap()).unwrap();
         assert_eq!(ack["recovered"], false);
         assert!(rx_other.try_recv().is_none(), "nothing replayed");
+    }
+
+    #[tokio::test]
+    async fn claims_hide_the_other_tenants_image_of_a_row_that_moves() {
+        let (fanout, index, _) = fanout(SlowClientPolicy::Close, 100);
+        let (acme, mut rx) = Outbound::new(1, 4);
+        let claim = Filter::compile(Some(&json!({"data.tenant": "acme"}))).unwrap();
+        let filter = Filter::default().confined_by(&claim);
+        index.subscribe("cdc.order", &acme, Arc::new(filter));
+        let moved = |offset, from: &str, to: &str| {
+            let mut e = event("7", offset);
+            e.operation = Operation::Update;
+            e.before = Some(json!({"id": "7", "tenant": from, "secret": from}).into());
+            e.data = Some(json!({"id": "7", "tenant": to, "secret": to}).into());
+            e
+        };
+        fanout.dispatch(&moved(1, "globex", "acme")).await;
+        let arrived: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(arrived["payload"]["data"]["tenant"], "acme");
+        assert_eq!(
+            arrived["payload"]["before"],
+            Value::Null,
+            "where the row came from is globex's"
+        );
+        fanout.dispatch(&moved(2, "acme", "globex")).await;
+        let left: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(left["leave"], true);
+        assert_eq!(
+            left["payload"]["data"],
+            Value::Null,
+            "where it went is globex's"
+        );
+        assert_eq!(left["payload"]["before"]["tenant"], "acme");
     }
 }

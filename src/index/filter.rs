@@ -13,6 +13,9 @@ use crate::position::Position;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     clauses: Vec<Clause>,
+    /// Clauses of a token's `filters` claim (row-level security): they must hold as well, and
+    /// an image of the row they reject is never shown (protocol section 7.1).
+    claims: Vec<Clause>,
     /// A resumed subscription's position: events at or below it, per partition, were seen.
     floor: Option<Position>,
 }
@@ -60,6 +63,16 @@ enum Condition {
 #[error("{0}")]
 pub struct FilterError(String);
 
+/// What a message must not show of a row ([`Filter::redaction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redaction {
+    None,
+    /// `before` is sent as `null`.
+    Before,
+    /// `data` is sent as `null`.
+    Data,
+}
+
 /// Which state of the row a filter reads: as the event leaves it, or as it was before.
 #[derive(Clone, Copy)]
 enum View {
@@ -95,12 +108,13 @@ impl Filter {
             .collect::<Result<_, FilterError>>()?;
         Ok(Filter {
             clauses,
+            claims: Vec::new(),
             floor: None,
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.clauses.is_empty() && self.floor.is_none()
+        self.clauses.is_empty() && self.claims.is_empty() && self.floor.is_none()
     }
 
     /// Also refuses the events at or below `floor` on its partitions: a client that resumed
@@ -110,15 +124,40 @@ impl Filter {
         self
     }
 
-    /// Clauses (one per key of the filter objects it was built from).
+    /// Clauses (one per key of the filter objects it was built from), claims included.
     pub fn len(&self) -> usize {
-        self.clauses.len()
+        self.clauses.len() + self.claims.len()
     }
 
-    /// Matches what both match: a token's filters confining a client's own.
-    pub fn and(mut self, other: &Filter) -> Filter {
-        self.clauses.extend(other.clauses.iter().cloned());
+    /// Also requires what a token's `filters` claim requires: row-level security that
+    /// confines the client's own filter.
+    pub fn confined_by(mut self, claim: &Filter) -> Filter {
+        self.claims
+            .extend(claim.clauses.iter().chain(&claim.claims).cloned());
         self
+    }
+
+    /// What the row may be shown as in a message that passes this filter: its `before`
+    /// image is hidden when the claims reject it (a row that moved into the holder's
+    /// tenant must not reveal where it came from), and on a leave event its new `data` is
+    /// hidden when the claims reject that (the row moved out of the holder's tenant).
+    pub fn redaction(&self, event: &ChangeEvent, leave: bool) -> Redaction {
+        if self.claims.is_empty() {
+            return Redaction::None;
+        }
+        let holds = |view| {
+            self.claims.iter().all(|clause| {
+                let field = clause.path.resolve(event, view);
+                clause.conditions.iter().all(|c| c.holds(field))
+            })
+        };
+        if leave && !holds(View::Current) {
+            Redaction::Data
+        } else if !leave && event.before.is_some() && !holds(View::Before) {
+            Redaction::Before
+        } else {
+            Redaction::None
+        }
     }
 
     pub fn matches(&self, event: &ChangeEvent) -> bool {
@@ -141,7 +180,7 @@ impl Filter {
                 return false;
             }
         }
-        self.clauses.iter().all(|clause| {
+        self.clauses.iter().chain(&self.claims).all(|clause| {
             let field = clause.path.resolve(event, view);
             clause
                 .conditions

@@ -316,3 +316,69 @@ async fn event_streams_need_a_token_that_covers_their_topics() {
     .await;
     assert_eq!(stream.status, 200);
 }
+
+/// The review's bypass: a claim filter keyed by the entity topic must also confine its row
+/// topics, live and in snapshots, and a row that moves between tenants shows neither tenant
+/// the other's image.
+#[tokio::test]
+async fn a_tenant_confined_token_sees_no_other_tenants_row_through_a_row_topic() {
+    let (_tansu, gateway, producer, topic) = jwt_stack(&[]).await;
+    let acme_only = hs256(json!({"exp": now() + 600, "topics": ["cdc.*"],
+                                 "filters": {"cdc.order": {"data.tenant": "acme"}}}));
+    let row = |tenant: &str, before: Value| {
+        order("7", "update", json!({"id": "7", "tenant": tenant}), before)
+    };
+    let mut watcher = connect_with(&gateway, Some(&hs256(claims(&["cdc.*"]))), None).await;
+    watcher.subscribe("cdc.order", json!({})).await;
+    producer
+        .send_json(&topic, None, &row("globex", Value::Null))
+        .await;
+    assert_eq!(watcher.data().await["payload"]["data"]["tenant"], "globex");
+
+    let mut attacker = connect_with(&gateway, Some(&acme_only), None).await;
+    attacker
+        .send(json!({"action": "subscribe", "topic": "cdc.order.7", "snapshot": true}))
+        .await;
+    let ack = attacker.recv().await;
+    assert_eq!(
+        ack["snapshot"]["rows"], 0,
+        "globex's row 7 is no snapshot row: {ack}"
+    );
+    assert_eq!(attacker.recv().await["type"], "synced");
+
+    // Globex's row moves into acme: acme sees it, but not where it came from.
+    producer
+        .send_json(
+            &topic,
+            None,
+            &row("acme", json!({"id": "7", "tenant": "globex"})),
+        )
+        .await;
+    let arrived = attacker.data().await;
+    assert_eq!(arrived["payload"]["data"]["tenant"], "acme");
+    assert_eq!(arrived["payload"]["before"], Value::Null);
+    // And back out: a leave event that does not say where it went.
+    producer
+        .send_json(
+            &topic,
+            None,
+            &row("globex", json!({"id": "7", "tenant": "acme"})),
+        )
+        .await;
+    let left = attacker.data().await;
+    assert_eq!(
+        (&left["leave"], &left["payload"]["data"]),
+        (&json!(true), &Value::Null)
+    );
+    producer
+        .send_json(
+            &topic,
+            None,
+            &row("globex", json!({"id": "7", "tenant": "globex"})),
+        )
+        .await;
+    for _ in 0..3 {
+        watcher.data().await;
+    }
+    attacker.expect_silence(Duration::from_millis(300)).await;
+}
