@@ -180,12 +180,16 @@ impl Grant {
     /// The subscription's own filters ANDed with the token's filters for every pattern that
     /// covers the topic.
     pub fn confine(&self, topic: &str, filters: Option<&Value>) -> Result<Filter, FilterError> {
-        let own = Filter::compile(filters)?;
-        Ok(self
-            .filters
+        Ok(self.confine_compiled(topic, Filter::compile(filters)?))
+    }
+
+    /// `own` (a client's compiled filter, without claims) ANDed with the claim filters that
+    /// confine `topic`.
+    pub fn confine_compiled(&self, topic: &str, own: Filter) -> Filter {
+        self.filters
             .iter()
             .filter(|(pattern, _)| pattern.confines(topic))
-            .fold(own, |filter, (_, claim)| filter.confined_by(claim)))
+            .fold(own, |filter, (_, claim)| filter.confined_by(claim))
     }
 }
 

@@ -244,7 +244,8 @@ impl Connection {
 
     /// A token from an `auth` message: the first of a connection, or a fresh one whose
     /// claims replace the old ones. Returns the topics the fresh claims no longer cover,
-    /// whose subscriptions have ended. Under `--auth none` there is nothing to check.
+    /// whose subscriptions have ended; the others are confined by the fresh claim filters
+    /// from the next event on. Under `--auth none` there is nothing to check.
     pub fn authorize(&mut self, token: &str) -> Result<Vec<String>, AuthError> {
         let Some(verifier) = &self.hub.verifier else {
             return Ok(Vec::new());
@@ -256,11 +257,23 @@ impl Connection {
             .filter(|topic| !grant.allows(topic))
             .cloned()
             .collect();
-        self.access = Access::Granted(grant);
         for topic in &revoked {
             self.subscriptions.remove(topic);
             self.release([topic.clone()]);
         }
+        let id = self.outbound.id();
+        for topic in &self.subscriptions {
+            let Some(filter) = self.hub.index.filter(topic, id) else {
+                continue;
+            };
+            let confined = grant.confine_compiled(topic, filter.without_claims());
+            if confined != *filter {
+                self.hub
+                    .index
+                    .subscribe(topic, &self.outbound, Arc::new(confined));
+            }
+        }
+        self.access = Access::Granted(grant);
         Ok(revoked)
     }
 

@@ -137,6 +137,15 @@ impl Filter {
         self
     }
 
+    /// The client's own filter (and resume floor), without a token's claims: what a fresh
+    /// token's claims confine anew.
+    pub fn without_claims(&self) -> Filter {
+        Filter {
+            claims: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// What the row may be shown as in a message that passes this filter: its `before`
     /// image is hidden when the claims reject it (a row that moved into the holder's
     /// tenant must not reveal where it came from), and on a leave event its new `data` is

@@ -72,6 +72,14 @@ impl TopicIndex {
         removed
     }
 
+    /// The filter of one connection's subscription to `topic`.
+    pub fn filter(&self, topic: &str, connection_id: u64) -> Option<Arc<Filter>> {
+        let list = self.topics.get(topic)?;
+        list.iter()
+            .find(|s| s.outbound.id() == connection_id)
+            .map(|s| Arc::clone(&s.filter))
+    }
+
     /// The subscribers of a topic at this moment; no lock is held once this returns.
     pub fn subscribers(&self, topic: &str) -> Option<Arc<Vec<Subscriber>>> {
         self.topics.get(topic).map(|list| Arc::clone(&list))

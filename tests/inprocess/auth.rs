@@ -382,3 +382,39 @@ async fn a_tenant_confined_token_sees_no_other_tenants_row_through_a_row_topic()
     }
     attacker.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// A fresh token re-confines the subscriptions it still covers (protocol section 6).
+#[tokio::test]
+async fn a_fresh_tokens_claim_filters_confine_existing_subscriptions() {
+    let (_tansu, gateway, producer, topic) = jwt_stack(&[]).await;
+    let mut client = connect_with(&gateway, Some(&hs256(claims(&["cdc.*"]))), None).await;
+    client.subscribe("cdc.order", json!({})).await;
+    let change = |id: &str, tenant: &str| {
+        order(
+            id,
+            "update",
+            json!({"id": id, "tenant": tenant}),
+            Value::Null,
+        )
+    };
+    producer
+        .send_json(&topic, None, &change("1", "globex"))
+        .await;
+    assert_eq!(client.data().await["payload"]["entity_id"], "1");
+
+    let acme_only = hs256(json!({"exp": now() + 600, "topics": ["cdc.*"],
+                                 "filters": {"cdc.order": {"data.tenant": "acme"}}}));
+    client
+        .send(json!({"action": "auth", "token": acme_only, "id": "narrow"}))
+        .await;
+    assert_eq!(client.recv().await["id"], "narrow");
+    producer
+        .send_json(&topic, None, &change("2", "globex"))
+        .await;
+    producer.send_json(&topic, None, &change("3", "acme")).await;
+    assert_eq!(
+        client.data().await["payload"]["entity_id"],
+        "3",
+        "globex's row 2 is filtered out by the fresh claims"
+    );
+}
