@@ -17,6 +17,10 @@ use crate::config::{AuthMode, Config, ConfigError};
 use crate::event::GatewayTopic;
 use crate::index::{Filter, FilterError};
 
+/// The longest a token is honoured on a connection, whatever its `exp` says: a deadline
+/// further out would overflow the clock arithmetic of the connection's timers.
+const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Checks tokens against the configured key and claims.
 pub struct Verifier {
     key: DecodingKey,
@@ -95,16 +99,22 @@ impl Verifier {
 
     fn new(key: DecodingKey, algorithm: Algorithm, config: &Config) -> Self {
         let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp"]);
         validation.leeway = config.jwt_leeway.as_secs();
         validation.validate_nbf = true;
+        // A configured issuer or audience is required, not only checked when present.
+        let mut required = vec!["exp"];
         if let Some(issuer) = &config.jwt_issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         match &config.jwt_audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Self { key, validation }
     }
 
@@ -127,8 +137,11 @@ impl Verifier {
             })
             .collect::<Result<_, AuthError>>()?;
         // The leeway that let the token in also extends its life on the connection.
-        let expires_at =
-            UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(self.validation.leeway));
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(
+                claims.exp.saturating_add(self.validation.leeway),
+            ))
+            .unwrap_or_else(|| SystemTime::now() + MAX_LIFETIME);
         Ok(Grant {
             expires_at,
             topics: claims.topics.iter().map(|t| Pattern::new(t)).collect(),
@@ -171,6 +184,7 @@ impl Grant {
         self.expires_at
             .duration_since(SystemTime::now())
             .unwrap_or_default()
+            .min(MAX_LIFETIME)
     }
 
     pub fn allows(&self, topic: &str) -> bool {
@@ -331,5 +345,49 @@ mod tests {
             json!({"exp": in_a_minute(), "filters": {"cdc.*": {"data.x": {"near": 1}}}}),
         );
         assert!(matches!(v.verify(&bad_filter), Err(AuthError::Claims(_))));
+    }
+
+    #[test]
+    fn a_configured_issuer_and_audience_are_required() {
+        use clap::Parser as _;
+        let args = [
+            "cdc-gateway",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "s",
+            "--jwt-issuer",
+            "https://issuer.example",
+            "--jwt-audience",
+            "gateway",
+        ];
+        let config = crate::config::Cli::parse_from(args).config;
+        let v = Verifier::from_config(&config).unwrap().unwrap();
+        let exp = in_a_minute();
+        let both = json!({"exp": exp, "iss": "https://issuer.example", "aud": "gateway"});
+        assert!(v.verify(&token("s", both)).is_ok());
+        for missing in [
+            json!({"exp": exp, "aud": "gateway"}),
+            json!({"exp": exp, "iss": "https://issuer.example"}),
+        ] {
+            assert!(
+                matches!(
+                    v.verify(&token("s", missing.clone())),
+                    Err(AuthError::Invalid(_))
+                ),
+                "{missing}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_exp_beyond_any_clock_is_capped_not_a_panic() {
+        let v = verifier("s");
+        let grant = v
+            .verify(&token("s", json!({"exp": u64::MAX, "topics": ["cdc.*"]})))
+            .unwrap();
+        let remaining = grant.remaining();
+        assert!(remaining <= MAX_LIFETIME && remaining > MAX_LIFETIME - Duration::from_secs(60));
+        let _deadline = tokio::time::Instant::now() + grant.remaining();
     }
 }

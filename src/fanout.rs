@@ -160,20 +160,28 @@ impl FanOut {
             }
         }
         if let Some(replays) = &replays {
-            let mut missed: Vec<(&str, &Filter, &Arc<Latest>)> = join
+            // What the client would have received live: the events its filter matches, and
+            // leave events where an update moved a row out of it.
+            let mut missed: Vec<(&str, &Filter, &Arc<Latest>, Kind)> = join
                 .topics
                 .iter()
                 .zip(replays)
                 .flat_map(|((topic, filter), events)| {
-                    events
-                        .iter()
-                        .filter(|e| filter.matches(&e.event))
-                        .map(move |e| (topic.as_str(), filter, e))
+                    events.iter().filter_map(move |e| {
+                        let kind = if filter.matches(&e.event) {
+                            Kind::Live
+                        } else if filter.matched_before(&e.event) {
+                            Kind::Leave
+                        } else {
+                            return None;
+                        };
+                        Some((topic.as_str(), filter, e, kind))
+                    })
                 })
                 .collect();
-            missed.sort_by_key(|(_, _, e)| (e.event.position.key(), e.event.position.offset));
-            for (topic, filter, event) in missed {
-                let message = shown(topic, filter, event, Kind::Live);
+            missed.sort_by_key(|(_, _, e, _)| (e.event.position.key(), e.event.position.offset));
+            for (topic, filter, event, kind) in missed {
+                let message = shown(topic, filter, event, kind);
                 delivered += u64::from(self.offer(&join.outbound, message).await);
             }
         }
@@ -350,7 +358,7 @@ fn redacted(event: &ChangeEvent, redaction: Redaction) -> Vec<u8> {
 /// with `filter`: its payload serialized when recorded, unless the claims hide an image.
 fn shown(topic: &str, filter: &Filter, latest: &Latest, kind: Kind) -> Bytes {
     let event = &latest.event;
-    match filter.redaction(event, false) {
+    match filter.redaction(event, kind == Kind::Leave) {
         Redaction::None => data_message(topic, &latest.payload, event.position, kind),
         redaction => data_message(topic, &redacted(event, redaction), event.position, kind),
     }
@@ -645,5 +653,39 @@ mod tests {
             "where it went is globex's"
         );
         assert_eq!(left["payload"]["before"]["tenant"], "acme");
+    }
+
+    #[tokio::test]
+    async fn a_replay_carries_the_leave_events_the_client_missed() {
+        use crate::position::Partition;
+        let (fanout, _index, _) = fanout(SlowClientPolicy::Close, 100);
+        let fanout = fanout.with_history(Arc::new(History::new(history::Limits {
+            per_entity: 100,
+            max_age: Duration::from_secs(60),
+            budget_bytes: usize::MAX,
+        })));
+        let p1 = Partition::new("cdc.events", 1);
+        fanout.dispatched.start(p1, 0);
+        fanout.history.cover(p1, 0);
+        let mut shipped = event("7", 0);
+        shipped.operation = Operation::Update;
+        shipped.before = Some(json!({"id": "7", "status": "new"}).into());
+        shipped.data = Some(json!({"id": "7", "status": "shipped"}).into());
+        fanout.dispatch(&shipped).await;
+        let (client, mut rx) = Outbound::new(1, 16);
+        let (mut join, joined) = join_of(&client, Some(Position::from([(p1, -1)])));
+        join.topics = vec![(
+            "cdc.order".into(),
+            Filter::compile(Some(&json!({"data.status": "new"}))).unwrap(),
+        )];
+        fanout.join(join).await;
+        assert_eq!(joined.await.unwrap().recovered, Some(true));
+        rx.recv().await.unwrap();
+        let missed: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(
+            (&missed["offset"], &missed["leave"]),
+            (&json!(0), &json!(true)),
+            "the row left the filter while the client was away"
+        );
     }
 }
