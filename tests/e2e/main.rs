@@ -4,6 +4,7 @@
 //! (tests/inprocess), on librdkafka's mock cluster.
 
 mod backpressure;
+mod checker;
 mod cli;
 mod http;
 mod ingest;
