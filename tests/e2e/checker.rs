@@ -12,7 +12,7 @@
 
 pub(crate) mod clients;
 pub(crate) mod sse;
-mod verdict;
+pub(crate) mod verdict;
 mod workload;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,7 @@
 mod backpressure;
 mod checker;
 mod cli;
+mod delivery;
 mod http;
 mod ingest;
 mod schemas;

@@ -161,7 +161,9 @@ pub async fn run(mut plan: ClientPlan, stage: Stage) -> Vec<SubLog> {
         };
         let session = Session {
             endpoint,
-            snapshot: !finale && plan.rng.gen_bool(0.2),
+            // In the final phase too, now and then: a snapshot of the last state is checked
+            // against the whole log.
+            snapshot: plan.rng.gen_bool(if finale { 0.15 } else { 0.2 }),
             hold: (!finale).then(|| Duration::from_millis(plan.rng.gen_range(700..5000))),
             graceful: plan.rng.gen_bool(0.5),
             finale: stage.finale.clone(),
@@ -569,6 +571,7 @@ impl Session {
         let deadline = self.deadline();
         let mut idle_since = Instant::now();
         let mut saw_id = false;
+        let mut acked = false;
         loop {
             let event = match self.wait(deadline, idle_since, stream.next_event()).await {
                 Ok(Ok(Some(event))) => event,
@@ -596,9 +599,21 @@ impl Session {
                     let resumed =
                         period.since.is_some() && message["recovered"] == true && !self.snapshot;
                     if !resumed && !saw_id {
-                        kept.stream = Some(ack_position(&message));
+                        // One stream position for all its topics: where the acks differ,
+                        // the lower offset loses nothing.
+                        let position = ack_position(&message);
+                        match kept.stream.as_mut().filter(|_| acked) {
+                            Some(kept) => {
+                                for (key, offset) in position {
+                                    let entry = kept.entry(key).or_insert(offset);
+                                    *entry = (*entry).min(offset);
+                                }
+                            }
+                            None => kept.stream = Some(position),
+                        }
                         kept.last_event_id = None;
                     }
+                    acked = true;
                     period.ack = Some(message);
                 }
                 "data" => {

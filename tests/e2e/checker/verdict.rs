@@ -392,7 +392,7 @@ impl Judge<'_> {
                 if let Some(from) = start.get(&key) {
                     if delivery.offset <= *from {
                         findings.push((
-                            "below start",
+                            if resumed { "below since" } else { "below ack" },
                             format!("delivered at or below the start position {key}:{from}: {described}"),
                         ));
                     }
