@@ -157,6 +157,7 @@ async fn randomized_delivery_checker() {
             .unwrap()
     };
     let in_log: usize = log.partitions.values().map(BTreeMap::len).sum();
+    let offsets: i64 = high.values().sum();
     let keys = verdict::partition_keys(&topics);
     let (mut violations, coverage) = verdict::check(seed, &log, &keys, &subs);
     for failure in cluster.failures.drain(..) {
@@ -172,23 +173,37 @@ async fn randomized_delivery_checker() {
         });
     }
     eprintln!(
-        "checker seed {seed}: {produced} records produced, {in_log} in the log, \
+        "checker seed {seed}: {produced} records produced, {in_log} in the log \
+         (high watermarks add up to {offsets}), \
          {} subscriptions, {coverage:?}",
         subs.len()
     );
     if violations.is_empty() {
         return;
     }
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kinds: BTreeMap<&str, Vec<&verdict::Violation>> = BTreeMap::new();
     for violation in &violations {
-        *kinds.entry(violation.kind).or_default() += 1;
+        kinds.entry(violation.kind).or_default().push(violation);
     }
+    let counts: BTreeMap<&str, usize> = kinds.iter().map(|(k, v)| (*k, v.len())).collect();
+    let all = std::env::temp_dir()
+        .join("cdc-gateway-tests")
+        .join(format!("checker-{seed}.txt"));
+    let text: Vec<String> = violations
+        .iter()
+        .map(|v| format!("[{}] {}", v.kind, v.text))
+        .collect();
+    std::fs::write(&all, text.join("\n")).expect("writing the violations");
     eprintln!(
-        "checker seed {seed}: {} violations {kinds:?}; the first 20:",
-        violations.len()
+        "checker seed {seed}: {} violations {counts:?} (all in {}); the first of each kind, 20 in all:",
+        violations.len(),
+        all.display()
     );
-    for violation in violations.iter().take(20) {
-        eprintln!("  [{}] {}", violation.kind, violation.text);
+    let each = (20 / kinds.len()).max(1);
+    for (kind, found) in &kinds {
+        for violation in found.iter().take(each) {
+            eprintln!("  [{kind}] {}", violation.text);
+        }
     }
     panic!(
         "checker seed {seed}: {} violations of the delivery guarantee; \
