@@ -73,7 +73,8 @@ async fn randomized_delivery_checker() {
     let producer = tansu.producer();
     let mut history = Workload::new(rng.gen());
     let backlog = history.batch(rng.gen_range(300..500));
-    workload::produce(&producer, &topics, &backlog).await;
+    let mut counts = BTreeMap::new();
+    workload::produce(&producer, &topics, &backlog, &mut counts).await;
 
     let sources = topics.join(",");
     let stage = Stage {
@@ -108,6 +109,7 @@ async fn randomized_delivery_checker() {
         burst_requests,
         stop.clone(),
         StdRng::seed_from_u64(rng.gen()),
+        counts,
     ));
 
     let started = Instant::now();
@@ -131,15 +133,18 @@ async fn randomized_delivery_checker() {
     }
     tokio::time::sleep_until(started + live).await;
     stop.cancel();
-    let produced = backlog.len() + producing.await.expect("the producer");
+    let counts = producing.await.expect("the producer");
+    let produced: usize = counts.values().sum();
 
-    let high = {
-        let (brokers, topics) = (brokers.clone(), topics.clone());
-        tokio::task::spawn_blocking(move || verdict::high_watermarks(&brokers, &topics))
+    // Nothing more is produced: the log is complete, and every replica must reach its end.
+    let log = {
+        let (brokers, counts) = (brokers.clone(), counts.clone());
+        tokio::task::spawn_blocking(move || verdict::read_log(&brokers, &counts))
             .await
             .unwrap()
     };
-    cluster.wait_caught_up(&high).await;
+    let last = log.last_offsets();
+    cluster.wait_caught_up(&last).await;
     stage.finale.cancel();
     let mut subs = Vec::new();
     for client in clients {
@@ -149,15 +154,6 @@ async fn randomized_delivery_checker() {
             .expect("client task");
         subs.extend(logs);
     }
-
-    let log = {
-        let (brokers, topics, high) = (brokers.clone(), topics.clone(), high.clone());
-        tokio::task::spawn_blocking(move || verdict::read_log(&brokers, &topics, &high))
-            .await
-            .unwrap()
-    };
-    let in_log: usize = log.partitions.values().map(BTreeMap::len).sum();
-    let offsets: i64 = high.values().sum();
     let keys = verdict::partition_keys(&topics);
     let (mut violations, coverage) = verdict::check(seed, &log, &keys, &subs);
     for failure in cluster.failures.drain(..) {
@@ -173,9 +169,7 @@ async fn randomized_delivery_checker() {
         });
     }
     eprintln!(
-        "checker seed {seed}: {produced} records produced, {in_log} in the log \
-         (high watermarks add up to {offsets}), \
-         {} subscriptions, {coverage:?}",
+        "checker seed {seed}: {produced} records, {} subscriptions, {coverage:?}",
         subs.len()
     );
     if violations.is_empty() {
@@ -264,7 +258,7 @@ fn filters(rng: &mut StdRng) -> Option<Value> {
 }
 
 /// Produces bursts until `stop`, and a burst of the requested size on request; returns how
-/// many records it produced.
+/// many records each `topic:partition` holds, `counts` (the backlog's) included.
 async fn produce_live(
     producer: Producer,
     topics: Vec<String>,
@@ -272,8 +266,8 @@ async fn produce_live(
     mut requests: mpsc::Receiver<usize>,
     stop: CancellationToken,
     mut rng: StdRng,
-) -> usize {
-    let mut produced = 0;
+    mut counts: BTreeMap<String, usize>,
+) -> BTreeMap<String, usize> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     loop {
         let pause = Duration::from_millis(rng.gen_range(150..1200));
@@ -288,10 +282,9 @@ async fn produce_live(
             _ = tokio::time::sleep(pause) => size,
         };
         let batch = history.batch(size);
-        workload::produce(&producer, &topics, &batch).await;
-        produced += batch.len();
+        workload::produce(&producer, &topics, &batch, &mut counts).await;
     }
-    produced
+    counts
 }
 
 /// One replica: a group id that outlives the processes started with it.
@@ -412,24 +405,21 @@ impl Cluster {
         self.publish();
     }
 
-    /// Waits until every replica has dispatched up to the high watermarks (its ack position).
-    async fn wait_caught_up(&mut self, high: &BTreeMap<String, i64>) {
-        let want: BTreeMap<String, i64> = high
-            .iter()
-            .map(|(key, high)| (key.clone(), high - 1))
-            .collect();
+    /// Waits until every replica has dispatched the last record of every partition (its ack
+    /// position).
+    async fn wait_caught_up(&mut self, want: &BTreeMap<String, i64>) {
         for replica in &self.replicas {
             let endpoint = &replica.endpoint;
             let deadline = Instant::now() + CATCH_UP_WITHIN;
             let mut last = None;
             loop {
                 last = probe(endpoint).await.or(last);
-                if last.as_ref() == Some(&want) {
+                if last.as_ref() == Some(want) {
                     break;
                 }
                 if Instant::now() > deadline {
                     self.failures.push(format!(
-                        "replica {} did not reach the high watermarks {want:?} within \
+                        "replica {} did not reach the end of the log {want:?} within \
                          {CATCH_UP_WITHIN:?} of the last record: its position is {last:?}",
                         endpoint.label
                     ));

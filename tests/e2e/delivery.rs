@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::checker::clients::{ack_position, Position};
 use crate::checker::sse::SseStream;
-use crate::checker::verdict::{high_watermarks, read_log};
+use crate::checker::verdict::read_log;
 use crate::support::*;
 
 /// A source record: topic, partition, offset.
@@ -30,25 +30,32 @@ fn order(id: usize) -> String {
     .to_string()
 }
 
+/// Records produced per `topic:partition`.
+type Counts = BTreeMap<String, usize>;
+
 /// Produces `count` order records to one partition, all in flight at once.
-async fn produce(producer: &Producer, topic: &str, partition: i32, count: usize) {
+async fn produce(
+    producer: &Producer,
+    counts: &mut Counts,
+    topic: &str,
+    partition: i32,
+    count: usize,
+) {
     let values: Vec<(String, String)> = (0..count).map(|i| (i.to_string(), order(i))).collect();
     let sends = values
         .iter()
         .map(|(key, value)| producer.send_to(topic, Some(partition), Some(key), Some(value)));
     futures_util::future::join_all(sends).await;
+    *counts.entry(format!("{topic}:{partition}")).or_default() += count;
 }
 
-/// Every record in the broker's log of `topics` with an offset above `since` in its partition
-/// (a partition `since` does not name counts from the beginning).
-async fn after(brokers: &str, topics: &[String], since: &Position) -> BTreeSet<Key> {
-    let (brokers, topics) = (brokers.to_owned(), topics.to_vec());
-    let log = tokio::task::spawn_blocking(move || {
-        let high = high_watermarks(&brokers, &topics);
-        read_log(&brokers, &topics, &high)
-    })
-    .await
-    .unwrap();
+/// Every record in the broker's log with an offset above `since` in its partition (a
+/// partition `since` does not name counts from the beginning).
+async fn after(brokers: &str, counts: &Counts, since: &Position) -> BTreeSet<Key> {
+    let (brokers, counts) = (brokers.to_owned(), counts.clone());
+    let log = tokio::task::spawn_blocking(move || read_log(&brokers, &counts))
+        .await
+        .unwrap();
     let mut out = BTreeSet::new();
     for (key, records) in log.partitions {
         let from = since.get(&key).copied().unwrap_or(-1);
@@ -58,6 +65,14 @@ async fn after(brokers: &str, topics: &[String], since: &Position) -> BTreeSet<K
         }
     }
     out
+}
+
+/// No records yet on any partition of `topics`.
+fn empty(topics: &[&str], partitions: i64) -> Counts {
+    keys(topics, partitions)
+        .into_iter()
+        .map(|k| (k, 0))
+        .collect()
 }
 
 fn keys(topics: &[&str], partitions: i64) -> Vec<String> {
@@ -215,7 +230,7 @@ async fn a_resume_replays_every_partition_even_those_nothing_was_dispatched_from
     let tansu = Tansu::start();
     let topic = unique("delivery-three");
     tansu.create_topic(&topic, 3).await;
-    let topics = [topic.clone()];
+    let mut counts = empty(&[&topic], 3);
     let gateway = Gateway::start(&tansu.brokers(), &topic, &[]).await;
     let producer = tansu.producer();
 
@@ -228,8 +243,8 @@ async fn a_resume_replays_every_partition_even_those_nothing_was_dispatched_from
     let (mut sse, _) = sse_open(&gateway, None).await;
 
     // Records on partition 0 only, then both clients leave.
-    produce(&producer, &topic, 0, 5).await;
-    let first = after(&tansu.brokers(), &topics, &position).await;
+    produce(&producer, &mut counts, &topic, 0, 5).await;
+    let first = after(&tansu.brokers(), &counts, &position).await;
     let mut ws_tally = Tally {
         position: position.clone(),
         ..Tally::default()
@@ -243,10 +258,10 @@ async fn a_resume_replays_every_partition_even_those_nothing_was_dispatched_from
 
     // Missed on every partition, including the two the clients never saw a record from.
     for partition in 0..3 {
-        produce(&producer, &topic, partition, 4).await;
+        produce(&producer, &mut counts, &topic, partition, 4).await;
     }
     let kept = ws_tally.position.clone();
-    let missed = after(&tansu.brokers(), &topics, &kept).await;
+    let missed = after(&tansu.brokers(), &counts, &kept).await;
     assert_eq!(missed.len(), 12);
 
     let mut ws = connect(&gateway).await;
@@ -271,6 +286,7 @@ async fn a_resume_replays_what_it_missed_of_a_second_source_topic() {
     for topic in &topics {
         tansu.create_topic(topic, 2).await;
     }
+    let mut counts = empty(&[&topics[0], &topics[1]], 2);
     let gateway = Gateway::start(&tansu.brokers(), &topics.join(","), &[]).await;
     let producer = tansu.producer();
 
@@ -284,8 +300,8 @@ async fn a_resume_replays_what_it_missed_of_a_second_source_topic() {
         "the ack names every partition of both source topics: {ack}"
     );
 
-    produce(&producer, &topics[0], 0, 3).await;
-    let first = after(&tansu.brokers(), &topics, &position).await;
+    produce(&producer, &mut counts, &topics[0], 0, 3).await;
+    let first = after(&tansu.brokers(), &counts, &position).await;
     let mut tally = Tally {
         position,
         ..Tally::default()
@@ -294,11 +310,11 @@ async fn a_resume_replays_what_it_missed_of_a_second_source_topic() {
     tally.assert_exactly(&first, "live");
     drop(ws);
 
-    produce(&producer, &topics[1], 0, 3).await;
-    produce(&producer, &topics[1], 1, 3).await;
-    produce(&producer, &topics[0], 1, 2).await;
+    produce(&producer, &mut counts, &topics[1], 0, 3).await;
+    produce(&producer, &mut counts, &topics[1], 1, 3).await;
+    produce(&producer, &mut counts, &topics[0], 1, 2).await;
     let kept = tally.position.clone();
-    let missed = after(&tansu.brokers(), &topics, &kept).await;
+    let missed = after(&tansu.brokers(), &counts, &kept).await;
     assert_eq!(missed.len(), 8);
 
     let mut ws = connect(&gateway).await;
@@ -314,10 +330,10 @@ async fn a_gateway_with_a_new_group_delivers_each_record_once_to_a_live_subscrib
     let tansu = Tansu::start();
     let topic = unique("delivery-backlog");
     tansu.create_topic(&topic, 3).await;
-    let topics = [topic.clone()];
+    let mut counts = empty(&[&topic], 3);
     let producer = tansu.producer();
     for partition in 0..3 {
-        produce(&producer, &topic, partition, 100).await;
+        produce(&producer, &mut counts, &topic, partition, 100).await;
     }
 
     // A new group reads from the earliest offset; the subscriber joins while it does.
@@ -327,9 +343,9 @@ async fn a_gateway_with_a_new_group_delivers_each_record_once_to_a_live_subscrib
     let position = ack_position(&ack);
     assert_eq!(position.len(), 3, "{ack}");
     for partition in 0..3 {
-        produce(&producer, &topic, partition, 10).await;
+        produce(&producer, &mut counts, &topic, partition, 10).await;
     }
-    let want = after(&tansu.brokers(), &topics, &position).await;
+    let want = after(&tansu.brokers(), &counts, &position).await;
     assert!(want.len() >= 30);
     let mut tally = Tally::default();
     ws_collect(&mut ws, &mut tally, &want).await;
@@ -341,7 +357,7 @@ async fn a_gateway_killed_mid_burst_is_back_within_ten_seconds_and_a_resume_miss
     let tansu = Tansu::start();
     let topic = unique("delivery-kill");
     tansu.create_topic(&topic, 3).await;
-    let topics = [topic.clone()];
+    let mut counts = empty(&[&topic], 3);
     let group = unique("delivery-kill-group");
     let mut gateway = Gateway::start(&tansu.brokers(), &topic, &["--group-id", &group]).await;
 
@@ -384,6 +400,11 @@ async fn a_gateway_killed_mid_burst_is_back_within_ten_seconds_and_a_resume_miss
     }
     gateway.wait_exit(Duration::from_secs(10));
     burst.await.unwrap();
+    for partition in 0..3 {
+        // Record i went to partition i % 3.
+        *counts.get_mut(&format!("{topic}:{partition}")).unwrap() +=
+            (0..2000).filter(|i| i % 3 == partition).count();
+    }
     assert!(
         tally.counts.values().all(|n| *n == 1),
         "before the kill, a record arrived twice"
@@ -404,7 +425,7 @@ async fn a_gateway_killed_mid_burst_is_back_within_ten_seconds_and_a_resume_miss
     }
 
     let kept = tally.position.clone();
-    let missed = after(&tansu.brokers(), &topics, &kept).await;
+    let missed = after(&tansu.brokers(), &counts, &kept).await;
     assert!(!missed.is_empty(), "the kill left records to resume");
     let mut ws = connect(&gateway).await;
     let ack = subscribe(&mut ws, Some(&kept)).await;

@@ -53,21 +53,6 @@ pub fn partition_keys(topics: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The high watermark (next offset) of every partition.
-pub fn high_watermarks(brokers: &str, topics: &[String]) -> BTreeMap<String, i64> {
-    let consumer = reader(brokers);
-    let mut out = BTreeMap::new();
-    for topic in topics {
-        for partition in 0..PARTITIONS {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .expect("watermarks");
-            out.insert(format!("{topic}:{partition}"), high);
-        }
-    }
-    out
-}
-
 fn reader(brokers: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -78,58 +63,68 @@ fn reader(brokers: &str) -> BaseConsumer {
         .expect("reader")
 }
 
-/// Reads every partition from the beginning up to `high` (blocking).
-pub fn read_log(brokers: &str, topics: &[String], high: &BTreeMap<String, i64>) -> BrokerLog {
+/// Reads every partition from the beginning until it holds `counts[partition]` records
+/// (what was produced to it; the high watermarks tansu reports can lag). Blocking.
+pub fn read_log(brokers: &str, counts: &BTreeMap<String, usize>) -> BrokerLog {
     let consumer = reader(brokers);
     let mut assignment = TopicPartitionList::new();
-    for topic in topics {
-        for partition in 0..PARTITIONS {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .unwrap();
-        }
+    for key in counts.keys() {
+        let (topic, partition) = key.rsplit_once(':').expect("topic:partition");
+        assignment
+            .add_partition_offset(topic, partition.parse().unwrap(), Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).expect("assign");
-    let mut partitions: BTreeMap<String, BTreeMap<i64, Record>> = high
+    let mut partitions: BTreeMap<String, BTreeMap<i64, Record>> = counts
         .keys()
         .map(|key| (key.clone(), BTreeMap::new()))
         .collect();
     let complete = |partitions: &BTreeMap<String, BTreeMap<i64, Record>>| {
-        high.iter().all(|(key, high)| {
-            partitions[key]
-                .last_key_value()
-                .map_or(-1, |(offset, _)| *offset)
-                >= high - 1
-        })
+        counts
+            .iter()
+            .all(|(key, count)| partitions[key].len() >= *count)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !complete(&partitions) {
+        let held: BTreeMap<&String, usize> = partitions.iter().map(|(k, r)| (k, r.len())).collect();
         assert!(
             Instant::now() < deadline,
-            "could not read the broker's log up to the high watermarks {high:?}"
+            "could not read the broker's log: {held:?} records of {counts:?}"
         );
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         let message = message.expect("reading the broker's log");
         let key = format!("{}:{}", message.topic(), message.partition());
-        if message.offset() >= high[&key] {
-            continue;
-        }
         let value = message
             .payload()
             .and_then(|bytes| serde_json::from_slice(bytes).ok())
             .unwrap_or(Value::Null);
-        partitions.get_mut(&key).unwrap().insert(
-            message.offset(),
-            Record {
-                key,
-                offset: message.offset(),
-                value,
-            },
-        );
+        if let Some(records) = partitions.get_mut(&key) {
+            records.insert(
+                message.offset(),
+                Record {
+                    key,
+                    offset: message.offset(),
+                    value,
+                },
+            );
+        }
     }
     BrokerLog { partitions }
+}
+
+impl BrokerLog {
+    /// The offset of the last record of every partition (-1 for an empty one).
+    pub fn last_offsets(&self) -> BTreeMap<String, i64> {
+        self.partitions
+            .iter()
+            .map(|(key, records)| {
+                let last = records.last_key_value().map_or(-1, |(offset, _)| *offset);
+                (key.clone(), last)
+            })
+            .collect()
+    }
 }
 
 /// A broken promise, with enough to find it again.
@@ -288,18 +283,39 @@ struct Lineage {
     highest: HashMap<String, i64>,
     /// The ack positions of periods that ran until everything had arrived.
     drained_acks: Vec<Position>,
-    /// Where the periods are, for reports.
-    periods: Vec<usize>,
+    /// Its periods: index, where each starts (the position resumed from, or the first
+    /// ack's), and its ack's position; to tell a report whether a miss was in a replay.
+    periods: Vec<(usize, Position, Position)>,
 }
 
 impl Lineage {
-    fn new(start: Position, period: usize) -> Self {
+    fn new(start: Position, period: (usize, Position, Position)) -> Self {
         Lineage {
             start,
             seen: HashSet::new(),
             highest: HashMap::new(),
             drained_acks: Vec::new(),
             periods: vec![period],
+        }
+    }
+}
+
+impl Lineage {
+    /// Which period should have carried the record at `offset`, and how: in the replay
+    /// after its ack (a resume, up to the ack's position), or live.
+    fn due(&self, key: &str, offset: i64) -> String {
+        let mut due = 0;
+        for (at, period) in self.periods.iter().enumerate().skip(1) {
+            if period.1.get(key).is_some_and(|start| *start < offset) {
+                due = at;
+            }
+        }
+        let (index, start, ack) = &self.periods[due];
+        let from = start.get(key).copied().unwrap_or(-1);
+        if due > 0 && ack.get(key).is_some_and(|upto| offset <= *upto) {
+            format!("due in the replay of period {index} (resumed from {key}:{from})")
+        } else {
+            format!("due live in period {index} (started at {key}:{from})")
         }
     }
 }
@@ -352,13 +368,18 @@ impl Judge<'_> {
                 _ => position.clone(),
             };
             match lineage.as_mut() {
-                Some(current) if resumed => current.periods.push(index),
+                Some(current) if resumed => {
+                    current
+                        .periods
+                        .push((index, start.clone(), position.clone()))
+                }
                 _ => {
                     if let Some(done) = lineage.take() {
                         self.complete(sub, &subscription, &done);
                     }
                     self.coverage.lineages += 1;
-                    lineage = Some(Lineage::new(start.clone(), index));
+                    let first = (index, start.clone(), position.clone());
+                    lineage = Some(Lineage::new(start.clone(), first));
                 }
             }
             let current = lineage.as_mut().unwrap();
@@ -546,7 +567,9 @@ impl Judge<'_> {
                             format!("id {id} does not name every source partition"),
                         ));
                     }
-                    if position.get(&key) != Some(&delivery.offset) {
+                    // A live event raises the stream's position to its own offset (a
+                    // snapshot row is older than the position).
+                    if !delivery.snapshot && position.get(&key) != Some(&delivery.offset) {
                         problems.push((
                             "sse id",
                             format!(
@@ -680,18 +703,19 @@ impl Judge<'_> {
                     && !lineage.seen.contains(&(key.clone(), *offset))
                 {
                     missed.push(format!(
-                        "missed (start {key}:{from}, seen up to {upto}): {}",
+                        "missed (start {key}:{from}, seen up to {upto}), {}: {}",
+                        lineage.due(key, *offset),
                         record.describe()
                     ));
                 }
             }
         }
-        let index = lineage.periods[0];
+        let index = lineage.periods[0].0;
         let period = &sub.periods[index];
         let periods = lineage
             .periods
             .iter()
-            .map(|p| p.to_string())
+            .map(|(p, _, _)| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
         for text in missed {

@@ -3,6 +3,8 @@
 //! subscribers see it leave) and sometimes deleted and inserted again. A row always goes to
 //! the same partition (its id modulo the partition count), as a keyed producer would send it.
 
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -106,8 +108,14 @@ impl Workload {
     }
 }
 
-/// Produces a batch, all records in flight at once (the producer keeps each partition's order).
-pub async fn produce(producer: &Producer, topics: &[String], batch: &[Planned]) {
+/// Produces a batch, all records in flight at once (the producer keeps each partition's
+/// order), and counts them per `topic:partition`.
+pub async fn produce(
+    producer: &Producer,
+    topics: &[String],
+    batch: &[Planned],
+    counts: &mut BTreeMap<String, usize>,
+) {
     let sends = batch.iter().map(|record| {
         producer.send_to(
             &topics[record.topic],
@@ -117,4 +125,9 @@ pub async fn produce(producer: &Producer, topics: &[String], batch: &[Planned]) 
         )
     });
     futures_util::future::join_all(sends).await;
+    for record in batch {
+        *counts
+            .entry(format!("{}:{}", topics[record.topic], record.partition))
+            .or_default() += 1;
+    }
 }
