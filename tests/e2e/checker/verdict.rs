@@ -699,13 +699,19 @@ impl Judge<'_> {
                 continue;
             };
             for (offset, record) in records.range(from + 1..=upto) {
-                if subscription.expect(&record.value) != Expect::No
-                    && !lineage.seen.contains(&(key.clone(), *offset))
-                {
-                    missed.push(format!(
-                        "missed (start {key}:{from}, seen up to {upto}), {}: {}",
-                        lineage.due(key, *offset),
-                        record.describe()
+                let expect = subscription.expect(&record.value);
+                if expect != Expect::No && !lineage.seen.contains(&(key.clone(), *offset)) {
+                    let kind = match expect {
+                        Expect::Leave => "missed leave",
+                        _ => "missed",
+                    };
+                    missed.push((
+                        kind,
+                        format!(
+                            "missed (start {key}:{from}, seen up to {upto}), {}: {}",
+                            lineage.due(key, *offset),
+                            record.describe()
+                        ),
                     ));
                 }
             }
@@ -718,9 +724,9 @@ impl Judge<'_> {
             .map(|(p, _, _)| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        for text in missed {
+        for (kind, text) in missed {
             self.report(
-                "missed",
+                kind,
                 sub,
                 Some((index, period)),
                 format!("lineage of periods {periods}: {text}"),
