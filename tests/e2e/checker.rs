@@ -169,7 +169,7 @@ async fn randomized_delivery_checker() {
         });
     }
     eprintln!(
-        "checker seed {seed}: {produced} records, {} subscriptions, {coverage:?}",
+        "checker seed {seed}: {produced} records, {} subscriptions, {coverage:#?}",
         subs.len()
     );
     if violations.is_empty() {

@@ -93,6 +93,8 @@ pub struct Period {
     pub drained: bool,
     /// How the connection ended.
     pub end: String,
+    /// How long the connection lasted.
+    pub lasted: Duration,
 }
 
 /// Every period of one subscription (one topic of one client).
@@ -328,8 +330,9 @@ impl Session {
         }
     }
 
-    fn finish(periods: &mut [&mut Period], stop: &Stop) {
+    fn finish(periods: &mut [&mut Period], stop: &Stop, began: Instant) {
         for period in periods.iter_mut() {
+            period.lasted = began.elapsed();
             period.drained = matches!(stop, Stop::Idle);
             period.end = match stop {
                 Stop::Done => "client closed".into(),
@@ -347,6 +350,7 @@ impl Session {
         let Ok(Ok((mut ws, _))) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
             return false;
         };
+        let began = Instant::now();
         let mut periods: Vec<Period> = Vec::new();
         for (index, log) in logs.iter().enumerate() {
             let since = kept.per_sub[index].clone();
@@ -493,7 +497,7 @@ impl Session {
         }
         drop(ws);
         let mut refs: Vec<&mut Period> = periods.iter_mut().collect();
-        Self::finish(&mut refs, &stop);
+        Self::finish(&mut refs, &stop, began);
         for (log, period) in logs.iter_mut().zip(periods) {
             log.periods.push(period);
         }
@@ -531,6 +535,7 @@ impl Session {
         let Ok(Ok(mut stream)) = tokio::time::timeout(CONNECT_TIMEOUT, open).await else {
             return false;
         };
+        let began = Instant::now();
         let mut periods: Vec<Period> = logs
             .iter()
             .map(|_| Period {
@@ -554,7 +559,7 @@ impl Session {
         }
         drop(stream);
         let mut refs: Vec<&mut Period> = periods.iter_mut().collect();
-        Self::finish(&mut refs, &stop);
+        Self::finish(&mut refs, &stop, began);
         for (log, period) in logs.iter_mut().zip(periods) {
             log.periods.push(period);
         }

@@ -146,6 +146,11 @@ pub struct Coverage {
     pub deliveries: usize,
     pub leaves: usize,
     pub drained: usize,
+    /// Periods that never got their ack, by how the connection ended, and the longest wait.
+    pub unacked: BTreeMap<String, usize>,
+    pub longest_unacked: Duration,
+    /// The first resumes answered `recovered: false` (allowed, but each one is a reload).
+    pub not_recovered: Vec<String>,
 }
 
 /// How a record concerns a subscription.
@@ -350,6 +355,9 @@ impl Judge<'_> {
                 self.report("protocol", sub, Some((index, period)), anomaly.clone());
             }
             let Some(ack) = &period.ack else {
+                let end: String = period.end.chars().take(40).collect();
+                *self.coverage.unacked.entry(end).or_default() += 1;
+                self.coverage.longest_unacked = self.coverage.longest_unacked.max(period.lasted);
                 continue;
             };
             self.coverage.acked += 1;
@@ -358,7 +366,17 @@ impl Judge<'_> {
             let recovered = ack["recovered"].as_bool();
             match recovered {
                 Some(true) => self.coverage.recovered_true += 1,
-                Some(false) => self.coverage.recovered_false += 1,
+                Some(false) => {
+                    self.coverage.recovered_false += 1;
+                    if self.coverage.not_recovered.len() < 5 {
+                        self.coverage.not_recovered.push(format!(
+                            "{} period {index} on {}: since {:?}, ack {ack}",
+                            sub.describe(),
+                            period.gateway,
+                            period.since
+                        ));
+                    }
+                }
                 None => {}
             }
             let resumed = period.since.is_some() && !period.snapshot && recovered == Some(true);
