@@ -144,6 +144,7 @@ pub struct Coverage {
     pub recovered_false: usize,
     pub snapshots: usize,
     pub deliveries: usize,
+    pub sse_deliveries: usize,
     pub leaves: usize,
     pub drained: usize,
     /// Periods that never got their ack, by how the connection ended, and the longest wait.
@@ -364,7 +365,8 @@ impl Judge<'_> {
             self.check_ack(sub, index, period, ack);
             let position = ack_position(ack);
             let recovered = ack["recovered"].as_bool();
-            match recovered {
+            // A snapshot supersedes a resume: its `recovered` says nothing.
+            match recovered.filter(|_| !period.snapshot) {
                 Some(true) => self.coverage.recovered_true += 1,
                 Some(false) => {
                     self.coverage.recovered_false += 1;
@@ -412,6 +414,9 @@ impl Judge<'_> {
             let mut live = Vec::new();
             for (at, delivery) in period.deliveries.iter().enumerate() {
                 self.coverage.deliveries += 1;
+                if sub.transport == Transport::Sse {
+                    self.coverage.sse_deliveries += 1;
+                }
                 if self.check_delivery(sub, &subscription, index, period, delivery)
                     && !delivery.snapshot
                 {
