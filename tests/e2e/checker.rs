@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{http_get, unique, Gateway, Producer, Tansu};
+use crate::support::{http_get, unique, Endpoint as _, Gateway, Producer, Tansu};
 use clients::{ClientPlan, Endpoint, Stage, Transport};
 use workload::{Workload, ENTITIES};
 
