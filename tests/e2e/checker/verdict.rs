@@ -762,6 +762,163 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn event(id: &str, operation: &str, before: Option<&str>, after: Option<&str>) -> Value {
+        let row = |tenant: Option<&str>| tenant.map_or(Value::Null, |t| json!({"tenant": t}));
+        json!({"entity_type": "order", "entity_id": id, "operation": operation,
+               "data": row(after), "before": row(before)})
+    }
+
+    /// One partition `t:0`: row 1 inserted in a, row 2 in b, row 1 moved to b, row 1 updated.
+    fn log() -> BrokerLog {
+        let values = [
+            event("1", "insert", None, Some("a")),
+            event("2", "insert", None, Some("b")),
+            event("1", "update", Some("a"), Some("b")),
+            event("1", "update", Some("b"), Some("b")),
+        ];
+        let records = values
+            .into_iter()
+            .enumerate()
+            .map(|(offset, value)| {
+                let offset = offset as i64;
+                let key = "t:0".to_owned();
+                (offset, Record { key, offset, value })
+            })
+            .collect();
+        BrokerLog {
+            partitions: BTreeMap::from([("t:0".to_owned(), records)]),
+        }
+    }
+
+    fn delivered(log: &BrokerLog, offset: i64, snapshot: bool, leave: bool) -> Delivery {
+        Delivery {
+            source: "t".into(),
+            partition: 0,
+            offset,
+            payload: log.partitions["t:0"][&offset].value.clone(),
+            snapshot,
+            leave,
+            sse_id: None,
+        }
+    }
+
+    fn period(ack: Value, since: Option<i64>, deliveries: Vec<Delivery>) -> Period {
+        Period {
+            gateway: "G".into(),
+            since: since.map(|o| Position::from([("t:0".to_owned(), o)])),
+            ack: Some(ack),
+            deliveries,
+            ..Period::default()
+        }
+    }
+
+    fn kinds(subs: &[SubLog]) -> Vec<&'static str> {
+        let (violations, _) = check(1, &log(), &["t:0".to_owned()], subs);
+        let mut kinds: Vec<&str> = violations.iter().map(|v| v.kind).collect();
+        kinds.sort();
+        kinds
+    }
+
+    fn sub(filters: Option<Value>, periods: Vec<Period>) -> SubLog {
+        SubLog {
+            client: 0,
+            transport: Transport::Ws,
+            topic: "cdc.order".into(),
+            filters,
+            periods,
+        }
+    }
+
+    fn ack(offset: i64, recovered: Option<bool>) -> Value {
+        let mut ack = json!({"type": "ack", "action": "subscribe", "topic": "cdc.order",
+                            "position": {"t:0": offset}});
+        if let Some(recovered) = recovered {
+            ack["recovered"] = recovered.into();
+        }
+        ack
+    }
+
+    #[test]
+    fn a_faithful_history_passes() {
+        let log = log();
+        let first = period(ack(0, None), None, vec![delivered(&log, 1, false, false)]);
+        let resumed = period(
+            ack(3, Some(true)),
+            Some(1),
+            vec![
+                delivered(&log, 2, false, false),
+                delivered(&log, 3, false, false),
+            ],
+        );
+        assert_eq!(
+            kinds(&[sub(None, vec![first, resumed])]),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn repeats_gaps_and_replays_below_since_are_caught() {
+        let log = log();
+        // Offset 1 again after a recovered resume from 1, and offset 2 skipped.
+        let first = period(ack(0, None), None, vec![delivered(&log, 1, false, false)]);
+        let resumed = period(
+            ack(3, Some(true)),
+            Some(1),
+            vec![
+                delivered(&log, 1, false, false),
+                delivered(&log, 3, false, false),
+            ],
+        );
+        assert_eq!(
+            kinds(&[sub(None, vec![first, resumed])]),
+            ["below since", "duplicate", "missed"]
+        );
+    }
+
+    #[test]
+    fn leaves_and_snapshots_are_held_to_the_log() {
+        let log = log();
+        let filters = Some(json!({"data.tenant": "a"}));
+        // Row 1 leaves tenant a at offset 2: that must be a leave event, and offset 3 is not
+        // delivered at all. The snapshot as of offset 0 holds row 1 only.
+        let mut snapshot = period(
+            json!({"type": "ack", "action": "subscribe", "topic": "cdc.order",
+                   "position": {"t:0": 0}, "snapshot": {"rows": 1, "complete": true}}),
+            None,
+            vec![
+                delivered(&log, 0, true, false),
+                delivered(&log, 2, false, true),
+            ],
+        );
+        snapshot.snapshot = true;
+        snapshot.synced_at = Some(1);
+        assert_eq!(
+            kinds(&[sub(filters.clone(), vec![snapshot])]),
+            Vec::<&str>::new()
+        );
+
+        let mut stale = period(
+            json!({"type": "ack", "action": "subscribe", "topic": "cdc.order",
+                   "position": {"t:0": 3}, "snapshot": {"rows": 1, "complete": true}}),
+            None,
+            vec![delivered(&log, 0, true, false)],
+        );
+        stale.snapshot = true;
+        stale.synced_at = Some(1);
+        let plain = period(
+            ack(1, None),
+            None,
+            vec![
+                delivered(&log, 2, false, false),
+                delivered(&log, 3, false, false),
+            ],
+        );
+        assert_eq!(
+            kinds(&[sub(filters, vec![stale, plain])]),
+            ["leave", "snapshot", "unexpected"]
+        );
+    }
+
     fn update(before: &str, after: &str) -> Value {
         json!({"entity_type": "order", "entity_id": "3", "operation": "update",
                "data": {"tenant": after}, "before": {"tenant": before}})
