@@ -4,7 +4,9 @@
 //! (tests/inprocess), on librdkafka's mock cluster.
 
 mod backpressure;
+mod checker;
 mod cli;
+mod delivery;
 mod http;
 mod ingest;
 mod schemas;

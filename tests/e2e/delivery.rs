@@ -1,0 +1,436 @@
+//! Named regressions for the delivery guarantee (protocol 7 and 8). Each counts deliveries by
+//! (source topic, partition, offset) against an independent read of the broker's log: every
+//! record after the position resumed from arrives, once, and nothing at or below it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::checker::clients::{ack_position, Position};
+use crate::checker::sse::SseStream;
+use crate::checker::verdict::read_log;
+use crate::support::*;
+
+/// A source record: topic, partition, offset.
+type Key = (String, i64, i64);
+
+/// How long a test waits for what it expects.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How long it keeps reading after that, to catch a repeat.
+const AFTERWARDS: Duration = Duration::from_secs(1);
+
+fn order(id: usize) -> String {
+    json!({"entity_type": "order", "entity_id": id.to_string(), "operation": "update",
+           "data": {"id": id, "status": "paid"}, "before": null,
+           "timestamp": "2026-11-22T10:00:00Z"})
+    .to_string()
+}
+
+/// Records produced per `topic:partition`.
+type Counts = BTreeMap<String, usize>;
+
+/// Produces `count` order records to one partition, all in flight at once.
+async fn produce(
+    producer: &Producer,
+    counts: &mut Counts,
+    topic: &str,
+    partition: i32,
+    count: usize,
+) {
+    let values: Vec<(String, String)> = (0..count).map(|i| (i.to_string(), order(i))).collect();
+    let sends = values
+        .iter()
+        .map(|(key, value)| producer.send_to(topic, Some(partition), Some(key), Some(value)));
+    futures_util::future::join_all(sends).await;
+    *counts.entry(format!("{topic}:{partition}")).or_default() += count;
+}
+
+/// Every record in the broker's log with an offset above `since` in its partition (a
+/// partition `since` does not name counts from the beginning).
+async fn after(brokers: &str, counts: &Counts, since: &Position) -> BTreeSet<Key> {
+    let (brokers, counts) = (brokers.to_owned(), counts.clone());
+    let log = tokio::task::spawn_blocking(move || read_log(&brokers, &counts))
+        .await
+        .unwrap();
+    let mut out = BTreeSet::new();
+    for (key, records) in log.partitions {
+        let from = since.get(&key).copied().unwrap_or(-1);
+        let (topic, partition) = key.rsplit_once(':').unwrap();
+        for offset in records.keys().filter(|offset| **offset > from) {
+            out.insert((topic.to_owned(), partition.parse().unwrap(), *offset));
+        }
+    }
+    out
+}
+
+/// No records yet on any partition of `topics`.
+fn empty(topics: &[&str], partitions: i64) -> Counts {
+    keys(topics, partitions)
+        .into_iter()
+        .map(|k| (k, 0))
+        .collect()
+}
+
+fn keys(topics: &[&str], partitions: i64) -> Vec<String> {
+    topics
+        .iter()
+        .flat_map(|topic| (0..partitions).map(move |p| format!("{topic}:{p}")))
+        .collect()
+}
+
+/// What a client received, counted by source record, and the position it keeps.
+#[derive(Default)]
+struct Tally {
+    counts: BTreeMap<Key, usize>,
+    position: Position,
+    /// The last SSE `id:`.
+    last_id: Option<String>,
+}
+
+impl Tally {
+    fn data(&mut self, message: &Value) {
+        let source = message["source"].as_str().expect("data names its source");
+        let partition = message["partition"]
+            .as_i64()
+            .expect("data names its partition");
+        let offset = message["offset"].as_i64().expect("data names its offset");
+        *self
+            .counts
+            .entry((source.to_owned(), partition, offset))
+            .or_default() += 1;
+        let kept = self
+            .position
+            .entry(format!("{source}:{partition}"))
+            .or_insert(offset);
+        *kept = (*kept).max(offset);
+    }
+
+    fn has(&self, want: &BTreeSet<Key>) -> bool {
+        want.iter().all(|key| self.counts.contains_key(key))
+    }
+
+    /// Asserts that exactly `want` arrived, each once.
+    fn assert_exactly(&self, want: &BTreeSet<Key>, what: &str) {
+        let got: BTreeSet<Key> = self.counts.keys().cloned().collect();
+        let missed: Vec<&Key> = want.difference(&got).collect();
+        let extra: Vec<&Key> = got.difference(want).collect();
+        let twice: Vec<(&Key, &usize)> = self.counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            missed.is_empty() && extra.is_empty() && twice.is_empty(),
+            "{what}: {} expected; missed {missed:?}; not expected {extra:?}; more than once {twice:?}",
+            want.len()
+        );
+    }
+}
+
+type Ws = WsStream;
+
+async fn connect(gateway: &Gateway) -> Ws {
+    tokio_tungstenite::connect_async(gateway.ws_url())
+        .await
+        .expect("WebSocket connects")
+        .0
+}
+
+/// The next JSON message (heartbeats skipped); `None` on timeout, close or a failure.
+async fn next(ws: &mut Ws, within: Duration) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.ok()?? {
+            Ok(Message::Text(text)) => {
+                let message: Value = serde_json::from_str(&text).expect("JSON");
+                if message["type"] != "ping" {
+                    return Some(message);
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Subscribes to `cdc.order`, from `since` if given; returns the ack.
+async fn subscribe(ws: &mut Ws, since: Option<&Position>) -> Value {
+    let mut request = json!({"action": "subscribe", "topic": "cdc.order", "id": 1});
+    if let Some(since) = since {
+        request["since"] = json!(since);
+    }
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    let ack = next(ws, PATIENCE).await.expect("an ack");
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_i64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    ack
+}
+
+/// Reads until `want` has arrived (or the patience runs out), then a little longer.
+async fn ws_collect(ws: &mut Ws, tally: &mut Tally, want: &BTreeSet<Key>) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut until = deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let Some(message) = next(ws, left).await else {
+            return;
+        };
+        assert_ne!(message["type"], "error", "{message}");
+        if message["type"] == "data" {
+            tally.data(&message);
+        }
+        if until == deadline && tally.has(want) {
+            until = Instant::now() + AFTERWARDS;
+        }
+    }
+}
+
+async fn sse_open(gateway: &Gateway, last_id: Option<&str>) -> (SseStream, Value) {
+    let headers: Vec<(&str, &str)> = last_id
+        .map(|id| ("Last-Event-ID", id))
+        .into_iter()
+        .collect();
+    let mut stream = SseStream::open(gateway.addr(), "/sse?topic=cdc.order", &headers)
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status, 200);
+    let ack = tokio::time::timeout(PATIENCE, stream.next_event())
+        .await
+        .expect("an ack in time")
+        .expect("a readable stream")
+        .expect("an ack");
+    assert_eq!(ack.event, "ack", "{:?}", ack.data);
+    (stream, ack.data)
+}
+
+async fn sse_collect(stream: &mut SseStream, tally: &mut Tally, want: &BTreeSet<Key>) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut until = deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Ok(Some(event))) = tokio::time::timeout(left, stream.next_event()).await else {
+            return;
+        };
+        assert_ne!(event.event, "error", "{:?}", event.data);
+        if event.event == "data" {
+            tally.data(&event.data);
+            tally.last_id = Some(event.id.expect("every data event has an id"));
+        }
+        if until == deadline && tally.has(want) {
+            until = Instant::now() + AFTERWARDS;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_replays_every_partition_even_those_nothing_was_dispatched_from() {
+    let tansu = Tansu::start();
+    let topic = unique("delivery-three");
+    tansu.create_topic(&topic, 3).await;
+    let mut counts = empty(&[&topic], 3);
+    let gateway = Gateway::start(&tansu.brokers(), &topic, &[]).await;
+    let producer = tansu.producer();
+
+    // Subscribed before anything was dispatched: every partition is named, at -1.
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, None).await;
+    let position = ack_position(&ack);
+    let expected: Position = keys(&[&topic], 3).into_iter().map(|k| (k, -1)).collect();
+    assert_eq!(position, expected, "{ack}");
+    let (mut sse, _) = sse_open(&gateway, None).await;
+
+    // Records on partition 0 only, then both clients leave.
+    produce(&producer, &mut counts, &topic, 0, 5).await;
+    let first = after(&tansu.brokers(), &counts, &position).await;
+    let mut ws_tally = Tally {
+        position: position.clone(),
+        ..Tally::default()
+    };
+    ws_collect(&mut ws, &mut ws_tally, &first).await;
+    ws_tally.assert_exactly(&first, "live on the WebSocket");
+    let mut sse_tally = Tally::default();
+    sse_collect(&mut sse, &mut sse_tally, &first).await;
+    sse_tally.assert_exactly(&first, "live on the stream");
+    drop((ws, sse));
+
+    // Missed on every partition, including the two the clients never saw a record from.
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 4).await;
+    }
+    let kept = ws_tally.position.clone();
+    let missed = after(&tansu.brokers(), &counts, &kept).await;
+    assert_eq!(missed.len(), 12);
+
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, Some(&kept)).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let mut tally = Tally::default();
+    ws_collect(&mut ws, &mut tally, &missed).await;
+    tally.assert_exactly(&missed, "WebSocket resume");
+
+    let last_id = sse_tally.last_id.clone().expect("the stream saw an id");
+    let (mut sse, ack) = sse_open(&gateway, Some(&last_id)).await;
+    assert_eq!(ack["recovered"], true, "Last-Event-ID {last_id}: {ack}");
+    let mut tally = Tally::default();
+    sse_collect(&mut sse, &mut tally, &missed).await;
+    tally.assert_exactly(&missed, "SSE resume with Last-Event-ID");
+}
+
+#[tokio::test]
+async fn a_resume_replays_what_it_missed_of_a_second_source_topic() {
+    let tansu = Tansu::start();
+    let topics = [unique("delivery-first"), unique("delivery-second")];
+    for topic in &topics {
+        tansu.create_topic(topic, 2).await;
+    }
+    let mut counts = empty(&[&topics[0], &topics[1]], 2);
+    let gateway = Gateway::start(&tansu.brokers(), &topics.join(","), &[]).await;
+    let producer = tansu.producer();
+
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, None).await;
+    let position = ack_position(&ack);
+    let names: Vec<String> = position.keys().cloned().collect();
+    assert_eq!(
+        names,
+        keys(&[&topics[0], &topics[1]], 2),
+        "the ack names every partition of both source topics: {ack}"
+    );
+
+    produce(&producer, &mut counts, &topics[0], 0, 3).await;
+    let first = after(&tansu.brokers(), &counts, &position).await;
+    let mut tally = Tally {
+        position,
+        ..Tally::default()
+    };
+    ws_collect(&mut ws, &mut tally, &first).await;
+    tally.assert_exactly(&first, "live");
+    drop(ws);
+
+    produce(&producer, &mut counts, &topics[1], 0, 3).await;
+    produce(&producer, &mut counts, &topics[1], 1, 3).await;
+    produce(&producer, &mut counts, &topics[0], 1, 2).await;
+    let kept = tally.position.clone();
+    let missed = after(&tansu.brokers(), &counts, &kept).await;
+    assert_eq!(missed.len(), 8);
+
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, Some(&kept)).await;
+    assert_eq!(ack["recovered"], true, "since {kept:?}: {ack}");
+    let mut tally = Tally::default();
+    ws_collect(&mut ws, &mut tally, &missed).await;
+    tally.assert_exactly(&missed, "resume across two source topics");
+}
+
+#[tokio::test]
+async fn a_gateway_with_a_new_group_delivers_each_record_once_to_a_live_subscriber() {
+    let tansu = Tansu::start();
+    let topic = unique("delivery-backlog");
+    tansu.create_topic(&topic, 3).await;
+    let mut counts = empty(&[&topic], 3);
+    let producer = tansu.producer();
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 100).await;
+    }
+
+    // A new group reads from the earliest offset; the subscriber joins while it does.
+    let gateway = Gateway::start(&tansu.brokers(), &topic, &[]).await;
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, None).await;
+    let position = ack_position(&ack);
+    assert_eq!(position.len(), 3, "{ack}");
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 10).await;
+    }
+    let want = after(&tansu.brokers(), &counts, &position).await;
+    assert!(want.len() >= 30);
+    let mut tally = Tally::default();
+    ws_collect(&mut ws, &mut tally, &want).await;
+    tally.assert_exactly(&want, &format!("after the ack's position {position:?}"));
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_burst_is_back_within_ten_seconds_and_a_resume_misses_nothing() {
+    let tansu = Tansu::start();
+    let topic = unique("delivery-kill");
+    tansu.create_topic(&topic, 3).await;
+    let mut counts = empty(&[&topic], 3);
+    let group = unique("delivery-kill-group");
+    let mut gateway = Gateway::start(&tansu.brokers(), &topic, &["--group-id", &group]).await;
+
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, None).await;
+    let mut tally = Tally {
+        position: ack_position(&ack),
+        ..Tally::default()
+    };
+    assert_eq!(tally.position.len(), 3, "{ack}");
+
+    let burst = {
+        let producer = tansu.producer();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let values: Vec<(i32, String)> =
+                (0..2000).map(|i| ((i % 3) as i32, order(i))).collect();
+            let sends = values.iter().map(|(partition, value)| {
+                producer.send_to(&topic, Some(*partition), None, Some(value))
+            });
+            futures_util::future::join_all(sends).await;
+        })
+    };
+    // Kill it once the client has some of the burst.
+    let deadline = Instant::now() + PATIENCE;
+    while tally.counts.len() < 200 && Instant::now() < deadline {
+        if let Some(message) = next(&mut ws, Duration::from_secs(1)).await {
+            if message["type"] == "data" {
+                tally.data(&message);
+            }
+        }
+    }
+    assert!(tally.counts.len() >= 200, "the burst reached the client");
+    gateway.signal("KILL");
+    // What was already on its way still counts: the client keeps what it received.
+    while let Some(message) = next(&mut ws, Duration::from_secs(2)).await {
+        if message["type"] == "data" {
+            tally.data(&message);
+        }
+    }
+    gateway.wait_exit(Duration::from_secs(10));
+    burst.await.unwrap();
+    for partition in 0..3 {
+        // Record i went to partition i % 3.
+        *counts.get_mut(&format!("{topic}:{partition}")).unwrap() +=
+            (0..2000).filter(|i| i % 3 == partition).count();
+    }
+    assert!(
+        tally.counts.values().all(|n| *n == 1),
+        "before the kill, a record arrived twice"
+    );
+
+    let restarted = Instant::now();
+    let gateway = Gateway::spawn(&tansu.brokers(), &topic, &["--group-id", &group]);
+    loop {
+        if let Ok((200, _)) = http_get(gateway.addr(), "/readyz").await {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "not ready within 10 s of the restart:\n{}",
+            gateway.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let kept = tally.position.clone();
+    let missed = after(&tansu.brokers(), &counts, &kept).await;
+    assert!(!missed.is_empty(), "the kill left records to resume");
+    let mut ws = connect(&gateway).await;
+    let ack = subscribe(&mut ws, Some(&kept)).await;
+    assert_eq!(ack["recovered"], true, "since {kept:?}: {ack}");
+    let mut tally = Tally::default();
+    ws_collect(&mut ws, &mut tally, &missed).await;
+    tally.assert_exactly(&missed, &format!("resume after the kill from {kept:?}"));
+}
