@@ -37,6 +37,8 @@ pub struct Settings {
     pub app_ping_interval: Option<Duration>,
     pub rate_limit: u32,
     pub rate_burst: u32,
+    /// How long a connection's queues may stay full before it is closed as a slow consumer.
+    pub slow_client_grace: Duration,
     /// Under `--auth jwt`: how long a connection without a token has to send `auth`.
     pub auth_timeout: Duration,
     /// Empty: any origin.
@@ -112,6 +114,7 @@ impl Settings {
             app_ping_interval: Some(config.app_ping_interval).filter(|d| !d.is_zero()),
             rate_limit: config.client_rate_limit,
             rate_burst: config.client_rate_burst,
+            slow_client_grace: config.slow_client_grace,
             auth_timeout: config.auth_timeout,
             allowed_origins: config
                 .allowed_origins

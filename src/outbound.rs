@@ -4,7 +4,7 @@
 //! nothing of WebSocket or SSE: a transport reads the queue and maps the close code.
 
 use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,8 @@ pub struct Outbound {
     full_since_ms: AtomicI64,
     close: CancellationToken,
     close_code: AtomicU16,
+    /// The close frame's reason, when the closer gave one other than the code's own.
+    close_reason: OnceLock<String>,
 }
 
 /// Reference instant for `full_since_ms`.
@@ -40,6 +42,7 @@ impl Outbound {
             full_since_ms: AtomicI64::new(0),
             close: CancellationToken::new(),
             close_code: AtomicU16::new(0),
+            close_reason: OnceLock::new(),
         };
         (Arc::new(outbound), receiver)
     }
@@ -48,15 +51,33 @@ impl Outbound {
         self.id
     }
 
-    /// Asks the connection to close with `code`; the first request wins.
+    /// Asks the connection to close with `code`; the first request wins. It never waits:
+    /// the transport's writer sees it even while a flush to a client that does not read is
+    /// pending.
     pub fn close(&self, code: CloseCode) {
+        self.close_because(code, None);
+    }
+
+    /// [`Outbound::close`] with a reason other than the code's own (`invalid token: ...`).
+    pub fn close_because(&self, code: CloseCode, reason: Option<String>) {
         if self
             .close_code
             .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            if let Some(reason) = reason {
+                let _ = self.close_reason.set(reason);
+            }
             self.close.cancel();
         }
+    }
+
+    /// The reason to send with the close code.
+    pub fn close_reason(&self, code: CloseCode) -> String {
+        self.close_reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| code.reason().to_owned())
     }
 
     /// Resolves once [`Outbound::close`] was called; yields the code.

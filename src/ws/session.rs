@@ -41,8 +41,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 enum Control {
     Text(Vec<u8>),
     Pong(Vec<u8>),
-    /// Close initiated by the gateway, with the reason to send.
-    Close(CloseCode, String),
     /// The client's close frame, echoed to complete its closing handshake.
     Echo(Vec<u8>),
 }
@@ -223,18 +221,41 @@ impl Session {
         }
     }
 
+    /// Asks the writer to close; never waits, even when the writer is stuck on a client
+    /// that does not read.
     async fn close(&self, code: CloseCode) -> Ending {
         self.close_because(code, code.reason()).await
     }
 
     async fn close_because(&self, code: CloseCode, reason: &str) -> Ending {
-        self.send(Control::Close(code, reason.to_owned())).await;
+        self.connection
+            .outbound()
+            .close_because(code, Some(reason.to_owned()));
         Ending::GatewayClosed
     }
 
-    /// Queues a message for the writer; false when the writer is gone.
+    /// Queues a reply for the writer; false when the writer is gone or the connection is
+    /// closing. A client that sends requests and never reads the replies fills the queue:
+    /// waiting for room is bounded by the slow-client grace (then 4004) and, before a token
+    /// came, by the auth timeout (then 4002), so such a client cannot outlive either.
     async fn send(&self, control: Control) -> bool {
-        self.control.send(control).await.is_ok()
+        let now = Instant::now();
+        let mut deadline = (
+            now + self.connection.hub().settings.slow_client_grace,
+            CloseCode::SlowConsumer,
+        );
+        if let Some((at, AccessEnd::NoToken)) = self.connection.access_ends() {
+            if at < deadline.0 {
+                deadline = (at, CloseCode::AuthTimeout);
+            }
+        }
+        match tokio::time::timeout_at(deadline.0, self.control.send(control)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.connection.outbound().close(deadline.1);
+                false
+            }
+        }
     }
 
     async fn error(
@@ -429,12 +450,11 @@ async fn write_loop(
     let closing = loop {
         let written = tokio::select! {
             biased;
-            code = &mut closed => break Some((code, code.reason().to_owned())),
+            code = &mut closed => break Some((code, outbound.close_reason(code))),
             _ = &mut shutdown => break Some((CloseCode::GoingAway, CloseCode::GoingAway.reason().to_owned())),
             message = control.recv() => match message {
                 Some(Control::Text(text)) => ws.write_frame(Frame::text(Payload::Owned(text))).await,
                 Some(Control::Pong(payload)) => ws.write_frame(Frame::pong(Payload::Owned(payload))).await,
-                Some(Control::Close(code, reason)) => break Some((code, reason)),
                 Some(Control::Echo(payload)) => {
                     let _ = ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await;
                     break None;
@@ -465,7 +485,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             flushed = ws.flush() => if flushed.is_err() { return },
-            code = &mut closed => break Some((code, code.reason().to_owned())),
+            code = &mut closed => break Some((code, outbound.close_reason(code))),
             _ = &mut shutdown => break Some((CloseCode::GoingAway, CloseCode::GoingAway.reason().to_owned())),
         }
     };

@@ -418,3 +418,45 @@ async fn a_fresh_tokens_claim_filters_confine_existing_subscriptions() {
         "globex's row 2 is filtered out by the fresh claims"
     );
 }
+
+/// The review's flood: connections that send thousands of requests without a token and never
+/// read the replies are closed at the auth timeout all the same, and release their slots.
+#[tokio::test]
+async fn unauthenticated_flooders_that_never_read_do_not_outlive_the_auth_timeout() {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let (_tansu, gateway, _producer, _topic) = jwt_stack(&["--auth-timeout", "1s"]).await;
+    let mut flooders = Vec::new();
+    for _ in 0..5 {
+        let mut client = Client::connect_small_buffer(&gateway).await;
+        flooders.push(tokio::spawn(async move {
+            // Each request's error reply echoes its 60 KB action name: the replies fill the
+            // socket buffers the client never drains.
+            let action = "x".repeat(60_000);
+            for n in 0..3000 {
+                let request = json!({"action": action, "id": n}).to_string();
+                if client.ws.send(Message::text(request)).await.is_err() {
+                    break;
+                }
+            }
+            // Never read; keep the socket open until the test ends.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(client);
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let active = gateway.metric("cdc_gateway_connections_active").await;
+        if active == 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{active} flooders still connected 15 s after a 1 s auth timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for flooder in flooders {
+        flooder.abort();
+    }
+}
