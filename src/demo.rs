@@ -1,6 +1,8 @@
 //! `cdc-gateway demo`: the real gateway on librdkafka's embedded mock cluster, fed by a
 //! generator of order and customer changes in both envelopes, so a new user sees live events
-//! with one command and no Kafka installed.
+//! with one command and no Kafka installed. The page it serves (`src/demo/`) is a live table
+//! drawn by cdc-gateway-client, whose built module is committed as `src/demo/client.js`
+//! (clients/js's tests check it equals a fresh build).
 
 use std::time::Duration;
 
@@ -19,6 +21,21 @@ const STATUSES: [&str; 4] = ["new", "paid", "shipped", "delivered"];
 const COUNTRIES: [&str; 5] = ["NZ", "DE", "US", "JP", "BR"];
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+/// The demo page and the scripts it loads, bundled into the binary (no CDN).
+pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+    match path {
+        "/" => Some((
+            "text/html; charset=utf-8",
+            include_bytes!("demo/index.html"),
+        )),
+        "/demo.js" => Some((JAVASCRIPT, include_bytes!("demo/demo.js"))),
+        "/client.js" => Some((JAVASCRIPT, include_bytes!("demo/client.js"))),
+        _ => None,
+    }
+}
+
 pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("cannot start the embedded mock Kafka cluster")?;
     cluster
@@ -28,6 +45,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.source_topics = vec![TOPIC.to_owned()];
     config.auto_offset_reset = OffsetReset::Earliest;
     config.group_id = "cdc-gateway-demo".to_owned();
+    config.listen = args.listen;
     if config.entity_map.is_empty() {
         config.entity_map = vec![
             ("orders".into(), "order".into()),
@@ -46,10 +64,19 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
          also   http://127.0.0.1:{port}/metrics and /health\n\nCtrl-C stops it.",
         config.brokers, args.events_per_second
     );
-    tokio::spawn(generate(producer, args.events_per_second.max(1)));
-    let gateway = crate::gateway::Gateway::new(config.clone(), crate::gateway::Pages::Demo)?;
-    let listener = crate::gateway::bind(&config).await?;
-    gateway.run(listener, crate::shutdown::signal()).await
+    let generator = tokio::spawn(generate(producer, args.events_per_second.max(1)));
+    let outcome = async {
+        let gateway = crate::gateway::Gateway::new(config.clone(), crate::gateway::Pages::Demo)?;
+        let listener = crate::gateway::bind(&config).await?;
+        gateway.run(listener, crate::shutdown::signal()).await
+    }
+    .await;
+    // The producer goes before the mock cluster, or librdkafka logs errors about the
+    // vanished broker after "shutdown complete" (and waits for its unsent records).
+    generator.abort();
+    let _ = generator.await;
+    drop(cluster);
+    outcome
 }
 
 /// Produces a plausible stream of shop changes forever (until the process stops).

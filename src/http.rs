@@ -19,8 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::protocol::ErrorCode;
 
-const DEMO_PAGE: &str = include_str!("demo.html");
-
 /// Accepts connections until `stop` fires. Open keep-alive HTTP connections are then told to
 /// finish their current request; WebSocket sessions are closed by their own shutdown path.
 pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationToken) {
@@ -63,6 +61,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
 pub type Body = BoxBody<Bytes, Infallible>;
 
 fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
+    let demo_asset = (shared.demo_page && request.method() == Method::GET)
+        .then(|| crate::demo::asset(request.uri().path()))
+        .flatten();
+    if let Some((content_type, body)) = demo_asset {
+        return Response::builder()
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from_static(body)).boxed())
+            .expect("static response parts are valid");
+    }
     match request.uri().path() {
         _ if request.method() != Method::GET => crate::protocol::json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -85,10 +92,6 @@ fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
                 "text/plain; version=0.0.4; charset=utf-8",
             )
             .body(Full::new(Bytes::from(shared.metrics.render())))
-            .expect("static response parts are valid"),
-        "/" if shared.demo_page => Response::builder()
-            .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .body(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())))
             .expect("static response parts are valid"),
         _ => crate::protocol::json_response(
             StatusCode::NOT_FOUND,

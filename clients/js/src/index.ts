@@ -314,12 +314,12 @@ export class Client {
     return sub;
   }
 
-  /** Drops the connection and reconnects at once, resuming every subscription (for demos,
-   * tests, and applications that know the network changed). */
-  reconnect(): void {
+  /** Drops the connection and reconnects after `delayMs` (default at once), resuming every
+   * subscription: for applications that know the network changed, and for demos and tests. */
+  reconnect(delayMs = 0): void {
     if (this.currentState === "closed") return;
     this.dropSocket("reconnect requested");
-    this.scheduleReconnect(0);
+    this.scheduleReconnect(delayMs);
   }
 
   /** Closes the connection for good; subscriptions stop. */
@@ -353,7 +353,8 @@ export class Client {
         this.scheduleReconnect();
         return;
       }
-      if (this.currentState === "closed") return;
+      // Closed meanwhile, or a second connect (after a reconnect()) got there first.
+      if (this.currentState === "closed" || this.socket) return;
     } else {
       this.token = source;
     }
