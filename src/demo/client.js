@@ -343,12 +343,19 @@ export class Client {
             return;
         const reset = sub.acked(ack);
         this.call(() => sub.handlers.onAck?.(ack));
-        if (!reset)
+        if (reset)
+            this.reset(sub, ack);
+    }
+    /** The subscription cannot resume: the application drops its state, and a snapshot
+     * subscription is replaced by one that sends the rows as they now stand, then `synced`. */
+    reset(sub, cause) {
+        const refused = cause instanceof GatewayError;
+        if (refused)
+            sub.restart();
+        this.call(() => sub.handlers.onReset?.(cause));
+        if (!sub.active || this.subscriptions.get(sub.topic) !== sub)
             return;
-        this.call(() => sub.handlers.onReset?.(ack));
-        if (sub.options.snapshot && sub.active && this.subscriptions.get(sub.topic) === sub) {
-            // Live delivery has started; replacing the subscription with a snapshot one sends the
-            // rows as they now stand, then `synced`.
+        if (sub.options.snapshot || refused) {
             sub.restart();
             this.sendSubscribe(sub);
         }
@@ -363,6 +370,11 @@ export class Client {
         const aboutSubscription = sub !== undefined && (pending?.kind === "subscribe" || (pending === undefined && message.code === "FORBIDDEN"));
         if (!aboutSubscription) {
             this.emitError(error);
+            return;
+        }
+        if (message.code === "INVALID_MESSAGE" && pending?.kind === "subscribe" && sub.resuming) {
+            // The gateway refused the position itself: start over, as after `recovered: false`.
+            this.reset(sub, error);
             return;
         }
         if (message.code === "RATE_LIMITED") {

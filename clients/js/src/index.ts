@@ -68,10 +68,10 @@ export interface SubscribeOptions {
 }
 
 export interface SubscriptionHandlers {
-  /** The gateway could not resume from the kept position (`recovered: false`): events may
-   * have been missed. State built from earlier events should be dropped; a snapshot
-   * subscription receives a fresh snapshot next. */
-  onReset?: (ack: SubscribeAck) => void;
+  /** The gateway could not resume from the kept position (an ack with `recovered: false`,
+   * or an error refusing the position): events may have been missed. State built from
+   * earlier events should be dropped; a snapshot subscription receives a fresh snapshot next. */
+  onReset?: (cause: SubscribeAck | GatewayError) => void;
   /** The subscription failed or ended (e.g. INVALID_FILTER, FORBIDDEN after a token
    * refresh); it is no longer active, except after RATE_LIMITED, which it retries. */
   onError?: (error: GatewayError) => void;
@@ -448,11 +448,17 @@ export class Client {
     if (!sub || (ack.id !== undefined && sub.awaiting !== ack.id)) return;
     const reset = sub.acked(ack);
     this.call(() => sub.handlers.onAck?.(ack));
-    if (!reset) return;
-    this.call(() => sub.handlers.onReset?.(ack));
-    if (sub.options.snapshot && sub.active && this.subscriptions.get(sub.topic) === sub) {
-      // Live delivery has started; replacing the subscription with a snapshot one sends the
-      // rows as they now stand, then `synced`.
+    if (reset) this.reset(sub, ack);
+  }
+
+  /** The subscription cannot resume: the application drops its state, and a snapshot
+   * subscription is replaced by one that sends the rows as they now stand, then `synced`. */
+  private reset(sub: SubscriptionState, cause: SubscribeAck | GatewayError): void {
+    const refused = cause instanceof GatewayError;
+    if (refused) sub.restart();
+    this.call(() => sub.handlers.onReset?.(cause));
+    if (!sub.active || this.subscriptions.get(sub.topic) !== sub) return;
+    if (sub.options.snapshot || refused) {
       sub.restart();
       this.sendSubscribe(sub);
     }
@@ -468,6 +474,11 @@ export class Client {
       sub !== undefined && (pending?.kind === "subscribe" || (pending === undefined && message.code === "FORBIDDEN"));
     if (!aboutSubscription) {
       this.emitError(error);
+      return;
+    }
+    if (message.code === "INVALID_MESSAGE" && pending?.kind === "subscribe" && sub.resuming) {
+      // The gateway refused the position itself: start over, as after `recovered: false`.
+      this.reset(sub, error);
       return;
     }
     if (message.code === "RATE_LIMITED") {

@@ -41,23 +41,37 @@ export interface TruncateEvent {
 /** The normalized change event, the `payload` of a data message. */
 export type ChangeEvent<R = Row> = RowEvent<R> | TruncateEvent;
 
-/** One event delivered on one subscribed topic. */
-export interface DataMessage<R = Row> {
+/** One event delivered on one subscribed topic: a live event (possibly a `leave`), or a
+ * snapshot row. */
+export type DataMessage<R = Row> = LiveData<R> | SnapshotRow<R>;
+
+/** What every data message carries. */
+export interface DataFields<R = Row> {
   type: "data";
   topic: string;
   payload: ChangeEvent<R>;
-  /** The source topic of the record (absent from gateways that predate it). */
-  source?: string;
+  /** The Kafka topic of the source record. */
+  source: string;
   /** Kafka partition of the source record. */
   partition: number;
   /** Kafka offset of the source record. */
   offset: number;
   /** RFC 3339: when the gateway sent it. */
   timestamp: string;
-  /** A row of the snapshot that precedes live events (protocol section 7). */
-  snapshot?: boolean;
-  /** The update moved the row out of the subscription's filters: drop it (section 7). */
-  leave?: boolean;
+}
+
+/** A live event. */
+export interface LiveData<R = Row> extends DataFields<R> {
+  snapshot?: never;
+  /** The update moved the row out of the subscription's filters: drop the row (section 7). */
+  leave?: true;
+}
+
+/** A row of the snapshot that precedes live events (protocol section 7): the last event the
+ * gateway knows of the row. */
+export interface SnapshotRow<R = Row> extends DataFields<R> {
+  snapshot: true;
+  leave?: never;
 }
 
 /** The snapshot rows of a subscription have all arrived; every later event is live. */

@@ -147,6 +147,32 @@ test("recovered:false resets and takes a fresh snapshot, whose rows pass despite
   client.close();
 });
 
+test("a resume the gateway refuses outright is a reset too: onReset, then a fresh subscribe", async () => {
+  const client = await openClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } });
+  const causes = [];
+  const sub = client.subscribe("cdc.order", {}, () => {}, { onReset: (cause) => causes.push(cause) });
+  let socket = FakeSocket.last();
+  socket.open();
+  socket.deliver(ack("cdc.order", socket.lastSent("subscribe").id, { "cdc.events:0": 3 }));
+  socket.serverClose(1001);
+  mock.timers.tick(5);
+  await settle();
+  socket = FakeSocket.last();
+  socket.open();
+  const resume = socket.lastSent("subscribe");
+  assert.deepEqual(resume.since, { "cdc.events:0": 3 });
+  socket.deliver({ type: "error", code: "INVALID_MESSAGE", message: "unknown topic", id: resume.id, topic: "cdc.order" });
+  assert.equal(causes.length, 1);
+  assert.ok(causes[0] instanceof GatewayError);
+  assert.equal(sub.active, true);
+  const fresh = socket.lastSent("subscribe");
+  assert.notEqual(fresh.id, resume.id);
+  assert.equal(fresh.since, undefined);
+  socket.deliver(ack("cdc.order", fresh.id, { "cdc.events:0": 9 }));
+  assert.deepEqual(sub.position, { "cdc.events:0": 9 });
+  client.close();
+});
+
 test("positions without source topics (bare partitions) work the same", async () => {
   const client = await openClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } });
   const seen = [];

@@ -26,6 +26,8 @@ const BEYOND_TYPES = {
   "client-message--filter-scalar-root-subfield.json": "pattern of filter keys",
   "client-message--filter-unknown-root.json": "pattern of filter keys",
   "client-message--since-partition-not-number.json": "pattern of position keys",
+  "server-message--ack-subscribe-position-bare-partition.json":
+    "pattern of position keys (a Position is also what `since` sends, where bare partitions are accepted)",
 };
 
 const TYPES = { "client-message": "ClientMessage", "server-message": "ServerMessage" };
