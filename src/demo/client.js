@@ -127,6 +127,11 @@ class SubscriptionState {
     }
     /** True when the message is new; raises the kept position. */
     admit(message) {
+        // The gateway acks a subscribe before its first event, so data that arrives while a
+        // fresh subscribe waits for its ack belongs to the subscription it replaces (an earlier
+        // one of the topic, with other filters, or the one a reset re-snapshots).
+        if (this.awaiting !== undefined && !this.resuming)
+            return false;
         if (message.snapshot)
             return true;
         const kept = (this.kept ??= {});
