@@ -48,7 +48,10 @@ test("a gateway restart (SIGTERM, same port) during production: every record arr
   client.subscribe("cdc.order", {}, (m) => {
     const k = key(m.source ?? topic, m.partition, m.offset);
     received.set(k, (received.get(k) ?? 0) + 1);
-  }, { onAck: (a) => acks.push(a), onReset: (a) => resets.push(a) });
+  }, {
+    onAck: (a) => acks.push(a),
+    onReset: (cause) => resets.push(cause instanceof Error ? cause.message : JSON.stringify(cause)),
+  });
   await until(() => acks.length === 1, "the first ack");
 
   // Records before, during and after the restart; the broker's acknowledgements are the
@@ -69,15 +72,16 @@ test("a gateway restart (SIGTERM, same port) during production: every record arr
   }
   await restart;
   assert.equal(new Set([...produced].map((k) => k.split(":")[1])).size, 3, "records went to every partition");
-  await until(() => received.size >= produced.size, `all ${produced.size} records (have ${received.size})`, 60_000);
+  // Whatever arrives by then; the assertions below say what is missing or repeated, and why.
+  await until(() => received.size >= produced.size, "every record", 30_000).catch(() => {});
   await sleep(500); // anything late would be a repeat or a stray
 
+  assert.deepEqual(resets, [], "the restarted gateway resumed the subscription");
   const repeated = [...received].filter(([, count]) => count > 1);
   assert.deepEqual(repeated, [], "no record delivered twice");
   assert.deepEqual([...received.keys()].filter((k) => !produced.has(k)), [], "nothing that was not produced");
   assert.deepEqual([...produced].filter((k) => !received.has(k)), [], "nothing missed");
   assert.ok(states.includes("reconnecting"), `the client reconnected: ${states}`);
-  assert.equal(resets.length, 0, "the restarted gateway resumed the subscription");
   assert.equal(acks.at(-1).recovered, true);
   assertSchema(frames);
 });
