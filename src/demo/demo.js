@@ -46,7 +46,7 @@ class RowTable {
         tr.dataset.id = id;
         entry = { tr, data: null };
         this.rows.set(id, entry);
-        this.body.prepend(tr);
+        this.insertSorted(tr);
       } else if (!message.snapshot) {
         entry.tr.classList.remove("changed");
         void entry.tr.offsetWidth; // restarts the highlight
@@ -64,6 +64,13 @@ class RowTable {
       );
     }
     this.count.textContent = String(this.rows.size);
+  }
+
+  /** Newest order first, by id, so that both panels list the rows alike. */
+  insertSorted(tr) {
+    const key = (row) => Number(row.dataset.id) || 0;
+    const next = [...this.body.children].find((other) => key(other) < key(tr));
+    this.body.insertBefore(tr, next ?? null);
   }
 
   clear() {

@@ -40,8 +40,8 @@ async function gatewaySnapshot(port) {
 }
 
 /** What the page's WebSocket table shows: id -> partition:offset, and how often each id appears. */
-function pageRows(page, body = "#rows") {
-  return page.$$eval(`${body} tr`, (trs) => trs.map((tr) => [tr.dataset.id, tr.dataset.position]));
+function pageRows(page) {
+  return page.$$eval("#rows tr", (trs) => trs.map((tr) => [tr.dataset.id, tr.dataset.position]));
 }
 
 const same = (a, b) => a.size === b.size && [...a].every(([k, v]) => b.get(k) === v);
@@ -110,9 +110,7 @@ test("the demo page in Chromium: live table, change in place, drop and resume, S
     await page.waitForSelector('#sse-state[data-state="reconnecting"]');
     await page.waitForSelector('#sse-state[data-state="open"]', { timeout: 30_000 });
     await page.waitForSelector("#consistency.good", { timeout: 30_000 });
-    assert.ok(Number(await page.textContent("#duplicates")) >= 0);
     assert.deepEqual(problems, [], "no errors in the page");
-    await page.waitForTimeout(800);
     await page.screenshot({ path: screenshot });
     console.log(`table matched the gateway's snapshot on attempt ${attempt}; screenshot: ${screenshot}`);
   } finally {
