@@ -1,8 +1,7 @@
 //! `cdc-gateway demo`: the real gateway on librdkafka's embedded mock cluster, fed by a
 //! generator of order and customer changes in both envelopes, so a new user sees live events
-//! with one command and no Kafka installed. The page it serves (`src/demo/`) is a live table
-//! drawn by cdc-gateway-client, whose built module is committed as `src/demo/client.js`
-//! (clients/js's tests check it equals a fresh build).
+//! with one command and no Kafka installed. The page it serves (`src/demo/`, routed by
+//! [`crate::http`]) is a live table drawn by cdc-gateway-client.
 
 use std::time::Duration;
 
@@ -20,21 +19,6 @@ const TOPIC: &str = "cdc.events";
 const STATUSES: [&str; 4] = ["new", "paid", "shipped", "delivered"];
 const COUNTRIES: [&str; 5] = ["NZ", "DE", "US", "JP", "BR"];
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
-
-const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
-
-/// The demo page and the scripts it loads, bundled into the binary (no CDN).
-pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
-    match path {
-        "/" => Some((
-            "text/html; charset=utf-8",
-            include_bytes!("demo/index.html"),
-        )),
-        "/demo.js" => Some((JAVASCRIPT, include_bytes!("demo/demo.js"))),
-        "/client.js" => Some((JAVASCRIPT, include_bytes!("demo/client.js"))),
-        _ => None,
-    }
-}
 
 pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("cannot start the embedded mock Kafka cluster")?;

@@ -60,11 +60,28 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
 /// Every response body: whole JSON or text, or an endless event stream (`/sse`).
 pub type Body = BoxBody<Bytes, Infallible>;
 
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+/// The demo page and the scripts it loads (under `cdc-gateway demo` only), bundled into the
+/// binary: no CDN. `/client.js` is cdc-gateway-client's build, committed as
+/// `src/demo/client.js`; the client's tests check it equals a fresh build.
+fn demo_asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+    match path {
+        "/" => Some((
+            "text/html; charset=utf-8",
+            include_bytes!("demo/index.html"),
+        )),
+        "/demo.js" => Some((JAVASCRIPT, include_bytes!("demo/demo.js"))),
+        "/client.js" => Some((JAVASCRIPT, include_bytes!("demo/client.js"))),
+        _ => None,
+    }
+}
+
 fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
-    let demo_asset = (shared.demo_page && request.method() == Method::GET)
-        .then(|| crate::demo::asset(request.uri().path()))
+    let asset = (shared.demo_page && request.method() == Method::GET)
+        .then(|| demo_asset(request.uri().path()))
         .flatten();
-    if let Some((content_type, body)) = demo_asset {
+    if let Some((content_type, body)) = asset {
         return Response::builder()
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from_static(body)).boxed())
