@@ -148,7 +148,9 @@ fn simple_or_debezium(
         let data = if after.is_null() { Value::Null } else { after };
         let value = json!({"entity_type": "order", "entity_id": id.to_string(), "operation": operation,
                            "data": data, "before": before, "timestamp": now_ms});
-        (json!(id.to_string()), value)
+        // The same key as the Debezium records of the row: one row, one partition, so its
+        // changes stay in order (a table that applies them in arrival order ends right).
+        (json!({"id": id}), value)
     } else {
         (
             json!({"id": id}),
