@@ -1,19 +1,23 @@
 // The demo page in a real browser: headless Chromium from the system (never a downloaded one)
 // driven by playwright-core. Rows appear, a row changes in place, "drop connection" resumes
 // with nothing missed and the table then equals the gateway's own snapshot of the topic, the
-// SSE panel agrees after its own reconnect, and the demo stops cleanly. Saves docs/demo.png.
+// SSE panel agrees after its own reconnect, and the demo stops cleanly. Takes a screenshot.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import WebSocket from "ws";
 
 import { freePort, gatewayBinary, until } from "./support.mjs";
 
 const chromium = process.env.CDC_GATEWAY_CHROMIUM ?? "/usr/bin/chromium";
-const screenshot = fileURLToPath(new URL("../../../docs/demo.png", import.meta.url));
+// `npm run screenshot` writes the README's docs/demo.png; plain test runs leave the tree alone.
+const screenshot = process.env.CDC_GATEWAY_SCREENSHOT
+  ? resolve(process.env.CDC_GATEWAY_SCREENSHOT)
+  : join(tmpdir(), "cdc-gateway-tests", "demo.png");
 
 /** The gateway's snapshot of cdc.order, read on a connection of its own: id -> partition:offset. */
 async function gatewaySnapshot(port) {
