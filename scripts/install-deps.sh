@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs (librdkafka is compiled from source by
-# rdkafka-sys: a C toolchain, make, pkg-config, OpenSSL and zlib headers). Debian/Ubuntu only;
+# rdkafka-sys: a C toolchain, make, pkg-config, OpenSSL and zlib headers), and Node.js for the
+# JavaScript client when it is missing. Debian/Ubuntu only;
 # does nothing when everything is present.
 set -euo pipefail
 needed=(build-essential pkg-config libssl-dev zlib1g-dev perl)
+# Node.js and npm for clients/js (its tests need Node 20 or later; scripts/test.sh checks).
+command -v node >/dev/null 2>&1 || needed+=(nodejs npm)
 missing=()
 for package in "${needed[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"): installs the tansu broker the
 # end-to-end tests run against (cached outside the repo), runs every test target of the
-# workspace, then a short load-generator smoke run that fails on any loss or error.
+# workspace, the criterion benches in test mode, a short load-generator smoke run that fails
+# on any loss or error, then the JavaScript client's tests (unit, end to end against the
+# gateway binary and tansu, and the demo page in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CDC_GATEWAY_TANSU="$(bash scripts/install-tansu.sh)"
@@ -10,3 +12,25 @@ cargo test --workspace --lib --bins --tests --locked -- --test-threads="${CDC_GA
 # Criterion benches in test mode: each bench body runs once (no timing).
 cargo test --workspace --benches --locked
 cargo run --locked -p cdc-gateway-bench -- --smoke --tansu-bin "$CDC_GATEWAY_TANSU"
+
+# clients/js: needs Node 20 or later; the browser test needs Chromium (installed with apt).
+node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+if [ "$node_major" -lt 20 ]; then
+  echo "clients/js needs Node.js 20 or later (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+cargo build --locked --bin cdc-gateway
+CDC_GATEWAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/cdc-gateway"
+CDC_GATEWAY_CHROMIUM="$(bash scripts/install-browser.sh)"
+if [ -z "$CDC_GATEWAY_CHROMIUM" ]; then
+  echo "SKIPPING the browser test of the demo page: Chromium cannot be installed on this machine" >&2
+  CDC_GATEWAY_CHROMIUM=/nonexistent/chromium
+fi
+export CDC_GATEWAY_BIN CDC_GATEWAY_CHROMIUM
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+(
+  cd clients/js
+  npm ci --no-audit --no-fund
+  npm run build
+  npm test
+)

@@ -29,6 +29,11 @@ pub struct DemoArgs {
     /// Change events the demo generator produces per second.
     #[arg(long, env = "CDC_GATEWAY_DEMO_EVENTS_PER_SECOND", default_value_t = 5)]
     pub events_per_second: u32,
+
+    /// Address of the demo's page, WebSocket, health and metrics endpoints (loopback: the
+    /// demo has no authentication).
+    #[arg(long, env = "CDC_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 }
 
 /// How the value of a source record is decoded.
@@ -81,21 +86,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting of the gateway. Each flag also reads `CDC_GATEWAY_<FLAG>`.
+/// Every setting of the gateway. Each flag also reads `CDC_GATEWAY_<FLAG>`. The flags that
+/// `demo` replaces (Kafka, group, where to start, where to listen) are not global, so the
+/// demo's `--help` does not offer them.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT].
-    #[arg(
-        global = true,
-        long,
-        env = "CDC_GATEWAY_BROKERS",
-        default_value = "localhost:9092"
-    )]
+    #[arg(long, env = "CDC_GATEWAY_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
 
     /// Source topics, comma-separated. An entry starting with `^` is a regular expression.
     #[arg(
-        global = true,
         long,
         env = "CDC_GATEWAY_SOURCE_TOPICS",
         default_value = "cdc.events",
@@ -104,21 +105,11 @@ pub struct Config {
     pub source_topics: Vec<String>,
 
     /// Kafka consumer group id.
-    #[arg(
-        global = true,
-        long,
-        env = "CDC_GATEWAY_GROUP_ID",
-        default_value = "cdc-gateway"
-    )]
+    #[arg(long, env = "CDC_GATEWAY_GROUP_ID", default_value = "cdc-gateway")]
     pub group_id: String,
 
     /// Address for the WebSocket, SSE, health and metrics endpoints.
-    #[arg(
-        global = true,
-        long,
-        env = "CDC_GATEWAY_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = "CDC_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
     /// Envelope of the source records.
@@ -138,7 +129,7 @@ pub struct Config {
     pub kafka_properties: Vec<(String, String)>,
 
     /// Where a group without committed offsets starts reading.
-    #[arg(global = true, long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
+    #[arg(long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
     pub auto_offset_reset: OffsetReset,
 
     /// Concurrent connections (WebSocket sessions and SSE streams); more are closed with 1008 (SSE: 429).

@@ -1,6 +1,7 @@
 //! `cdc-gateway demo`: the real gateway on librdkafka's embedded mock cluster, fed by a
 //! generator of order and customer changes in both envelopes, so a new user sees live events
-//! with one command and no Kafka installed.
+//! with one command and no Kafka installed. The page it serves (`src/demo/`, routed by
+//! [`crate::http`]) is a live table drawn by cdc-gateway-client.
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.source_topics = vec![TOPIC.to_owned()];
     config.auto_offset_reset = OffsetReset::Earliest;
     config.group_id = "cdc-gateway-demo".to_owned();
+    config.listen = args.listen;
     if config.entity_map.is_empty() {
         config.entity_map = vec![
             ("orders".into(), "order".into()),
@@ -46,10 +48,19 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
          also   http://127.0.0.1:{port}/metrics and /health\n\nCtrl-C stops it.",
         config.brokers, args.events_per_second
     );
-    tokio::spawn(generate(producer, args.events_per_second.max(1)));
-    let gateway = crate::gateway::Gateway::new(config.clone(), crate::gateway::Pages::Demo)?;
-    let listener = crate::gateway::bind(&config).await?;
-    gateway.run(listener, crate::shutdown::signal()).await
+    let generator = tokio::spawn(generate(producer, args.events_per_second.max(1)));
+    let outcome = async {
+        let gateway = crate::gateway::Gateway::new(config.clone(), crate::gateway::Pages::Demo)?;
+        let listener = crate::gateway::bind(&config).await?;
+        gateway.run(listener, crate::shutdown::signal()).await
+    }
+    .await;
+    // The producer goes before the mock cluster, or librdkafka logs errors about the
+    // vanished broker after "shutdown complete" (and waits for its unsent records).
+    generator.abort();
+    let _ = generator.await;
+    drop(cluster);
+    outcome
 }
 
 /// Produces a plausible stream of shop changes forever (until the process stops).
@@ -137,7 +148,9 @@ fn simple_or_debezium(
         let data = if after.is_null() { Value::Null } else { after };
         let value = json!({"entity_type": "order", "entity_id": id.to_string(), "operation": operation,
                            "data": data, "before": before, "timestamp": now_ms});
-        (json!(id.to_string()), value)
+        // The same key as the Debezium records of the row: one row, one partition, so its
+        // changes stay in order (a table that applies them in arrival order ends right).
+        (json!({"id": id}), value)
     } else {
         (
             json!({"id": id}),

@@ -19,8 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::protocol::ErrorCode;
 
-const DEMO_PAGE: &str = include_str!("demo.html");
-
 /// Accepts connections until `stop` fires. Open keep-alive HTTP connections are then told to
 /// finish their current request; WebSocket sessions are closed by their own shutdown path.
 pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationToken) {
@@ -62,7 +60,33 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
 /// Every response body: whole JSON or text, or an endless event stream (`/sse`).
 pub type Body = BoxBody<Bytes, Infallible>;
 
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+/// The demo page and the scripts it loads (under `cdc-gateway demo` only), bundled into the
+/// binary: no CDN. `/client.js` is cdc-gateway-client's build, committed as
+/// `src/demo/client.js`; the client's tests check it equals a fresh build.
+fn demo_asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+    match path {
+        "/" => Some((
+            "text/html; charset=utf-8",
+            include_bytes!("demo/index.html"),
+        )),
+        "/demo.js" => Some((JAVASCRIPT, include_bytes!("demo/demo.js"))),
+        "/client.js" => Some((JAVASCRIPT, include_bytes!("demo/client.js"))),
+        _ => None,
+    }
+}
+
 fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
+    let asset = (shared.demo_page && request.method() == Method::GET)
+        .then(|| demo_asset(request.uri().path()))
+        .flatten();
+    if let Some((content_type, body)) = asset {
+        return Response::builder()
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from_static(body)).boxed())
+            .expect("static response parts are valid");
+    }
     match request.uri().path() {
         _ if request.method() != Method::GET => crate::protocol::json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -85,10 +109,6 @@ fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
                 "text/plain; version=0.0.4; charset=utf-8",
             )
             .body(Full::new(Bytes::from(shared.metrics.render())))
-            .expect("static response parts are valid"),
-        "/" if shared.demo_page => Response::builder()
-            .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .body(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())))
             .expect("static response parts are valid"),
         _ => crate::protocol::json_response(
             StatusCode::NOT_FOUND,

@@ -58,6 +58,22 @@ fn help_lists_every_flag_with_its_variable_and_default() {
 }
 
 #[test]
+fn the_demo_offers_only_the_flags_it_uses_and_listens_on_loopback() {
+    let (code, help) = run(&["demo", "--help"], &[]);
+    assert_eq!(code, Some(0));
+    for replaced in [
+        "--brokers",
+        "--group-id",
+        "--source-topics",
+        "--auto-offset-reset",
+    ] {
+        assert!(!help.contains(replaced), "demo --help offers {replaced}");
+    }
+    assert!(help.contains("[default: 127.0.0.1:8080]"), "{help}");
+    assert!(help.contains("--events-per-second"));
+}
+
+#[test]
 fn bad_values_fail_at_startup_naming_the_flag() {
     for (args, env, flag) in [
         (
@@ -151,7 +167,12 @@ async fn the_demo_shows_live_events_without_kafka() {
     }
     let (status, page) = http_get(addr, "/").await.unwrap();
     assert_eq!(status, 200);
-    assert!(page.contains("new WebSocket"), "the demo page is served");
+    assert!(page.contains("/demo.js"), "the demo page is served");
+    for (script, needle) in [("/demo.js", "/client.js"), ("/client.js", "createClient")] {
+        let (status, body) = http_get(addr, script).await.unwrap();
+        assert_eq!(status, 200, "{script}");
+        assert!(body.contains(needle), "{script} holds {needle}");
+    }
 
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{listen}/ws"))
         .await

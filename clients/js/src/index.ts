@@ -1,0 +1,625 @@
+// cdc-gateway client: subscriptions that survive reconnects with nothing missed and nothing
+// repeated. One WebSocket per client; every subscription keeps the position of the last event
+// it received and resubscribes with it (`since`) after a reconnect; the gateway replays what
+// was missed or answers `recovered: false`, and then the subscription starts over (onReset,
+// and a fresh snapshot when it asked for one). Works in browsers and in Node (pass `ws`).
+// No runtime dependencies, and a single module, so the file itself can be served to a page.
+
+import type {
+  AuthRequest,
+  ClientMessage,
+  DataMessage,
+  ErrorCode,
+  ErrorMessage,
+  Filters,
+  Position,
+  RequestId,
+  Row,
+  ServerMessage,
+  SubscribeAck,
+  SubscribeRequest,
+  SyncedMessage,
+} from "./protocol.js";
+
+export type * from "./protocol.js";
+
+/** The connection as the application sees it. */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** The part of the WebSocket API the client uses: the browser's and `ws`'s both fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  // The event parameters differ between implementations; the client reads `data`, `code`
+  // and `reason` only.
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** A token, or a function that returns a fresh one (called at every connect and before `exp`). */
+export type TokenSource = string | (() => string | Promise<string>);
+
+export interface ClientOptions {
+  /** JWT for `--auth jwt`, sent in an `auth` message after the socket opens. */
+  token?: TokenSource;
+  /** WebSocket constructor; defaults to `globalThis.WebSocket` (in Node 20, pass `ws`). */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnect delays: full jitter, between 0 and min(maxDelayMs, minDelayMs * 2^attempt). */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /** A fresh token is sent this long before the current one's `exp` (or at half of its
+   * remaining lifetime, when that is shorter). Default 30 s. */
+  refreshMarginMs?: number;
+  /** With nothing received for this long the client sends a `ping`; with nothing for twice
+   * as long it drops the connection and reconnects. Default 20 s; 0 turns it off. */
+  heartbeatMs?: number;
+}
+
+export interface SubscribeOptions {
+  /** Server-side filters (protocol section 4). */
+  filters?: Filters;
+  /** Start with the last event of every row (protocol section 7), marked `snapshot: true`,
+   * then `synced`, then live events. Taken again after a reset. */
+  snapshot?: boolean;
+}
+
+export interface SubscriptionHandlers {
+  /** The gateway could not resume from the kept position (an ack with `recovered: false`,
+   * or an error refusing the position): events may have been missed. State built from
+   * earlier events should be dropped; a snapshot subscription receives a fresh snapshot next. */
+  onReset?: (cause: SubscribeAck | GatewayError) => void;
+  /** The subscription failed or ended (e.g. INVALID_FILTER, FORBIDDEN after a token
+   * refresh); it is no longer active, except after RATE_LIMITED, which it retries. */
+  onError?: (error: GatewayError) => void;
+  /** The snapshot rows have all arrived; every later event is live. */
+  onSynced?: (message: SyncedMessage) => void;
+  /** Every subscribe ack, the first and those after each reconnect. */
+  onAck?: (ack: SubscribeAck) => void;
+}
+
+export interface Subscription {
+  readonly topic: string;
+  /** Position of the last event received per partition: where a resume starts. A copy. */
+  readonly position: Position;
+  /** Data messages dropped because they were at or below the kept position. */
+  readonly duplicatesDropped: number;
+  /** False after unsubscribe, or after an error ended it. */
+  readonly active: boolean;
+  unsubscribe(): void;
+}
+
+/** A protocol error (`{"type":"error"}`) as a value. */
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  readonly topic: string | undefined;
+  readonly requestId: RequestId | undefined;
+  constructor(message: ErrorMessage) {
+    super(`${message.code}: ${message.message}`);
+    this.name = "GatewayError";
+    this.code = message.code;
+    this.topic = message.topic;
+    this.requestId = message.id;
+  }
+}
+
+/** The gateway closed the connection for a reason reconnecting cannot cure (4001 or 4002
+ * with a fixed token), or the token could not be obtained. */
+export class ConnectionError extends Error {
+  readonly closeCode: number;
+  readonly reason: string;
+  constructor(closeCode: number, reason: string) {
+    super(`connection closed: ${closeCode} ${reason}`.trim());
+    this.name = "ConnectionError";
+    this.closeCode = closeCode;
+    this.reason = reason;
+  }
+}
+
+export interface ClientEvents {
+  state: (state: ConnectionState) => void;
+  error: (error: Error) => void;
+}
+
+/** Close codes of protocol section 3 that the client acts on. */
+const UNAUTHORIZED = 4001;
+const AUTH_TIMEOUT = 4002;
+/** Close code the client uses when it drops a connection itself (an application code). */
+const CLIENT_DROP = 4000;
+const OPEN = 1;
+/** A connection that stayed open this long resets the backoff. */
+const STABLE_MS = 5000;
+const RATE_LIMIT_RETRY_MS = 1000;
+
+/** Full-jitter exponential backoff: uniform in [0, min(max, min * 2^attempt)). */
+export function backoffDelay(
+  attempt: number,
+  minDelayMs: number,
+  maxDelayMs: number,
+  random: () => number = Math.random,
+): number {
+  const ceiling = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/** The `exp` claim of a JWT in epoch milliseconds, or undefined when there is none. */
+export function tokenExpiry(token: string): number | undefined {
+  const part = token.split(".")[1];
+  if (part === undefined) return undefined;
+  try {
+    const base64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = base64 + "=".repeat((4 - (base64.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes)) as { exp?: unknown };
+    return typeof claims.exp === "number" ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Opens a client; it connects at once and reconnects until `close()`. */
+export function createClient(url: string, options: ClientOptions = {}): Client {
+  return new Client(url, options);
+}
+
+type Pending =
+  | { kind: "auth" }
+  | { kind: "subscribe"; topic: string }
+  | { kind: "other" };
+
+class SubscriptionState implements Subscription {
+  /** Set once the first ack arrived: from then on a subscribe carries `since`. */
+  private kept: Position | undefined;
+  duplicatesDropped = 0;
+  active = true;
+  /** The request id of the subscribe this connection is waiting on, if any. */
+  awaiting: RequestId | undefined;
+  /** The subscribe in flight carried `since`. */
+  resuming = false;
+
+  constructor(
+    readonly topic: string,
+    readonly options: SubscribeOptions,
+    readonly onEvent: (message: DataMessage) => void,
+    readonly handlers: SubscriptionHandlers,
+    private readonly client: Client,
+  ) {}
+
+  get position(): Position {
+    return { ...this.kept };
+  }
+
+  unsubscribe(): void {
+    if (!this.active) return;
+    this.active = false;
+    this.client._unsubscribe(this);
+  }
+
+  request(id: RequestId): SubscribeRequest {
+    const message: SubscribeRequest = { action: "subscribe", topic: this.topic, id };
+    if (this.options.filters) message.filters = this.options.filters;
+    this.resuming = this.kept !== undefined;
+    if (this.kept !== undefined) message.since = { ...this.kept };
+    else if (this.options.snapshot) message.snapshot = true;
+    this.awaiting = id;
+    return message;
+  }
+
+  /** Takes the ack's position; true when the subscription must start over. */
+  acked(ack: SubscribeAck): boolean {
+    this.awaiting = undefined;
+    if (this.resuming && ack.recovered === true) {
+      // The missed events follow: keep our own position, or they would count as repeats.
+      this.kept = { ...ack.position, ...this.kept };
+      return false;
+    }
+    if (this.resuming) {
+      // Starting over: the kept position belongs to the state the application drops.
+      this.kept = { ...ack.position };
+      return true;
+    }
+    this.kept = { ...ack.position };
+    return false;
+  }
+
+  /** Forget the position, so the next subscribe takes a fresh snapshot. */
+  restart(): void {
+    this.kept = undefined;
+  }
+
+  /** True when the message is new; raises the kept position. */
+  admit(message: DataMessage): boolean {
+    // The gateway acks a subscribe before its first event, so data that arrives while a
+    // fresh subscribe waits for its ack belongs to the subscription it replaces (an earlier
+    // one of the topic, with other filters, or the one a reset re-snapshots).
+    if (this.awaiting !== undefined && !this.resuming) return false;
+    if (message.snapshot) return true;
+    const kept = (this.kept ??= {});
+    const qualified = message.source === undefined ? undefined : `${message.source}:${message.partition}`;
+    const bare = String(message.partition);
+    const key = qualified !== undefined && (qualified in kept || !(bare in kept)) ? qualified : bare;
+    const last = kept[key];
+    if (last !== undefined && message.offset <= last) {
+      this.duplicatesDropped += 1;
+      return false;
+    }
+    kept[key] = message.offset;
+    return true;
+  }
+}
+
+export class Client {
+  private readonly WebSocketImpl: WebSocketConstructor;
+  private readonly minDelayMs: number;
+  private readonly maxDelayMs: number;
+  private readonly refreshMarginMs: number;
+  private readonly heartbeatMs: number;
+  private socket: WebSocketLike | null = null;
+  private currentState: ConnectionState = "connecting";
+  private everOpened = false;
+  private attempt = 0;
+  private openedAt = 0;
+  private lastReceived = 0;
+  private nextId = 1;
+  private token: string | undefined;
+  private readonly subscriptions = new Map<string, SubscriptionState>();
+  private pending = new Map<RequestId, Pending>();
+  private readonly listeners: { [K in keyof ClientEvents]: Set<ClientEvents[K]> } = {
+    state: new Set(),
+    error: new Set(),
+  };
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(
+    readonly url: string,
+    private readonly options: ClientOptions,
+  ) {
+    const impl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!impl) {
+      throw new TypeError("no WebSocket implementation: pass one as options.WebSocket (e.g. the ws package)");
+    }
+    this.WebSocketImpl = impl;
+    this.minDelayMs = options.reconnect?.minDelayMs ?? 500;
+    this.maxDelayMs = options.reconnect?.maxDelayMs ?? 30_000;
+    this.refreshMarginMs = options.refreshMarginMs ?? 30_000;
+    this.heartbeatMs = options.heartbeatMs ?? 20_000;
+    void this.connect();
+  }
+
+  get state(): ConnectionState {
+    return this.currentState;
+  }
+
+  on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): () => void {
+    this.listeners[event].add(listener);
+    return () => this.listeners[event].delete(listener);
+  }
+
+  /** Subscribes to a topic; one subscription per topic per client. The callback receives
+   * every data message once, in order per partition, across reconnects. */
+  subscribe<R = Row>(
+    topic: string,
+    options: SubscribeOptions,
+    onEvent: (message: DataMessage<R>) => void,
+    handlers: SubscriptionHandlers = {},
+  ): Subscription {
+    if (this.subscriptions.has(topic)) {
+      throw new Error(`already subscribed to ${topic} (one subscription per topic per client)`);
+    }
+    if (this.currentState === "closed") throw new Error("the client is closed");
+    const sub = new SubscriptionState(topic, options, onEvent as (m: DataMessage) => void, handlers, this);
+    this.subscriptions.set(topic, sub);
+    if (this.currentState === "open") this.sendSubscribe(sub);
+    return sub;
+  }
+
+  /** Drops the connection and reconnects after `delayMs` (default at once), resuming every
+   * subscription: for applications that know the network changed, and for demos and tests. */
+  reconnect(delayMs = 0): void {
+    if (this.currentState === "closed") return;
+    this.dropSocket("reconnect requested");
+    this.scheduleReconnect(delayMs);
+  }
+
+  /** Closes the connection for good; subscriptions stop. */
+  close(): void {
+    if (this.currentState === "closed") return;
+    this.clearTimers();
+    if (this.socket) {
+      const socket = this.detach();
+      socket.close(1000, "client closed");
+    }
+    this.setState("closed");
+  }
+
+  /** @internal */
+  _unsubscribe(sub: SubscriptionState): void {
+    if (this.subscriptions.get(sub.topic) !== sub) return;
+    this.subscriptions.delete(sub.topic);
+    if (this.currentState === "open") {
+      this.send({ action: "unsubscribe", topic: sub.topic, id: this.request({ kind: "other" }) });
+    }
+  }
+
+  private async connect(): Promise<void> {
+    this.setState(this.everOpened ? "reconnecting" : "connecting");
+    const source = this.options.token;
+    if (typeof source === "function") {
+      try {
+        this.token = await source();
+      } catch (e) {
+        this.emitError(e instanceof Error ? e : new Error(String(e)));
+        this.scheduleReconnect();
+        return;
+      }
+      // Closed meanwhile, or a second connect (after a reconnect()) got there first.
+      if (this.currentState === "closed" || this.socket) return;
+    } else {
+      this.token = source;
+    }
+    let socket: WebSocketLike;
+    try {
+      socket = new this.WebSocketImpl(this.url);
+    } catch (e) {
+      this.emitError(e instanceof Error ? e : new Error(String(e)));
+      this.setState("closed");
+      return;
+    }
+    this.socket = socket;
+    socket.onopen = () => this.opened();
+    socket.onmessage = (event: { data: unknown }) => this.received(event.data);
+    socket.onclose = (event: { code?: number; reason?: string }) =>
+      this.closed(event.code ?? 1006, event.reason ?? "");
+    // An error is always followed by a close, which does the work.
+    socket.onerror = () => {};
+  }
+
+  private opened(): void {
+    this.openedAt = Date.now();
+    this.lastReceived = this.openedAt;
+    this.pending = new Map();
+    if (this.heartbeatMs > 0) {
+      this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs);
+    }
+    if (this.token !== undefined) {
+      this.send({ action: "auth", token: this.token, id: this.request({ kind: "auth" }) });
+    } else {
+      this.ready();
+    }
+  }
+
+  /** The connection may carry subscriptions: (re)subscribe every one. */
+  private ready(): void {
+    this.everOpened = true;
+    this.setState("open");
+    for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
+  }
+
+  private sendSubscribe(sub: SubscriptionState): void {
+    this.send(sub.request(this.request({ kind: "subscribe", topic: sub.topic })));
+  }
+
+  private received(raw: unknown): void {
+    this.lastReceived = Date.now();
+    let message: ServerMessage;
+    try {
+      const text = typeof raw === "string" ? raw : new TextDecoder().decode(raw as ArrayBuffer);
+      message = JSON.parse(text) as ServerMessage;
+    } catch {
+      this.emitError(new Error("the gateway sent a frame that is not JSON"));
+      return;
+    }
+    switch (message.type) {
+      case "data": {
+        const sub = this.subscriptions.get(message.topic);
+        if (sub && sub.admit(message)) this.call(() => sub.onEvent(message));
+        break;
+      }
+      case "synced": {
+        const sub = this.subscriptions.get(message.topic);
+        if (sub) this.call(() => sub.handlers.onSynced?.(message));
+        break;
+      }
+      case "ack":
+        if (message.id !== undefined) this.pending.delete(message.id);
+        if (message.action === "auth") this.authenticated();
+        else if (message.action === "subscribe") this.subscribed(message);
+        break;
+      case "error":
+        this.failed(message);
+        break;
+      case "ping":
+        this.send({ action: "pong" });
+        break;
+      case "pong":
+        break;
+    }
+  }
+
+  private authenticated(): void {
+    this.scheduleRefresh();
+    if (this.currentState !== "open") this.ready();
+  }
+
+  private subscribed(ack: SubscribeAck): void {
+    const sub = this.subscriptions.get(ack.topic);
+    // An ack of a subscribe this connection no longer waits for (it was replaced) is stale.
+    if (!sub || (ack.id !== undefined && sub.awaiting !== ack.id)) return;
+    const reset = sub.acked(ack);
+    this.call(() => sub.handlers.onAck?.(ack));
+    if (reset) this.reset(sub, ack);
+  }
+
+  /** The subscription cannot resume: the application drops its state, and a snapshot
+   * subscription is replaced by one that sends the rows as they now stand, then `synced`. */
+  private reset(sub: SubscriptionState, cause: SubscribeAck | GatewayError): void {
+    const refused = cause instanceof GatewayError;
+    if (refused) sub.restart();
+    this.call(() => sub.handlers.onReset?.(cause));
+    if (!sub.active || this.subscriptions.get(sub.topic) !== sub) return;
+    if (sub.options.snapshot || refused) {
+      sub.restart();
+      this.sendSubscribe(sub);
+    }
+  }
+
+  private failed(message: ErrorMessage): void {
+    const error = new GatewayError(message);
+    const pending = message.id !== undefined ? this.pending.get(message.id) : undefined;
+    if (message.id !== undefined) this.pending.delete(message.id);
+    const topic = pending?.kind === "subscribe" ? pending.topic : message.topic;
+    const sub = topic !== undefined ? this.subscriptions.get(topic) : undefined;
+    const aboutSubscription =
+      sub !== undefined && (pending?.kind === "subscribe" || (pending === undefined && message.code === "FORBIDDEN"));
+    if (!aboutSubscription) {
+      this.emitError(error);
+      return;
+    }
+    if (message.code === "INVALID_MESSAGE" && pending?.kind === "subscribe" && sub.resuming) {
+      // The gateway refused the position itself: start over, as after `recovered: false`.
+      this.reset(sub, error);
+      return;
+    }
+    if (message.code === "RATE_LIMITED") {
+      setTimeout(() => {
+        if (sub.active && this.subscriptions.get(sub.topic) === sub && this.currentState === "open") {
+          this.sendSubscribe(sub);
+        }
+      }, RATE_LIMIT_RETRY_MS);
+    } else {
+      sub.active = false;
+      this.subscriptions.delete(sub.topic);
+    }
+    this.call(() => (sub.handlers.onError ? sub.handlers.onError(error) : this.emitError(error)));
+  }
+
+  private closed(code: number, reason: string): void {
+    this.detach();
+    this.connectionEnded();
+    if (this.currentState === "closed") return;
+    const cannotCure = (code === UNAUTHORIZED || code === AUTH_TIMEOUT) && typeof this.options.token !== "function";
+    if (cannotCure) {
+      this.emitError(new ConnectionError(code, reason));
+      this.clearTimers();
+      this.setState("closed");
+      return;
+    }
+    this.scheduleReconnect();
+  }
+
+  private connectionEnded(): void {
+    if (this.openedAt > 0 && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
+    this.openedAt = 0;
+    clearTimeout(this.refreshTimer);
+    clearInterval(this.heartbeatTimer);
+    for (const sub of this.subscriptions.values()) sub.awaiting = undefined;
+  }
+
+  /** Forgets the current socket (its late events are ignored) and closes it. */
+  private dropSocket(reason: string): void {
+    if (!this.socket) return;
+    const socket = this.detach();
+    this.connectionEnded();
+    try {
+      socket.close(CLIENT_DROP, reason);
+    } catch {
+      // Closing a socket that is still connecting throws in some implementations.
+    }
+  }
+
+  private detach(): WebSocketLike {
+    const socket = this.socket as WebSocketLike;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    socket.onerror = () => {};
+    this.socket = null;
+    return socket;
+  }
+
+  private scheduleReconnect(delay?: number): void {
+    if (this.currentState === "closed") return;
+    clearTimeout(this.reconnectTimer);
+    const wait = delay ?? backoffDelay(this.attempt++, this.minDelayMs, this.maxDelayMs);
+    this.setState(this.everOpened ? "reconnecting" : "connecting");
+    this.reconnectTimer = setTimeout(() => void this.connect(), wait);
+  }
+
+  private scheduleRefresh(): void {
+    clearTimeout(this.refreshTimer);
+    const source = this.options.token;
+    if (typeof source !== "function" || this.token === undefined) return;
+    const expiry = tokenExpiry(this.token);
+    if (expiry === undefined) return;
+    const remaining = expiry - Date.now();
+    const margin = Math.min(this.refreshMarginMs, remaining / 2);
+    this.refreshTimer = setTimeout(() => void this.refresh(source), Math.max(0, remaining - margin));
+  }
+
+  private async refresh(source: () => string | Promise<string>): Promise<void> {
+    const socket = this.socket;
+    let token: string;
+    try {
+      token = await source();
+    } catch (e) {
+      this.emitError(e instanceof Error ? e : new Error(String(e)));
+      this.refreshTimer = setTimeout(() => void this.refresh(source), RATE_LIMIT_RETRY_MS);
+      return;
+    }
+    if (this.socket !== socket || this.currentState !== "open") return;
+    this.token = token;
+    this.send({ action: "auth", token, id: this.request({ kind: "auth" }) } satisfies AuthRequest);
+  }
+
+  private heartbeat(): void {
+    const silent = Date.now() - this.lastReceived;
+    if (silent >= 2 * this.heartbeatMs) {
+      this.dropSocket("no message from the gateway");
+      this.scheduleReconnect();
+    } else if (silent >= this.heartbeatMs) {
+      this.send({ action: "ping" });
+    }
+  }
+
+  private request(pending: Pending): RequestId {
+    const id = this.nextId++;
+    this.pending.set(id, pending);
+    return id;
+  }
+
+  private send(message: ClientMessage): void {
+    if (this.socket && this.socket.readyState === OPEN) this.socket.send(JSON.stringify(message));
+  }
+
+  private setState(state: ConnectionState): void {
+    if (state === this.currentState) return;
+    this.currentState = state;
+    for (const listener of this.listeners.state) this.call(() => listener(state));
+  }
+
+  private clearTimers(): void {
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.refreshTimer);
+    clearInterval(this.heartbeatTimer);
+  }
+
+  private emitError(error: Error): void {
+    if (this.listeners.error.size === 0) {
+      console.error(error);
+      return;
+    }
+    for (const listener of this.listeners.error) listener(error);
+  }
+
+  /** Runs an application callback; what it throws is reported, never breaks the client. */
+  private call(callback: () => void): void {
+    try {
+      callback();
+    } catch (e) {
+      this.emitError(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+}

@@ -1,0 +1,261 @@
+// The demo page: a live table of the current `cdc.order` rows drawn from cdc-gateway-client
+// (snapshot, then changes in place), and the same table read from /sse with EventSource.
+// Served by `cdc-gateway demo` next to /client.js, the client's built module.
+import { createClient } from "/client.js";
+
+const TOPIC = "cdc.order";
+const OFFLINE_MS = 2000;
+const $ = (id) => document.getElementById(id);
+
+/** The current rows of one entity, keyed by id, as table rows. */
+class RowTable {
+  /**
+   * @param {HTMLElement} body the tbody
+   * @param {HTMLElement} count where the row count goes
+   * @param {(row: object, message: object) => string[]} cells
+   * @param {boolean} guard apply an event only when it is newer than the last one applied to
+   *   its row (the SSE panel needs it: a stream resumed with a snapshot sends the snapshot
+   *   rows before the replayed events, which may be older)
+   */
+  constructor(body, count, cells, guard) {
+    this.body = body;
+    this.count = count;
+    this.cells = cells;
+    this.guard = guard;
+    this.rows = new Map();
+    this.applied = new Map();
+  }
+
+  apply(message) {
+    const event = message.payload;
+    if (event.operation === "truncate") return this.clear();
+    const id = event.entity_id;
+    if (this.guard) {
+      const last = this.applied.get(id);
+      const at = { key: `${message.source ?? ""}:${message.partition}`, offset: message.offset };
+      if (last && last.key === at.key && last.offset >= at.offset) return;
+      this.applied.set(id, at);
+    }
+    if (event.operation === "delete" || message.leave || event.data === null) {
+      this.rows.get(id)?.tr.remove();
+      this.rows.delete(id);
+    } else {
+      let entry = this.rows.get(id);
+      if (!entry) {
+        const tr = document.createElement("tr");
+        tr.dataset.id = id;
+        entry = { tr, data: null };
+        this.rows.set(id, entry);
+        this.insertSorted(tr);
+      } else if (!message.snapshot) {
+        entry.tr.classList.remove("changed");
+        void entry.tr.offsetWidth; // restarts the highlight
+        entry.tr.classList.add("changed");
+      }
+      entry.data = event.data;
+      entry.tr.dataset.position = `${message.partition}:${message.offset}`;
+      entry.tr.replaceChildren(
+        ...this.cells(event.data, message).map((text, i) => {
+          const td = document.createElement("td");
+          td.textContent = text;
+          if (i === 1) td.className = `status-${text}`;
+          return td;
+        }),
+      );
+    }
+    this.count.textContent = String(this.rows.size);
+  }
+
+  /** Newest order first, by id, so that both panels list the rows alike. */
+  insertSorted(tr) {
+    const key = (row) => Number(row.dataset.id) || 0;
+    const next = [...this.body.children].find((other) => key(other) < key(tr));
+    this.body.insertBefore(tr, next ?? null);
+  }
+
+  clear() {
+    this.rows.clear();
+    this.applied.clear();
+    this.body.replaceChildren();
+    this.count.textContent = "0";
+  }
+
+  /** id -> what the table shows of the row, for comparing tables. */
+  contents() {
+    const out = new Map();
+    for (const [id, { data }] of this.rows) out.set(id, JSON.stringify([data.status, data.amount, data.tenant]));
+    return out;
+  }
+}
+
+function showState(element, state) {
+  $(element).dataset.state = state;
+  $(`${element}-text`).textContent = state;
+}
+
+let filters = {};
+
+// --- WebSocket panel -----------------------------------------------------------------------
+
+const table = new RowTable($("rows"), $("row-count"), (row, message) => [
+  String(row.id ?? message.payload.entity_id),
+  String(row.status ?? ""),
+  String(row.amount ?? ""),
+  String(row.customer_id ?? ""),
+  String(row.tenant ?? ""),
+  message.snapshot ? "snapshot" : message.payload.operation,
+  `${message.partition}:${message.offset}`,
+], false);
+
+const client = createClient(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+client.on("state", (state) => showState("ws-state", state));
+client.on("error", (error) => ($("filter-error").textContent = error.message));
+
+let received = 0;
+const recent = [];
+/** What the resume after "drop connection" brought: the ack, and the events that the
+ * gateway had already dispatched while the client was away (at or below the ack's position). */
+let resume = null;
+let sub = null;
+
+function onData(message) {
+  received += 1;
+  recent.push(performance.now());
+  table.apply(message);
+  if (resume && !message.snapshot) {
+    const key = message.source !== undefined ? `${message.source}:${message.partition}` : String(message.partition);
+    const live = resume.ack.position[key] ?? resume.ack.position[String(message.partition)];
+    if (live !== undefined && message.offset <= live) resume.replayed += 1;
+    showResume();
+  }
+}
+
+function showResume() {
+  const { ack, replayed, duplicatesBefore } = resume;
+  const repeats = sub.duplicatesDropped - duplicatesBefore;
+  const note = $("resume");
+  note.className = `note ${ack.recovered ? "good" : "bad"}`;
+  note.dataset.recovered = String(ack.recovered);
+  note.dataset.replayed = String(replayed);
+  note.textContent = ack.recovered
+    ? `Reconnected and resumed: ${replayed} event${replayed === 1 ? "" : "s"} produced while offline replayed, ` +
+      `${repeats} repeat${repeats === 1 ? "" : "s"} dropped, nothing missed (recovered: true).`
+    : "Reconnected, but the gateway could not resume (recovered: false): the table was reloaded from a fresh snapshot.";
+}
+
+function subscribe() {
+  sub?.unsubscribe();
+  table.clear();
+  resume = null;
+  sub = client.subscribe(TOPIC, { filters, snapshot: true }, onData, {
+    onAck: (ack) => {
+      if (ack.recovered === undefined || !resume) return;
+      resume.ack = ack;
+      showResume();
+    },
+    // Events may have been missed: the client takes a fresh snapshot next.
+    onReset: () => table.clear(),
+    onError: (error) => ($("filter-error").textContent = error.message),
+  });
+}
+
+$("drop").onclick = () => {
+  resume = { ack: { recovered: true, position: {} }, replayed: 0, duplicatesBefore: sub.duplicatesDropped };
+  $("resume").className = "note muted";
+  $("resume").textContent = `Connection dropped; reconnecting in ${OFFLINE_MS / 1000} s…`;
+  client.reconnect(OFFLINE_MS);
+};
+
+$("apply").onclick = () => {
+  try {
+    filters = JSON.parse($("filter").value || "{}");
+  } catch {
+    $("filter-error").textContent = "the filter is not JSON";
+    return;
+  }
+  $("filter-error").textContent = "";
+  subscribe();
+  sse.restart();
+};
+
+setInterval(() => {
+  const now = performance.now();
+  while (recent.length && recent[0] < now - 1000) recent.shift();
+  $("rate").textContent = String(recent.length);
+  $("received").textContent = String(received);
+  $("duplicates").textContent = String(sub?.duplicatesDropped ?? 0);
+}, 250);
+
+// --- Server-Sent Events panel --------------------------------------------------------------
+
+const sseTable = new RowTable($("sse-rows"), $("sse-row-count"), (row, message) => [
+  String(row.id ?? message.payload.entity_id),
+  String(row.status ?? ""),
+  String(row.amount ?? ""),
+  String(row.tenant ?? ""),
+], true);
+
+const sse = {
+  source: null,
+  lastEventId: "",
+  /** Opens the stream: from the last event id when there is one, else with a snapshot. */
+  open() {
+    const params = new URLSearchParams({ topic: TOPIC, filters: JSON.stringify(filters) });
+    if (this.lastEventId) params.set("since", this.lastEventId);
+    else params.set("snapshot", "1");
+    const source = new EventSource(`/sse?${params}`);
+    this.source = source;
+    showState("sse-state", "connecting");
+    source.onopen = () => showState("sse-state", "open");
+    // A connection error (no data; EventSource retries with Last-Event-ID by itself), or the
+    // gateway's `error` event (with data).
+    source.addEventListener("error", (event) => {
+      if (event.data !== undefined) $("sse-note").textContent = JSON.parse(event.data).message;
+      else showState("sse-state", source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+    });
+    source.addEventListener("ack", (event) => {
+      const ack = JSON.parse(event.data);
+      if (ack.recovered === false) {
+        // Events were missed: start over from a fresh snapshot.
+        sseTable.clear();
+        this.lastEventId = "";
+        if (ack.snapshot === undefined) this.reopen(0);
+      }
+    });
+    source.addEventListener("data", (event) => {
+      if (event.lastEventId) this.lastEventId = event.lastEventId;
+      sseTable.apply(JSON.parse(event.data));
+    });
+  },
+  reopen(delay) {
+    this.source?.close();
+    showState("sse-state", "reconnecting");
+    setTimeout(() => this.open(), delay);
+  },
+  restart() {
+    this.lastEventId = "";
+    sseTable.clear();
+    this.reopen(0);
+  },
+};
+
+$("sse-drop").onclick = () => sse.reopen(OFFLINE_MS);
+
+function sameRows(a, b) {
+  if (a.size !== b.size) return false;
+  for (const [id, value] of a) if (b.get(id) !== value) return false;
+  return true;
+}
+
+setInterval(() => {
+  const same = sameRows(table.contents(), sseTable.contents());
+  const element = $("consistency");
+  element.className = same ? "good" : "muted";
+  element.textContent = same ? `yes, all ${table.rows.size}` : "catching up…";
+}, 1000);
+
+subscribe();
+sse.open();
+
+/** For the browser test and the curious: the page's state. */
+window.demo = { client, table, sseTable, get subscription() { return sub; } };
