@@ -168,8 +168,13 @@ fn compile(
     compiled.map_err(|e| SubscribeError::new(ErrorCode::InvalidFilter, e.to_string(), topic))
 }
 
-/// Resolves a client's position against the partitions the gateway reads.
-pub fn resolve(hub: &Hub, since: Since<'_>) -> Result<Position, SubscribeError> {
+/// How long a resume waits for the consumer to list its partitions (a client that reconnects
+/// the moment a restarted gateway opens its port) before its position is checked anyway.
+const LISTING_WAIT: Duration = Duration::from_secs(30);
+
+/// Resolves a client's position against the partitions the gateway reads, once it knows them.
+pub async fn resolve(hub: &Hub, since: Since<'_>) -> Result<Position, SubscribeError> {
+    let _ = tokio::time::timeout(LISTING_WAIT, hub.dispatched.listed()).await;
     let read = hub.dispatched.snapshot();
     let resolver = Resolver::new(&read);
     match since {
@@ -283,8 +288,8 @@ impl Connection {
     }
 
     /// Resolves a client's position ([`resolve`]).
-    pub fn since(&self, since: Since<'_>) -> Result<Position, SubscribeError> {
-        resolve(&self.hub, since)
+    pub async fn since(&self, since: Since<'_>) -> Result<Position, SubscribeError> {
+        resolve(&self.hub, since).await
     }
 
     /// Subscribes to `topics` (each with its compiled filter) through the consumer task,

@@ -40,7 +40,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(request, shared)) }
+                async move { Ok::<_, Infallible>(route(request, shared).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -77,7 +77,7 @@ fn demo_asset(path: &str) -> Option<(&'static str, &'static [u8])> {
     }
 }
 
-fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
+async fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
     let asset = (shared.demo_page && request.method() == Method::GET)
         .then(|| demo_asset(request.uri().path()))
         .flatten();
@@ -93,7 +93,7 @@ fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
             &json!({"code": ErrorCode::MethodNotAllowed, "message": "only GET is served"}),
         ),
         "/ws" => crate::ws::upgrade(request, shared),
-        "/sse" => return crate::sse::stream(&request, shared),
+        "/sse" => return crate::sse::stream(&request, shared).await,
         "/healthz" => crate::protocol::json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => match shared.health.readiness() {
             Ok(()) => crate::protocol::json_response(StatusCode::OK, &json!({"ready": true})),

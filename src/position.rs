@@ -253,12 +253,33 @@ impl<'a> Resolver<'a> {
 /// What the consumer task has dispatched: for every partition the gateway reads, the offset of
 /// the last record dispatched, or the offset just before the next one to dispatch. It is the
 /// `position` of every subscribe ack, and the set of partitions a resume must name.
-#[derive(Default)]
 pub struct Dispatched {
     offsets: Mutex<Position>,
+    /// True once the consumer has listed the partitions it reads: before that, a client's
+    /// position cannot be checked against them.
+    listed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Dispatched {
+    fn default() -> Self {
+        Self {
+            offsets: Mutex::default(),
+            listed: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl Dispatched {
+    /// The consumer has listed its partitions (and [`Dispatched::start`]ed each).
+    pub fn mark_listed(&self) {
+        self.listed.send_replace(true);
+    }
+
+    /// Resolves once the partitions are listed.
+    pub async fn listed(&self) {
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Position> {
         self.offsets.lock().unwrap_or_else(|e| e.into_inner())
     }

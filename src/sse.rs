@@ -108,13 +108,16 @@ struct StreamRequest {
 }
 
 /// Answers `GET /sse`.
-pub fn stream(request: &Request<Incoming>, hub: Arc<Hub>) -> Response<BoxBody<Bytes, Infallible>> {
-    let opened = admit(&hub, request, TokenLater::Refused)
-        .map_err(Refused::from)
-        .and_then(|admitted| {
-            let parsed = parse(request, &hub, &admitted)?;
-            Ok((admitted, parsed))
-        });
+pub async fn stream(
+    request: &Request<Incoming>,
+    hub: Arc<Hub>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let opened = match admit(&hub, request, TokenLater::Refused) {
+        Ok(admitted) => parse(request, &hub, &admitted)
+            .await
+            .map(|parsed| (admitted, parsed)),
+        Err(refusal) => Err(Refused::from(refusal)),
+    };
     let (admitted, parsed) = match opened {
         Ok(pair) => pair,
         Err(refused) => {
@@ -161,7 +164,7 @@ fn cors_origin(request: &Request<Incoming>, hub: &Hub) -> Option<String> {
 }
 
 /// Reads the query string and `Last-Event-ID`.
-fn parse(
+async fn parse(
     request: &Request<Incoming>,
     hub: &Hub,
     admitted: &Admitted,
@@ -220,7 +223,7 @@ fn parse(
     let since = match last_event_id.or(since) {
         None => None,
         Some(text) if text.is_empty() => None,
-        Some(text) => Some(crate::connection::resolve(hub, Since::EventId(&text))?),
+        Some(text) => Some(crate::connection::resolve(hub, Since::EventId(&text)).await?),
     };
     Ok(StreamRequest {
         topics,

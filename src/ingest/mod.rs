@@ -130,6 +130,7 @@ impl Ingest {
         let Some(known) = self.start(&stop).await else {
             return;
         };
+        self.fanout.dispatched().mark_listed();
         let (found, mut discovered) = mpsc::channel(4);
         let discovery = tokio::spawn(discover(
             Arc::clone(&self.consumer),

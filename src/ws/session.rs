@@ -331,10 +331,12 @@ impl Session {
             } => {
                 let subscribed = match self.connection.filter(&topic, filters.as_ref()) {
                     Ok(filter) => {
-                        let since = since
-                            .as_ref()
-                            .map(|since| self.connection.since(Since::Json(since)))
-                            .transpose();
+                        let since = match &since {
+                            Some(since) => {
+                                self.connection.since(Since::Json(since)).await.map(Some)
+                            }
+                            None => Ok(None),
+                        };
                         match since {
                             Ok(since) => {
                                 self.connection

@@ -434,3 +434,40 @@ async fn a_gateway_killed_mid_burst_is_back_within_ten_seconds_and_a_resume_miss
     ws_collect(&mut ws, &mut tally, &missed).await;
     tally.assert_exactly(&missed, &format!("resume after the kill from {kept:?}"));
 }
+
+/// A client that reconnects the moment a restarted gateway opens its port, before the gateway
+/// has listed its partitions, resumes all the same (its position is checked once they are
+/// known) instead of being told its source topic is unknown.
+#[tokio::test]
+async fn a_resume_sent_before_the_gateway_lists_its_partitions_waits_for_them() {
+    let tansu = Tansu::start();
+    let topic = unique("early");
+    tansu.create_topic(&topic, 1).await;
+    let producer = tansu.producer();
+    producer
+        .send_json(
+            &topic,
+            Some("1"),
+            &crate::support::order("1", "insert", json!({"id": 1}), Value::Null),
+        )
+        .await;
+    let gateway = Gateway::spawn(&tansu.brokers(), &topic, &[]);
+    let deadline = Instant::now() + WAIT;
+    let mut client = loop {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(gateway.ws_url()).await {
+            break Client { ws };
+        }
+        assert!(Instant::now() < deadline, "the port never opened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    client
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "since": {format!("{topic}:0"): -1}}))
+        .await;
+    let ack = client.recv().await;
+    assert_eq!(
+        (ack["type"].as_str(), &ack["recovered"]),
+        (Some("ack"), &json!(true)),
+        "{ack}"
+    );
+    assert_eq!(client.data().await["offset"], 0);
+}
