@@ -156,6 +156,11 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(128..))]
     pub max_message_size: u32,
 
+    /// An HTTP connection that has not sent a whole request head this long (a slow or idle
+    /// client holding a socket, between requests on keep-alive too) is closed.
+    #[arg(global = true, long, env = "CDC_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// A connection that sends nothing (not even a pong) this long is closed with 4003.
     #[arg(global = true, long, env = "CDC_GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -344,6 +349,7 @@ impl Config {
         for (flag, value) in [
             ("--auth-timeout", self.auth_timeout),
             ("--idle-timeout", self.idle_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
             ("--ping-interval", self.ping_interval),
             ("--slow-client-grace", self.slow_client_grace),
             ("--stats-interval", self.stats_interval),

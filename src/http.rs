@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
             },
         };
         let _ = stream.set_nodelay(true);
+        let header_read_timeout = shared.settings.header_read_timeout;
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -42,7 +43,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(route(request, shared).await) }
             });
+            // hyper reads no timer unless given one: without it a client that trickles its
+            // request head (slowloris) or idles on keep-alive holds its socket for ever.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);

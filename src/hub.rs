@@ -43,6 +43,8 @@ pub struct Settings {
     pub auth_timeout: Duration,
     /// Empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// Bound on reading an HTTP request head (slowloris, idle keep-alive sockets).
+    pub header_read_timeout: Duration,
 }
 
 /// State shared by the HTTP side and every connection.
@@ -114,6 +116,7 @@ impl Settings {
             app_ping_interval: Some(config.app_ping_interval).filter(|d| !d.is_zero()),
             rate_limit: config.client_rate_limit,
             rate_burst: config.client_rate_burst,
+            header_read_timeout: config.header_read_timeout,
             slow_client_grace: config.slow_client_grace,
             auth_timeout: config.auth_timeout,
             allowed_origins: config

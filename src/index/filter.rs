@@ -9,6 +9,14 @@ use serde_json::{Map, Number, Value};
 use crate::event::{ChangeEvent, Row};
 use crate::position::Position;
 
+/// Most keys in one filter object: every clause is evaluated on the consumer task for every
+/// event of the topic, so a client may not make that cost unbounded.
+pub const MAX_CLAUSES: usize = 32;
+/// Most values in one `in` / `nin` list or array value.
+pub const MAX_VALUES: usize = 256;
+/// Most segments in one key (`data.a.b.c` has four).
+pub const MAX_DEPTH: usize = 8;
+
 /// A compiled filter: every clause must hold. The empty filter matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -97,6 +105,12 @@ impl Filter {
             Some(Value::Object(object)) => object,
             Some(_) => return Err(FilterError("`filters` must be an object".into())),
         };
+        if object.len() > MAX_CLAUSES {
+            return Err(FilterError(format!(
+                "{} keys: a filter has at most {MAX_CLAUSES}",
+                object.len()
+            )));
+        }
         let clauses = object
             .iter()
             .map(|(key, value)| {
@@ -217,6 +231,12 @@ impl Path {
             }
         };
         let rest: Vec<String> = parts.map(str::to_owned).collect();
+        if rest.len() + 1 > MAX_DEPTH {
+            return Err(FilterError(format!(
+                "`{key}` has {} segments, at most {MAX_DEPTH}",
+                rest.len() + 1
+            )));
+        }
         if rest.iter().any(String::is_empty) {
             return Err(FilterError(format!("`{key}` has an empty path segment")));
         }
@@ -320,6 +340,12 @@ fn operators_of(key: &str, operators: &Map<String, Value>) -> Result<Vec<Conditi
 }
 
 fn scalars(key: &str, what: &str, options: &[Value]) -> Result<Vec<Value>, FilterError> {
+    if options.len() > MAX_VALUES {
+        return Err(FilterError(format!(
+            "`{key}`: `{what}` has {} values, at most {MAX_VALUES}",
+            options.len()
+        )));
+    }
     if options.iter().any(|v| v.is_array() || v.is_object()) {
         return Err(FilterError(format!(
             "`{key}`: the values of `{what}` must be strings, numbers, bools or null"

@@ -9,5 +9,6 @@ mod real;
 mod support;
 
 mod auth;
+mod hostile;
 mod session;
 mod sse;

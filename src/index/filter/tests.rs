@@ -220,3 +220,24 @@ fn invalid_filters_are_refused() {
         );
     }
 }
+
+#[test]
+fn filters_are_bounded_in_keys_list_lengths_and_depth() {
+    use super::{MAX_CLAUSES, MAX_DEPTH, MAX_VALUES};
+    let keys = |n: usize| Value::Object((0..n).map(|i| (format!("data.f{i}"), json!(1))).collect());
+    assert!(Filter::compile(Some(&keys(MAX_CLAUSES))).is_ok());
+    assert!(Filter::compile(Some(&keys(MAX_CLAUSES + 1))).is_err());
+    let list = |n: usize| json!({"data.id": {"nin": (0..n).collect::<Vec<_>>()}});
+    assert!(Filter::compile(Some(&list(MAX_VALUES))).is_ok());
+    let refused = Filter::compile(Some(&list(32_000))).unwrap_err();
+    assert!(refused.to_string().contains("at most"), "{refused}");
+    let path = |n: usize| {
+        let key = std::iter::once("data")
+            .chain(std::iter::repeat_n("a", n - 1))
+            .collect::<Vec<_>>()
+            .join(".");
+        json!({ key: 1 })
+    };
+    assert!(Filter::compile(Some(&path(MAX_DEPTH))).is_ok());
+    assert!(Filter::compile(Some(&path(MAX_DEPTH + 1))).is_err());
+}
