@@ -156,6 +156,17 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(128..))]
     pub max_message_size: u32,
 
+    /// Messages a second a client whose queue is full must accept, measured over each
+    /// --slow-client-grace window, to keep its connection (a slow but steady reader keeps up
+    /// with a burst; one that reads a message now and then is closed with 4004).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_SLOW_CLIENT_MIN_RATE",
+        default_value_t = 10.0
+    )]
+    pub slow_client_min_rate: f64,
+
     /// An HTTP connection that has not sent a whole request head this long (a slow or idle
     /// client holding a socket, between requests on keep-alive too) is closed.
     #[arg(global = true, long, env = "CDC_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

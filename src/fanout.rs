@@ -31,6 +31,8 @@ pub struct FanOut {
     dispatched: Arc<Dispatched>,
     policy: SlowClientPolicy,
     grace: Duration,
+    /// Messages a second a stalled client must accept to keep its connection.
+    min_drain_rate: f64,
     last_values: Arc<LastValues>,
     history: Arc<History>,
 }
@@ -79,6 +81,7 @@ impl FanOut {
             dispatched,
             policy,
             grace,
+            min_drain_rate: 0.0,
             last_values: Arc::new(LastValues::new(0)),
             history: Arc::new(History::new(history::Limits {
                 per_entity: 0,
@@ -86,6 +89,12 @@ impl FanOut {
                 budget_bytes: 0,
             })),
         }
+    }
+
+    /// Requires a stalled client to accept `rate` messages a second (default: any progress).
+    pub fn with_min_drain_rate(mut self, rate: f64) -> Self {
+        self.min_drain_rate = rate;
+        self
     }
 
     /// Keeps recent events per entity in `history`, for resume.
@@ -223,6 +232,8 @@ impl FanOut {
     pub async fn dispatch(&self, event: &ChangeEvent) {
         let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
+        // Connections whose queue was full, with the messages they are owed, in order.
+        let mut stalled: Vec<(Arc<Outbound>, Vec<Bytes>)> = Vec::new();
         let topics = [Some(event.entity_topic()), event.row_topic()];
         for topic in topics.iter().flatten() {
             let Some(subscribers) = self.index.subscribers(topic) else {
@@ -261,6 +272,7 @@ impl FanOut {
                     (_, Redaction::Data) => 3,
                     _ => 0,
                 };
+                let outbound = &subscriber.outbound;
                 let bytes = messages[slot]
                     .get_or_insert_with(|| match redaction {
                         Redaction::None => {
@@ -271,8 +283,31 @@ impl FanOut {
                         _ => data_message(topic, &redacted(event, redaction), event.position, kind),
                     })
                     .clone();
-                delivered += u64::from(self.offer(&subscriber.outbound, bytes).await);
+                // A connection already waiting gets its next message after that one.
+                if let Some(waiting) = stalled.iter_mut().find(|(o, _)| Arc::ptr_eq(o, outbound)) {
+                    waiting.1.push(bytes);
+                    continue;
+                }
+                match self.try_offer(outbound, bytes) {
+                    Ok(queued) => delivered += u64::from(queued),
+                    Err(bytes) => stalled.push((Arc::clone(outbound), vec![bytes])),
+                }
             }
+        }
+        // Full queues are waited for together, not one after another: N stalled clients hold
+        // the consumer back for one grace period, not N.
+        if !stalled.is_empty() {
+            let waits = stalled.into_iter().map(|(outbound, messages)| async move {
+                let mut queued = 0;
+                for message in messages {
+                    queued += u64::from(self.offer(&outbound, message).await);
+                }
+                queued
+            });
+            delivered += futures_util::future::join_all(waits)
+                .await
+                .into_iter()
+                .sum::<u64>();
         }
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
@@ -286,55 +321,77 @@ impl FanOut {
         }
     }
 
-    /// Queues one message for one connection, waiting up to the grace period while its queue
-    /// is full; true once it is queued.
+    /// Queues one message for one connection, waiting while its queue is full (see
+    /// [`FanOut::wait_offer`]); true once it is queued.
     async fn offer(&self, outbound: &Outbound, message: Bytes) -> bool {
-        let message = match outbound.queue.try_send(message) {
-            Ok(()) => return Self::delivered(outbound),
-            Err(TrySendError::Closed) => return self.dropped(DropReason::ConnectionClosed),
-            Err(TrySendError::Full(message)) => message,
-        };
-        if outbound.is_closing() {
-            return self.dropped(DropReason::SlowConsumerClosed);
+        match self.try_offer(outbound, message) {
+            Ok(delivered) => delivered,
+            Err(message) => self.wait_offer(outbound, message).await,
         }
-        let now = crate::outbound::elapsed_ms();
-        let since = outbound.full_since();
+    }
+
+    /// Queues a message if the queue has room: `Ok(true)` when queued, `Ok(false)` when the
+    /// connection is gone or closing, `Err` with the message when the queue is full.
+    fn try_offer(&self, outbound: &Outbound, message: Bytes) -> Result<bool, Bytes> {
+        match outbound.queue.try_send(message) {
+            Ok(held) => {
+                outbound.accepted(held, outbound.queue.capacity());
+                Ok(true)
+            }
+            Err(TrySendError::Closed) => Ok(self.dropped(DropReason::ConnectionClosed)),
+            Err(TrySendError::Full(_)) if outbound.is_closing() => {
+                Ok(self.dropped(DropReason::SlowConsumerClosed))
+            }
+            Err(TrySendError::Full(message)) => Err(message),
+        }
+    }
+
+    /// Waits for room in a full queue. The wait runs in windows of the grace period: a window
+    /// in which the client accepted at least `--slow-client-min-rate` messages a second (and
+    /// at least one) opens another, so a slow but steady reader keeps up with a burst; a
+    /// window with less ends the client under the policy (closed with 4004, or this message
+    /// skipped and counted), so a client that reads one message now and then cannot hold the
+    /// consumer back for ever. A stall ends once the client drains its queue to half.
+    async fn wait_offer(&self, outbound: &Outbound, mut message: Bytes) -> bool {
         let grace_ms = self.grace.as_millis() as i64;
-        let remaining = grace_ms - (now - since);
-        if remaining > 0 {
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(remaining as u64);
-            let mut message = message;
-            loop {
+        loop {
+            let remaining = outbound.full_since() + grace_ms - crate::outbound::elapsed_ms();
+            if remaining > 0 {
+                let deadline =
+                    tokio::time::Instant::now() + Duration::from_millis(remaining as u64);
                 tokio::select! {
                     room = tokio::time::timeout_at(deadline, outbound.queue.wait_for_space()) => match room {
-                        Ok(Ok(())) => match outbound.queue.try_send(message) {
-                            Ok(()) => return Self::delivered(outbound),
-                            Err(TrySendError::Full(again)) => message = again,
-                            Err(TrySendError::Closed) => return self.dropped(DropReason::ConnectionClosed),
+                        Ok(Ok(())) => match self.try_offer(outbound, message) {
+                            Ok(delivered) => return delivered,
+                            Err(again) => {
+                                message = again;
+                                continue;
+                            }
                         },
                         Ok(Err(_)) => return self.dropped(DropReason::ConnectionClosed),
-                        Err(_elapsed) => break,
+                        Err(_window_over) => {}
                     },
                     _ = outbound.closing() => return self.dropped(DropReason::SlowConsumerClosed),
                 }
             }
-        }
-        match self.policy {
-            SlowClientPolicy::Close => {
-                tracing::info!(
-                    connection = outbound.id(),
-                    "closing slow consumer: queue full past the grace period"
-                );
-                outbound.close(CloseCode::SlowConsumer);
-                self.dropped(DropReason::SlowConsumerClosed)
+            let accepted = outbound.accepted_in_window();
+            if accepted > 0 && accepted as f64 >= self.min_drain_rate * self.grace.as_secs_f64() {
+                outbound.renew_window();
+                continue;
             }
-            SlowClientPolicy::Drop => self.dropped(DropReason::QueueFull),
+            return match self.policy {
+                SlowClientPolicy::Close => {
+                    tracing::info!(
+                        connection = outbound.id(),
+                        accepted,
+                        "closing slow consumer: queue full past the grace period"
+                    );
+                    outbound.close(CloseCode::SlowConsumer);
+                    self.dropped(DropReason::SlowConsumerClosed)
+                }
+                SlowClientPolicy::Drop => self.dropped(DropReason::QueueFull),
+            };
         }
-    }
-
-    fn delivered(outbound: &Outbound) -> bool {
-        outbound.drained();
-        true
     }
 
     fn dropped(&self, reason: DropReason) -> bool {
@@ -687,5 +744,58 @@ mod tests {
             (&json!(0), &json!(true)),
             "the row left the filter while the client was away"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_clients_are_waited_for_together() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 1000);
+        let mut receivers = Vec::new();
+        for id in 0..3 {
+            let (stalled, rx) = Outbound::new(id, 1);
+            index.subscribe("cdc.order", &stalled, Arc::new(Filter::default()));
+            receivers.push((stalled, rx));
+        }
+        fanout.dispatch(&event("1", 1)).await;
+        let started = Instant::now();
+        fanout.dispatch(&event("2", 2)).await;
+        let held = started.elapsed();
+        assert!(
+            held >= Duration::from_millis(1000) && held < Duration::from_millis(1500),
+            "three stalled clients held dispatch {held:?}, one grace period at most"
+        );
+        for (stalled, _) in &receivers {
+            assert_eq!(stalled.closed().await, CloseCode::SlowConsumer);
+        }
+        assert_eq!(
+            metrics
+                .drops
+                .with_label_values(&["slow_consumer_closed"])
+                .get(),
+            3
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_slower_than_the_minimum_rate_is_closed_a_steady_one_is_not() {
+        let (fanout, index, _) = fanout(SlowClientPolicy::Close, 1000);
+        let fanout = fanout.with_min_drain_rate(10.0);
+        let reader = |every_ms: u64, mut rx: crate::queue::Receiver| {
+            tokio::spawn(async move {
+                while rx.recv().await.is_some() {
+                    tokio::time::sleep(Duration::from_millis(every_ms)).await;
+                }
+            })
+        };
+        let (trickler, rx_trickler) = Outbound::new(1, 4);
+        let (steady, rx_steady) = Outbound::new(2, 4);
+        index.subscribe("cdc.order", &trickler, Arc::new(Filter::default()));
+        index.subscribe("cdc.order", &steady, Arc::new(Filter::default()));
+        let _trickle = reader(400, rx_trickler); // 2.5 a second: below 10
+        let _steady = reader(50, rx_steady); // 20 a second: keeps up, slowly
+        for i in 0..60 {
+            fanout.dispatch(&event(&i.to_string(), i)).await;
+        }
+        assert_eq!(trickler.closed().await, CloseCode::SlowConsumer);
+        assert!(!steady.is_closing(), "a steady reader rides out the burst");
     }
 }

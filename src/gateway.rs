@@ -75,6 +75,7 @@ impl Gateway {
             config.slow_client_policy,
             config.slow_client_grace,
         )
+        .with_min_drain_rate(config.slow_client_min_rate)
         .with_last_values(Arc::new(LastValues::new(config.snapshot_rows as usize)))
         .with_history(Arc::new(History::new(history::Limits {
             per_entity: config.history_events as usize,

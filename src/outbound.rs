@@ -3,7 +3,7 @@
 //! runs from there), and the switch that closes the connection with a reason. It knows
 //! nothing of WebSocket or SSE: a transport reads the queue and maps the close code.
 
-use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
@@ -17,8 +17,11 @@ use crate::queue;
 pub struct Outbound {
     id: u64,
     pub(crate) queue: queue::Sender,
-    /// Milliseconds since `EPOCH` at which the queue was first found full; 0 while not full.
+    /// Milliseconds since `EPOCH` at which the current stall window began (the queue was found
+    /// full); 0 while the queue is not stalled.
     full_since_ms: AtomicI64,
+    /// Messages the queue accepted since the stall window began: the client's drain rate.
+    accepted_in_window: AtomicU64,
     close: CancellationToken,
     close_code: AtomicU16,
     /// The close frame's reason, when the closer gave one other than the code's own.
@@ -40,6 +43,7 @@ impl Outbound {
             id,
             queue,
             full_since_ms: AtomicI64::new(0),
+            accepted_in_window: AtomicU64::new(0),
             close: CancellationToken::new(),
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
@@ -95,8 +99,8 @@ impl Outbound {
         self.close.cancelled().await
     }
 
-    /// The queue was found full now: returns since when it has been full (milliseconds on
-    /// this process's clock), now if it was not.
+    /// The queue was found full now: returns when the stall window began (milliseconds on
+    /// this process's clock), now if none was open.
     pub(crate) fn full_since(&self) -> i64 {
         let now = elapsed_ms();
         match self
@@ -108,10 +112,29 @@ impl Outbound {
         }
     }
 
-    /// A message was queued: the queue is not stuck.
-    pub(crate) fn drained(&self) {
-        if self.full_since_ms.load(Ordering::Relaxed) != 0 {
-            self.full_since_ms.store(0, Ordering::Release);
+    /// A message was queued and the queue now holds `held` of `capacity`. A stall ends once
+    /// the client drained its queue to half; until then the message counts towards the
+    /// window's drain rate.
+    pub(crate) fn accepted(&self, held: usize, capacity: usize) {
+        if self.full_since_ms.load(Ordering::Relaxed) == 0 {
+            return;
         }
+        if held <= capacity / 2 {
+            self.full_since_ms.store(0, Ordering::Release);
+            self.accepted_in_window.store(0, Ordering::Release);
+        } else {
+            self.accepted_in_window.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Messages accepted in the current stall window.
+    pub(crate) fn accepted_in_window(&self) -> u64 {
+        self.accepted_in_window.load(Ordering::Acquire)
+    }
+
+    /// Starts a fresh stall window now (the last one showed enough progress).
+    pub(crate) fn renew_window(&self) {
+        self.accepted_in_window.store(0, Ordering::Release);
+        self.full_since_ms.store(elapsed_ms(), Ordering::Release);
     }
 }

@@ -79,7 +79,8 @@ pub fn bounded(capacity: usize) -> (Sender, Receiver) {
 }
 
 impl Sender {
-    pub fn try_send(&self, item: Bytes) -> Result<(), TrySendError> {
+    /// Queues `item` unless the queue is full; returns how many items it then holds.
+    pub fn try_send(&self, item: Bytes) -> Result<usize, TrySendError> {
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return Err(TrySendError::Closed);
@@ -88,12 +89,17 @@ impl Sender {
             return Err(TrySendError::Full(item));
         }
         state.items.push_back(item);
+        let held = state.items.len();
         let wake = std::mem::take(&mut state.receiver_waiting);
         drop(state);
         if wake {
             self.shared.readable.notify_one();
         }
-        Ok(())
+        Ok(held)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
     }
 
     /// Resolves once the queue has room (or the receiver is gone). Cancel-safe.
