@@ -136,6 +136,27 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Connections (of --max-connections) that may wait for a token at once under --auth jwt;
+    /// more are closed with 1008. Keeps unauthenticated sockets from taking every slot.
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_PENDING_AUTH", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_auth: u32,
+
+    /// Connections from one client address (WebSocket sessions and SSE streams together);
+    /// more are refused (1008, SSE: 429). 0: no limit (behind a proxy every client has the
+    /// proxy's address).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip: u32,
+
+    /// Sockets that have not (yet) become a WebSocket session or an SSE stream: HTTP requests
+    /// in progress and idle keep-alive sockets; more are closed at once.
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_HTTP_CONNECTIONS", default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_http_connections: u32,
+
     /// Subscriptions per connection; more get TOO_MANY_SUBSCRIPTIONS.
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_subscriptions: u32,

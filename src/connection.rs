@@ -7,6 +7,7 @@
 //! `data:` lines. Dropping the connection releases its subscriptions, slot and gauges.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use crate::auth::{AuthError, Grant};
 use crate::event::GatewayTopic;
 use crate::fanout::Joined;
-use crate::hub::Hub;
+use crate::hub::{Hub, Peer};
 use crate::index::Filter;
 use crate::outbound::Outbound;
 use crate::position::{Position, Resolver};
@@ -38,6 +39,25 @@ pub enum Refusal {
     Token(AuthError),
     #[error("too many connections")]
     TooManyConnections,
+    #[error("too many connections waiting for a token")]
+    TooManyPendingAuth,
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
+}
+
+impl Refusal {
+    /// The label of `cdc_gateway_connections_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::Origin => "origin",
+            Refusal::TokenRequired => "token_required",
+            Refusal::Token(_) => "token",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::TooManyPendingAuth => "too_many_pending_auth",
+            Refusal::TooManyFromAddress => "too_many_from_address",
+        }
+    }
 }
 
 /// Where a connection stands with authentication.
@@ -59,15 +79,54 @@ pub enum TokenLater {
     Refused,
 }
 
-/// What admission granted: a connection slot and the connection's access.
+/// What admission granted: the slots the connection holds and its access.
 pub struct Admitted {
     slot: OwnedSemaphorePermit,
+    /// Held while the connection waits for its token.
+    pending: Option<OwnedSemaphorePermit>,
+    address: Option<AddressSlot>,
     access: Access,
 }
 
+/// One connection counted against its client address; uncounted on drop.
+struct AddressSlot {
+    hub: Arc<Hub>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.hub
+            .per_address
+            .remove_if_mut(&self.address, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+    }
+}
+
 /// Decides whether `request` may connect: the gateway is not shutting down, its `Origin` is
-/// allowed, its token (header or `token` parameter) is valid, and a connection slot is free.
-pub fn admit<B>(hub: &Hub, request: &Request<B>, later: TokenLater) -> Result<Admitted, Refusal> {
+/// allowed, its token (header or `token` parameter) is valid, and there is a connection slot,
+/// a slot among those waiting for a token (when it has none yet) and room for its address.
+/// Every refusal is counted by reason.
+pub fn admit<B>(
+    hub: &Arc<Hub>,
+    request: &Request<B>,
+    later: TokenLater,
+) -> Result<Admitted, Refusal> {
+    admit_unmetered(hub, request, later).inspect_err(|refusal| {
+        hub.metrics
+            .connections_refused
+            .with_label_values(&[refusal.reason()])
+            .inc();
+    })
+}
+
+fn admit_unmetered<B>(
+    hub: &Arc<Hub>,
+    request: &Request<B>,
+    later: TokenLater,
+) -> Result<Admitted, Refusal> {
     if hub.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
@@ -87,7 +146,34 @@ pub fn admit<B>(hub: &Hub, request: &Request<B>, later: TokenLater) -> Result<Ad
     let slot = Arc::clone(&hub.connection_slots)
         .try_acquire_owned()
         .map_err(|_| Refusal::TooManyConnections)?;
-    Ok(Admitted { slot, access })
+    let pending = match access {
+        Access::Pending(_) => Some(
+            Arc::clone(&hub.pending_auth_slots)
+                .try_acquire_owned()
+                .map_err(|_| Refusal::TooManyPendingAuth)?,
+        ),
+        _ => None,
+    };
+    let address = match request.extensions().get::<Peer>() {
+        Some(Peer(address)) if hub.settings.max_connections_per_ip > 0 => {
+            let mut count = hub.per_address.entry(*address).or_insert(0);
+            if *count >= hub.settings.max_connections_per_ip {
+                return Err(Refusal::TooManyFromAddress);
+            }
+            *count += 1;
+            Some(AddressSlot {
+                hub: Arc::clone(hub),
+                address: *address,
+            })
+        }
+        _ => None,
+    };
+    Ok(Admitted {
+        slot,
+        pending,
+        address,
+        access,
+    })
 }
 
 /// With `--allowed-origins` set, a browser's request must come from one of them. A request
@@ -195,6 +281,9 @@ pub struct Connection {
     subscriptions: HashSet<String>,
     access: Access,
     _slot: OwnedSemaphorePermit,
+    /// Held until the first valid token.
+    pending: Option<OwnedSemaphorePermit>,
+    _address: Option<AddressSlot>,
 }
 
 impl Connection {
@@ -210,6 +299,8 @@ impl Connection {
             subscriptions: HashSet::new(),
             access: admitted.access,
             _slot: admitted.slot,
+            pending: admitted.pending,
+            _address: admitted.address,
         };
         (connection, queue)
     }
@@ -256,6 +347,8 @@ impl Connection {
             return Ok(Vec::new());
         };
         let grant = verifier.verify(token)?;
+        // No longer waiting for a token: its place goes to the next connection.
+        self.pending = None;
         let revoked: Vec<String> = self
             .subscriptions
             .iter()

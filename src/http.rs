@@ -16,14 +16,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Peer};
 use crate::protocol::ErrorCode;
 
 /// Accepts connections until `stop` fires. Open keep-alive HTTP connections are then told to
 /// finish their current request; WebSocket sessions are closed by their own shutdown path.
 pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationToken) {
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -34,13 +34,26 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
                 }
             },
         };
+        // Sockets that are not a session or stream yet are bounded apart: the permit goes
+        // when the HTTP connection ends, or when it upgrades to a WebSocket.
+        let Ok(http_slot) = Arc::clone(&shared.http_slots).try_acquire_owned() else {
+            shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["http_connections"])
+                .inc();
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let header_read_timeout = shared.settings.header_read_timeout;
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            let _http_slot = http_slot;
+            let service = service_fn(move |mut request: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
+                request.extensions_mut().insert(Peer(peer.ip()));
                 async move { Ok::<_, Infallible>(route(request, shared).await) }
             });
             // hyper reads no timer unless given one: without it a client that trickles its

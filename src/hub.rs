@@ -25,6 +25,11 @@ use crate::protocol::reply;
 /// Subscriptions waiting for the consumer task; more make their connections wait.
 pub const JOIN_QUEUE: usize = 256;
 
+/// The client address of a request's connection (a request extension), for per-address
+/// limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
 /// Per-connection limits and timers, taken from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -43,6 +48,8 @@ pub struct Settings {
     pub auth_timeout: Duration,
     /// Empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// 0: no limit.
+    pub max_connections_per_ip: u32,
     /// Bound on reading an HTTP request head (slowloris, idle keep-alive sockets).
     pub header_read_timeout: Duration,
 }
@@ -57,6 +64,12 @@ pub struct Hub {
     pub settings: Settings,
     /// One permit per allowed connection (`--max-connections`).
     pub connection_slots: Arc<Semaphore>,
+    /// One permit per connection waiting for its token (`--max-pending-auth`).
+    pub pending_auth_slots: Arc<Semaphore>,
+    /// One permit per socket that is not a session or stream yet (`--max-http-connections`).
+    pub http_slots: Arc<Semaphore>,
+    /// Connections per client address, when `--max-connections-per-ip` is set.
+    pub per_address: dashmap::DashMap<std::net::IpAddr, u32>,
     /// Cancelled when sessions must close with 1001.
     pub shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for them to finish closing.
@@ -117,6 +130,7 @@ impl Settings {
             rate_limit: config.client_rate_limit,
             rate_burst: config.client_rate_burst,
             header_read_timeout: config.header_read_timeout,
+            max_connections_per_ip: config.max_connections_per_ip,
             slow_client_grace: config.slow_client_grace,
             auth_timeout: config.auth_timeout,
             allowed_origins: config

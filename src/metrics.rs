@@ -14,6 +14,19 @@ use crate::protocol::ErrorCode;
 /// (Kafka handed it out again), skipped.
 pub const CONSUMED_RESULTS: [&str; 4] = ["dispatched", "tombstone", "decode_error", "duplicate"];
 
+/// Why a connection was refused at admission (`connection::Refusal::reason`), and
+/// `http_connections` for a socket refused before its first request.
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "shutting_down",
+    "origin",
+    "token_required",
+    "token",
+    "too_many_connections",
+    "too_many_pending_auth",
+    "too_many_from_address",
+    "http_connections",
+];
+
 /// Why a message for a client was not enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -46,6 +59,7 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     pub connections_total: IntCounter,
     pub connections_closed: IntCounterVec,
+    pub connections_refused: IntCounterVec,
     pub subscriptions_active: IntGauge,
     pub topics_active: IntGauge,
     pub events_consumed: IntCounterVec,
@@ -135,6 +149,12 @@ impl Metrics {
                 &[
                     "1000", "1001", "1008", "1009", "4001", "4002", "4003", "4004",
                 ],
+            ),
+            connections_refused: counter_vec(
+                "cdc_gateway_connections_refused_total",
+                "Connections refused at admission, by the limit or check that refused them.",
+                "reason",
+                &REFUSAL_REASONS,
             ),
             subscriptions_active: gauge(
                 "cdc_gateway_subscriptions_active",

@@ -69,7 +69,11 @@ impl From<Refusal> for Refused {
             Refusal::TokenRequired | Refusal::Token(_) => {
                 (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated)
             }
-            Refusal::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            Refusal::TooManyConnections
+            | Refusal::TooManyPendingAuth
+            | Refusal::TooManyFromAddress => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+            }
         };
         Self {
             status,

@@ -61,7 +61,10 @@ pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<B
                     Refusal::Token(AuthError::Expired) => CloseCode::TokenExpired,
                     Refusal::Token(_) | Refusal::TokenRequired => CloseCode::Unauthorized,
                     Refusal::ShuttingDown => CloseCode::GoingAway,
-                    Refusal::Origin | Refusal::TooManyConnections => CloseCode::Policy,
+                    Refusal::Origin
+                    | Refusal::TooManyConnections
+                    | Refusal::TooManyPendingAuth
+                    | Refusal::TooManyFromAddress => CloseCode::Policy,
                 };
                 refuse(ws, &hub, code, &refusal.to_string()).await
             }

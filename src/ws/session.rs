@@ -51,8 +51,10 @@ enum Ending {
     WriterDone,
     /// The gateway asked the writer to close: let it, then wait for the client's close.
     GatewayClosed,
-    /// The client closed, or the stream broke: nothing more to read.
+    /// The client closed: its close is echoed, nothing more to read.
     Gone,
+    /// The stream broke (reset, or ended without a close): nobody to write to either.
+    Broken,
     /// The stream is mid-frame and unreadable: let the close go out, give the client a moment.
     Unreadable,
 }
@@ -87,10 +89,13 @@ pub async fn run(ws: WebSocket<Io>, (connection, queue): (Connection, crate::que
     session.connection.unsubscribe_all();
 
     let deadline = Instant::now() + CLOSE_TIMEOUT;
-    if !matches!(ending, Ending::WriterDone)
-        && tokio::time::timeout_at(deadline, &mut writer_task)
-            .await
-            .is_err()
+    // A broken stream has nobody to write to; otherwise let the writer finish its close.
+    let broken = matches!(ending, Ending::Broken);
+    if broken
+        || (!matches!(ending, Ending::WriterDone)
+            && tokio::time::timeout_at(deadline, &mut writer_task)
+                .await
+                .is_err())
     {
         writer_task.abort();
     }
@@ -99,7 +104,7 @@ pub async fn run(ws: WebSocket<Io>, (connection, queue): (Connection, crate::que
             let _ = tokio::time::timeout_at(deadline, await_client_close(&mut reader)).await;
         }
         Ending::Unreadable => tokio::time::sleep(Duration::from_millis(500)).await,
-        Ending::Gone => {}
+        Ending::Gone | Ending::Broken => {}
     }
     // The connection (its slot and gauges) ends with the session.
     drop(session);
@@ -166,7 +171,7 @@ impl Session {
                     self.close(CloseCode::TooBig).await;
                     return Ending::Unreadable;
                 }
-                Err(_) => return Ending::Gone,
+                Err(_) => return Ending::Broken,
             };
             last_seen = Instant::now();
             let sent = match frame.opcode {

@@ -53,3 +53,82 @@ async fn sockets_that_trickle_or_idle_are_closed_at_the_header_read_timeout() {
     // The port still serves.
     assert_eq!(http_get(gateway.addr(), "/healthz").await.unwrap().0, 200);
 }
+
+/// Sockets without a token have a pool of their own, smaller than the connection limit: they
+/// cannot take the places of clients that authenticate. One that authenticates frees its
+/// place in that pool.
+#[tokio::test]
+async fn connections_waiting_for_a_token_have_their_own_cap() {
+    let (_broker, gateway, _producer, _topic) = start_stack(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        "s",
+        "--max-pending-auth",
+        "2",
+    ])
+    .await;
+    let mut first = Client::connect(&gateway).await;
+    let _second = Client::connect(&gateway).await;
+    let mut third = Client::connect(&gateway).await;
+    assert_eq!(
+        third.closed().await,
+        (1008, "too many connections waiting for a token".to_string())
+    );
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"exp": 4_000_000_000u64, "topics": ["cdc.*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(b"s"),
+    )
+    .unwrap();
+    first
+        .send(serde_json::json!({"action": "auth", "token": token, "id": 1}))
+        .await;
+    assert_eq!(first.recv().await["type"], "ack");
+    let mut fourth = Client::connect(&gateway).await;
+    fourth
+        .send(serde_json::json!({"action": "ping", "id": 2}))
+        .await;
+    assert_eq!(
+        fourth.recv().await["code"],
+        "UNAUTHENTICATED",
+        "admitted: the authenticated client's place in the pool is free"
+    );
+    assert_eq!(
+        gateway
+            .metric(r#"cdc_gateway_connections_refused_total{reason="too_many_pending_auth"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// With --max-connections-per-ip, one address cannot take more connections, on either
+/// transport; a closed one gives its place back.
+#[tokio::test]
+async fn one_address_gets_at_most_its_share_of_connections() {
+    let (_broker, gateway, _producer, _topic) =
+        start_stack(&["--max-connections-per-ip", "2"]).await;
+    let first = Client::connect(&gateway).await;
+    let _second = Client::connect(&gateway).await;
+    let mut third = Client::connect(&gateway).await;
+    assert_eq!(
+        third.closed().await,
+        (1008, "too many connections from this address".to_string())
+    );
+    let refused = SseClient::open(gateway.addr(), "/sse?topic=cdc.order", &[]).await;
+    assert_eq!(refused.status, 429);
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gateway.metric("cdc_gateway_connections_active").await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection never went"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = Client::connect(&gateway).await;
+    again
+        .send(serde_json::json!({"action": "ping", "id": 1}))
+        .await;
+    assert_eq!(again.recv().await["type"], "pong", "its place came back");
+}
