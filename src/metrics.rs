@@ -182,7 +182,7 @@ impl Metrics {
                 "cdc_gateway_dead_letter_total",
                 "Undecodable records copied to the dead-letter topic, by result.",
                 "result",
-                &["written", "failed"],
+                &["written", "failed", "overflow"],
             ),
             deliveries: counter(
                 "cdc_gateway_deliveries_total",

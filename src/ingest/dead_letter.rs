@@ -1,6 +1,8 @@
 //! Copies undecodable records to the dead-letter topic with headers saying where they came
-//! from and why they failed. A failed copy is counted and logged, never retried in line: the
-//! consumer must not stall on bad input.
+//! from and why they failed. A copy is handed to the producer and its delivery report awaited
+//! on a task of its own, at most `IN_FLIGHT` at a time: the consumer never waits for the
+//! dead-letter topic, even while it is unreachable. A copy beyond that bound, or one that
+//! fails, is counted and logged, never retried in line.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Semaphore;
 
 use super::decode::DecodeError;
 use crate::config::Config;
@@ -15,11 +18,14 @@ use crate::event::SourcePosition;
 use crate::metrics::Metrics;
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Copies awaiting their delivery report; more are skipped (`result="overflow"`).
+const IN_FLIGHT: usize = 1_000;
 
 pub struct DeadLetter {
     producer: FutureProducer,
     topic: String,
     metrics: Arc<Metrics>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl DeadLetter {
@@ -39,10 +45,11 @@ impl DeadLetter {
             producer: client.create()?,
             topic: topic.to_owned(),
             metrics,
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
         })
     }
 
-    pub async fn send(
+    pub fn send(
         &self,
         source_topic: &str,
         position: SourcePosition,
@@ -84,20 +91,43 @@ impl DeadLetter {
         if let Some(value) = value.as_deref() {
             record = record.payload(value);
         }
-        match self.producer.send(record, SEND_TIMEOUT).await {
-            Ok(_) => self
-                .metrics
-                .dead_letter
-                .with_label_values(&["written"])
-                .inc(),
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.count("overflow");
+            return;
+        };
+        let delivery = match self.producer.send_result(record) {
+            Ok(delivery) => delivery,
             Err((e, _)) => {
-                self.metrics
-                    .dead_letter
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(topic = self.topic, "dead-letter copy failed: {e}");
+                drop(permit);
+                return self.failed(&e);
             }
-        }
+        };
+        let (metrics, topic) = (Arc::clone(&self.metrics), self.topic.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = tokio::time::timeout(SEND_TIMEOUT * 2, delivery).await;
+            let result = match outcome {
+                Ok(Ok(Ok(_))) => "written",
+                Ok(Ok(Err((e, _)))) => {
+                    tracing::warn!(topic, "dead-letter copy failed: {e}");
+                    "failed"
+                }
+                _ => {
+                    tracing::warn!(topic, "dead-letter copy got no delivery report");
+                    "failed"
+                }
+            };
+            metrics.dead_letter.with_label_values(&[result]).inc();
+        });
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.dead_letter.with_label_values(&[result]).inc();
+    }
+
+    fn failed(&self, e: &KafkaError) {
+        self.count("failed");
+        tracing::warn!(topic = self.topic, "dead-letter copy failed: {e}");
     }
 }
 

@@ -199,8 +199,7 @@ impl Ingest {
                 Err(_) => {
                     let (error, key, value) = failed.expect("set for every decode error");
                     self.fanout.dispatched().record(position);
-                    self.reject(position, &error, key, value, &mut log_limit)
-                        .await;
+                    self.reject(position, &error, key, value, &mut log_limit);
                 }
             }
             let topic = position.topic.as_str();
@@ -351,7 +350,7 @@ impl Ingest {
             .inc();
     }
 
-    async fn reject(
+    fn reject(
         &self,
         position: SourcePosition,
         error: &DecodeError,
@@ -377,7 +376,7 @@ impl Ingest {
             );
         }
         if let Some(dead_letter) = &self.dead_letter {
-            dead_letter.send(topic, position, error, key, value).await;
+            dead_letter.send(topic, position, error, key, value);
         }
     }
 
