@@ -499,4 +499,29 @@ mod tests {
         let cli = parse(&["--ping-interval", "90s"]).unwrap();
         assert_eq!(cli.config.validate().unwrap_err().flag, "--ping-interval");
     }
+
+    #[test]
+    fn a_dead_letter_topic_the_sources_would_read_back_is_refused() {
+        let refused = |args: &[&str]| parse(args).unwrap().config.validate().unwrap_err();
+        let error = refused(&[
+            "--source-topics",
+            r"^cdc\..*",
+            "--dead-letter-topic",
+            "cdc.dlq",
+        ]);
+        assert!(error.to_string().contains("--dead-letter-topic"), "{error}");
+        refused(&["--source-topics", "a,b", "--dead-letter-topic", "b"]);
+        let error = refused(&["--source-topics", "^(", "--dead-letter-topic", "x"]);
+        assert!(error.to_string().contains("--source-topics"), "{error}");
+        assert!(parse(&[
+            "--source-topics",
+            r"^cdc\..*",
+            "--dead-letter-topic",
+            "dlq.cdc"
+        ])
+        .unwrap()
+        .config
+        .validate()
+        .is_ok());
+    }
 }
