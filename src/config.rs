@@ -188,6 +188,25 @@ pub struct Config {
     )]
     pub slow_client_min_rate: f64,
 
+    /// PEM certificate chain: serve wss:// and https:// on --listen (with --tls-key).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_TLS_KEY",
+        requires = "tls_cert",
+        hide_env_values = true
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// An HTTP connection that has not sent a whole request head this long (a slow or idle
     /// client holding a socket, between requests on keep-alive too) is closed.
     #[arg(global = true, long, env = "CDC_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

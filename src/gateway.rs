@@ -37,17 +37,20 @@ pub enum Pages {
 pub struct Gateway {
     config: Config,
     verifier: Option<Verifier>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     pages: Pages,
 }
 
 impl Gateway {
-    /// Builds what the configuration names beyond flag syntax (the token verifier's keys);
-    /// an error here is a configuration error (exit status 2).
+    /// Builds what the configuration names beyond flag syntax (the token verifier's keys,
+    /// the TLS certificate); an error here is a configuration error (exit status 2).
     pub fn new(config: Config, pages: Pages) -> Result<Self, ConfigError> {
         let verifier = Verifier::from_config(&config)?;
+        let tls = crate::tls::acceptor(&config)?;
         Ok(Self {
             config,
             verifier,
+            tls,
             pages,
         })
     }
@@ -62,6 +65,7 @@ impl Gateway {
         let Gateway {
             config,
             verifier,
+            tls,
             pages,
         } = self;
         let metrics = Arc::new(Metrics::new());
@@ -107,6 +111,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             demo_page: pages == Pages::Demo,
+            tls,
             verifier,
             joins,
             next_connection_id: AtomicU64::new(1),

@@ -3,6 +3,7 @@
 //! else answers here.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -46,32 +47,49 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let header_read_timeout = shared.settings.header_read_timeout;
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {
             let _http_slot = http_slot;
-            let service = service_fn(move |mut request: Request<Incoming>| {
-                let shared = Arc::clone(&shared);
-                request.extensions_mut().insert(Peer(peer.ip()));
-                async move { Ok::<_, Infallible>(route(request, shared).await) }
-            });
-            // hyper reads no timer unless given one: without it a client that trickles its
-            // request head (slowloris) or idles on keep-alive holds its socket for ever.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            let Some(tls) = shared.tls.clone() else {
+                return serve_connection(stream, peer, shared, stop).await;
+            };
+            // The handshake is bounded like the request head that follows it.
+            let timeout = shared.settings.header_read_timeout;
+            match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, peer, shared, stop).await,
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves the HTTP requests of one connection (and hands it over when it upgrades).
+async fn serve_connection<S>(stream: S, peer: SocketAddr, shared: Arc<Hub>, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_read_timeout = shared.settings.header_read_timeout;
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let shared = Arc::clone(&shared);
+        request.extensions_mut().insert(Peer(peer.ip()));
+        async move { Ok::<_, Infallible>(route(request, shared).await) }
+    });
+    // hyper reads no timer unless given one: without it a client that trickles its request
+    // head (slowloris) or idles on keep-alive holds its socket for ever.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 

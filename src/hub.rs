@@ -76,6 +76,8 @@ pub struct Hub {
     pub sessions: TaskTracker,
     /// Serves the demo page at `/` (only under `cdc-gateway demo`).
     pub demo_page: bool,
+    /// Terminates TLS on the port (`--tls-cert`, `--tls-key`); `None`: plain TCP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Checks tokens under `--auth jwt`; `None` under `--auth none`.
     pub verifier: Option<Verifier>,
     /// Subscriptions, for the consumer task to serve between two records.

@@ -32,6 +32,7 @@ pub(crate) mod queue;
 pub mod shutdown;
 pub(crate) mod snapshot;
 pub(crate) mod sse;
+pub(crate) mod tls;
 pub(crate) mod ws;
 
 #[cfg(test)]

@@ -132,3 +132,81 @@ async fn one_address_gets_at_most_its_share_of_connections() {
         .await;
     assert_eq!(again.recv().await["type"], "pong", "its place came back");
 }
+
+/// With --tls-cert and --tls-key the port speaks TLS: a WebSocket client connects with
+/// wss:// and subscribes, and a plain-text client gets nothing.
+#[tokio::test]
+async fn tls_on_the_port_serves_wss() {
+    use std::sync::Arc;
+    let fixture = |name: &str| format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"));
+    let (cert, key) = (fixture("cert.pem"), fixture("key.pem"));
+    let broker = MockBroker::start();
+    let topic = unique("tls");
+    broker.create_topic(&topic, 1);
+    let gateway = Gateway::spawn(
+        &broker.brokers(),
+        &topic,
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject as _;
+    for certificate in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut client = loop {
+        if let Ok(tcp) = TcpStream::connect(gateway.addr()).await {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            let url = format!("wss://localhost:{}/ws", gateway.addr().port());
+            if let Ok((ws, _)) = tokio_tungstenite::client_async(url, tls).await {
+                break ws;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no wss:// connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let subscribe = serde_json::json!({"action": "subscribe", "topic": "cdc.order"});
+    client
+        .send(Message::text(subscribe.to_string()))
+        .await
+        .unwrap();
+    let ack = loop {
+        match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+            Some(Ok(Message::Text(text))) => {
+                break serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no ack over wss://: {other:?}"),
+        }
+    };
+    assert_eq!(
+        (&ack["type"], &ack["action"]),
+        (&serde_json::json!("ack"), &serde_json::json!("subscribe"))
+    );
+
+    let mut plain = TcpStream::connect(gateway.addr()).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP is not served on a TLS port"
+    );
+}

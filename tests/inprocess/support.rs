@@ -53,9 +53,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Parses the flags as the binary would (with the defaults the e2e tier passes), starts
-    /// the gateway on a free loopback port and waits until `/readyz` answers 200.
+    /// [`Gateway::spawn`], then waits until `/readyz` answers 200.
     pub async fn start(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
+        let gateway = Self::spawn(brokers, source_topic, extra);
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Parses the flags as the binary would (with the defaults the e2e tier passes) and
+    /// starts the gateway on a free loopback port.
+    pub fn spawn(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -92,13 +99,11 @@ impl Gateway {
                 core.run(listener, stopped.cancelled_owned()).await
             })
         });
-        let gateway = Gateway {
+        Gateway {
             addr,
             stop,
             thread: Some(thread),
-        };
-        gateway.wait_ready().await;
-        gateway
+        }
     }
 
     async fn wait_ready(&self) {
