@@ -147,7 +147,7 @@ impl Metrics {
                 "Connections closed by the gateway, by close code.",
                 "code",
                 &[
-                    "1000", "1001", "1008", "1009", "4001", "4002", "4003", "4004",
+                    "1000", "1001", "1007", "1008", "1009", "4001", "4002", "4003", "4004",
                 ],
             ),
             connections_refused: counter_vec(

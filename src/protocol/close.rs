@@ -5,6 +5,8 @@ pub enum CloseCode {
     Normal,
     GoingAway,
     Policy,
+    /// 1007: a text frame that is not UTF-8.
+    InvalidPayload,
     TooBig,
     /// 4001: the token is invalid.
     Unauthorized,
@@ -23,6 +25,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::Unauthorized | CloseCode::TokenExpired => 4001,
@@ -37,6 +40,7 @@ impl CloseCode {
         match code {
             1000 => CloseCode::Normal,
             1001 => CloseCode::GoingAway,
+            1007 => CloseCode::InvalidPayload,
             1008 => CloseCode::Policy,
             1009 => CloseCode::TooBig,
             4001 => CloseCode::Unauthorized,
@@ -51,6 +55,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal | CloseCode::Other(_) => "",
             CloseCode::GoingAway => "server shutting down",
+            CloseCode::InvalidPayload => "text is not valid UTF-8",
             CloseCode::Policy => "policy violation",
             CloseCode::TooBig => "message too big",
             CloseCode::Unauthorized => "invalid token",

@@ -171,6 +171,11 @@ impl Session {
                     self.close(CloseCode::TooBig).await;
                     return Ending::Unreadable;
                 }
+                // RFC 6455 8.1: a text frame that is not UTF-8 fails the connection, with 1007.
+                Err(WebSocketError::InvalidUTF8) => {
+                    self.close(CloseCode::InvalidPayload).await;
+                    return Ending::Unreadable;
+                }
                 Err(_) => return Ending::Broken,
             };
             last_seen = Instant::now();

@@ -210,3 +210,93 @@ async fn tls_on_the_port_serves_wss() {
         "plain HTTP is not served on a TLS port"
     );
 }
+
+/// Hostile frames, each answered as the protocol says, while the connection's own
+/// subscription goes on receiving: binary frames, JSON nested past any sane depth, text that
+/// is not UTF-8, and a subscribe flood past the subscription limit and the rate limit.
+#[tokio::test]
+async fn hostile_frames_get_their_answer_and_the_subscription_goes_on() {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let (_broker, gateway, producer, topic) = start_stack(&[
+        "--max-subscriptions",
+        "10",
+        "--client-rate-limit",
+        "1000",
+        "--client-rate-burst",
+        "1000",
+    ])
+    .await;
+    let mut client = Client::connect(&gateway).await;
+    client.subscribe("cdc.order", serde_json::json!({})).await;
+    client
+        .send_raw(Message::binary(vec![0u8, 159, 146, 150]))
+        .await;
+    expect_error(&mut client, "INVALID_MESSAGE").await;
+    let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
+    client.send_raw(Message::text(deep)).await;
+    expect_error(&mut client, "INVALID_MESSAGE").await;
+    // Text that is not UTF-8 fails that connection (RFC 6455 8.1), and only that one.
+    let mut other = Client::connect(&gateway).await;
+    let not_utf8 = Frame::message(
+        vec![0xC3u8, 0x28, 0xA0, 0xA1],
+        OpCode::Data(Data::Text),
+        true,
+    );
+    other.ws.send(Message::Frame(not_utf8)).await.unwrap();
+    assert_eq!(
+        other.closed().await,
+        (1007, "text is not valid UTF-8".to_string())
+    );
+    for n in 0..200 {
+        let subscribe =
+            serde_json::json!({"action": "subscribe", "topic": format!("cdc.t{n}"), "id": n});
+        client.send(subscribe).await;
+    }
+    let (mut acks, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let reply = client.recv().await;
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("ack"), _) => acks += 1,
+            (Some("error"), Some("TOO_MANY_SUBSCRIPTIONS")) => refused += 1,
+            other => panic!("unexpected {other:?}: {reply}"),
+        }
+    }
+    assert_eq!(
+        (acks, refused),
+        (9, 191),
+        "10 subscriptions at most, cdc.order included"
+    );
+    producer
+        .send_json(
+            &topic,
+            None,
+            &order(
+                "1",
+                "insert",
+                serde_json::json!({"id": 1}),
+                serde_json::Value::Null,
+            ),
+        )
+        .await;
+    let data = client.data().await;
+    assert_eq!(
+        (
+            data["topic"].as_str(),
+            data["payload"]["entity_id"].as_str()
+        ),
+        (Some("cdc.order"), Some("1")),
+        "the first subscription is untouched"
+    );
+}
+
+async fn expect_error(client: &mut Client, code: &str) {
+    let reply = client.recv().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some(code)),
+        "{reply}"
+    );
+}
