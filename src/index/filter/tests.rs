@@ -241,3 +241,166 @@ fn filters_are_bounded_in_keys_list_lengths_and_depth() {
     assert!(Filter::compile(Some(&path(MAX_DEPTH))).is_ok());
     assert!(Filter::compile(Some(&path(MAX_DEPTH + 1))).is_err());
 }
+
+/// The compiled filter against a plain evaluator of protocol section 4, written from the text
+/// and reading the serialized payload, on random rows and random filters.
+mod reference {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+
+    /// `None`: the path is missing.
+    fn resolve<'a>(payload: &'a Value, key: &str) -> Option<&'a Value> {
+        let mut parts = key.split('.');
+        let root = parts.next().unwrap();
+        let rest: Vec<&str> = parts.collect();
+        let start = match root {
+            "row" if !payload["data"].is_null() => &payload["data"],
+            "row" => &payload["before"],
+            other => &payload[other],
+        };
+        if start.is_null() && !rest.is_empty() {
+            return None;
+        }
+        rest.iter()
+            .try_fold(start, |value, segment| value.get(*segment))
+    }
+
+    fn number(v: &Value) -> Option<f64> {
+        v.as_f64()
+    }
+
+    fn equal(actual: &Value, expected: &Value) -> bool {
+        match (number(actual), number(expected)) {
+            (Some(a), Some(b)) => a == b,
+            _ => actual == expected && !actual.is_number(),
+        }
+    }
+
+    fn order(actual: &Value, bound: &Value) -> Option<std::cmp::Ordering> {
+        match (actual, bound) {
+            (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+            _ => number(actual)?.partial_cmp(&number(bound)?),
+        }
+    }
+
+    fn holds(field: Option<&Value>, op: &str, operand: &Value) -> bool {
+        let Some(field) = field else {
+            return matches!(
+                (op, operand),
+                ("exists", Value::Bool(false)) | ("ne", _) | ("nin", _)
+            );
+        };
+        let any = |options: &Value| options.as_array().unwrap().iter().any(|o| equal(field, o));
+        use std::cmp::Ordering::*;
+        match op {
+            "eq" => equal(field, operand),
+            "ne" => !equal(field, operand),
+            "gt" => order(field, operand) == Some(Greater),
+            "gte" => matches!(order(field, operand), Some(Greater | Equal)),
+            "lt" => order(field, operand) == Some(Less),
+            "lte" => matches!(order(field, operand), Some(Less | Equal)),
+            "in" => any(operand),
+            "nin" => !any(operand),
+            "exists" => operand.as_bool().unwrap(),
+            other => unreachable!("{other}"),
+        }
+    }
+
+    fn reference(filter: &Map<String, Value>, payload: &Value) -> bool {
+        filter.iter().all(|(key, spec)| {
+            let field = resolve(payload, key);
+            match spec {
+                Value::Array(_) => holds(field, "in", spec),
+                Value::Object(ops) => ops.iter().all(|(op, operand)| holds(field, op, operand)),
+                scalar => holds(field, "eq", scalar),
+            }
+        })
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (-2i64..3).prop_map(Value::from),
+            (-2i64..3).prop_map(|n| Value::from(n as f64)),
+            prop::sample::select(vec!["a", "b", "new"]).prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::Null),
+        ]
+    }
+
+    fn row() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(scalar()),
+            prop::option::of(scalar()),
+            any::<bool>(),
+        )
+            .prop_map(|(a, c, null_row)| {
+                if null_row {
+                    return Value::Null;
+                }
+                let mut row = Map::new();
+                if let Some(a) = a {
+                    row.insert("a".into(), a);
+                }
+                if let Some(c) = c {
+                    row.insert("b".into(), json!({ "c": c }));
+                }
+                Value::Object(row)
+            })
+    }
+
+    fn condition() -> impl Strategy<Value = Value> {
+        let list = || prop::collection::vec(scalar(), 0..3).prop_map(Value::Array);
+        let ordered = prop_oneof![
+            (-2i64..3).prop_map(Value::from),
+            prop::sample::select(vec!["a", "b"]).prop_map(Value::from)
+        ];
+        prop_oneof![
+            scalar(),
+            list(),
+            (prop::sample::select(vec!["eq", "ne"]), scalar()).prop_map(|(op, v)| json!({ op: v })),
+            (
+                prop::sample::select(vec!["gt", "gte", "lt", "lte"]),
+                ordered
+            )
+                .prop_map(|(op, v)| json!({ op: v })),
+            (prop::sample::select(vec!["in", "nin"]), list()).prop_map(|(op, v)| json!({ op: v })),
+            any::<bool>().prop_map(|b| json!({ "exists": b })),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = Map<String, Value>> {
+        let keys = prop::sample::select(vec![
+            "data.a",
+            "data.b.c",
+            "row.a",
+            "row.b.c",
+            "before.a",
+            "data",
+            "operation",
+        ]);
+        prop::collection::btree_map(keys, condition(), 0..3)
+            .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_compiled_filter_agrees_with_the_reference(
+            spec in filter(),
+            data in row(),
+            before in row(),
+            operation in prop::sample::select(vec![Operation::Insert, Operation::Update, Operation::Delete]),
+        ) {
+            let event = event(operation, data, before);
+            let payload: Value = serde_json::from_slice(&event.payload_json()).unwrap();
+            let compiled = Filter::compile(Some(&Value::Object(spec.clone()))).unwrap();
+            prop_assert_eq!(
+                compiled.matches(&event),
+                reference(&spec, &payload),
+                "filter {} on payload {}", Value::Object(spec.clone()), payload
+            );
+        }
+    }
+}
