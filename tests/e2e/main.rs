@@ -7,6 +7,7 @@ mod backpressure;
 mod checker;
 mod cli;
 mod delivery;
+mod hostile_load;
 mod http;
 mod ingest;
 mod schemas;

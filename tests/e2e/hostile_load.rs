@@ -1,0 +1,178 @@
+//! Survives hostile clients under load: 2,000 hostile sockets (sockets that trickle a request
+//! head, sockets that connect and say nothing, WebSocket connections without a token that
+//! flood requests and never read) against one gateway, while 200 honest clients with tokens
+//! each receive every event, in order. Bounded in count and time, loopback only.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+const HONEST: usize = 200;
+const HOSTILE: usize = 2_000;
+const EVENTS: usize = 2_000;
+
+/// Lifts this process's open-file limit to its hard limit: 2,200 sockets of one test.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn token() -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"exp": 4_000_000_000u64, "topics": ["cdc.*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(b"load-secret"),
+    )
+    .unwrap()
+}
+
+/// One hostile socket of kind `n % 3`, kept until the test aborts it.
+async fn hostile(gateway: std::net::SocketAddr, n: usize) {
+    let Ok(mut socket) = TcpStream::connect(gateway).await else {
+        return;
+    };
+    match n % 3 {
+        // Trickles a request head, a byte a second.
+        0 => {
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+                if socket.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        // Says nothing.
+        1 => tokio::time::sleep(Duration::from_secs(120)).await,
+        // A WebSocket without a token that floods and never reads.
+        _ => {
+            let url = format!("ws://{gateway}/ws");
+            let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, socket).await else {
+                return;
+            };
+            let flood = "x".repeat(16_000);
+            for id in 0..1_000 {
+                let request = json!({"action": flood, "id": id}).to_string();
+                if ws.send(Message::text(request)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_hostile_sockets_do_not_cost_honest_clients_an_event() {
+    raise_open_files();
+    let (_tansu, gateway, producer, topic) = start_stack(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        "load-secret",
+        "--auth-timeout",
+        "2s",
+        "--header-read-timeout",
+        "2s",
+        "--max-pending-auth",
+        "500",
+        "--max-http-connections",
+        "4096",
+    ])
+    .await;
+    let token = token();
+    let mut honest = Vec::new();
+    for _ in 0..HONEST {
+        let mut request = gateway.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut client = Client { ws };
+        client.subscribe("cdc.order", json!({})).await;
+        honest.push(client);
+    }
+    let addr = gateway.addr();
+    let attackers: Vec<_> = (0..HOSTILE)
+        .map(|n| tokio::spawn(hostile(addr, n)))
+        .collect();
+    // Let the attack take hold before the events flow.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let events: Vec<String> = (0..EVENTS)
+        .map(|seq| {
+            order(
+                &(seq % 50).to_string(),
+                "update",
+                json!({"seq": seq}),
+                Value::Null,
+            )
+            .to_string()
+        })
+        .collect();
+    producer.send_many(&topic, &events).await;
+
+    let readers: Vec<_> = honest
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(EVENTS);
+                let deadline = Instant::now() + Duration::from_secs(90);
+                while seen.len() < EVENTS && Instant::now() < deadline {
+                    match tokio::time::timeout(Duration::from_secs(30), client.ws.next()).await {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            let message: Value = serde_json::from_str(&text).unwrap();
+                            if message["type"] == "data" {
+                                seen.push(message["payload"]["data"]["seq"].as_u64().unwrap());
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        other => panic!("an honest client's stream ended: {other:?}"),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        assert_eq!(
+            seen,
+            (0..EVENTS as u64).collect::<Vec<_>>(),
+            "an honest client missed, repeated or reordered events"
+        );
+    }
+    // The hostile sockets are gone by their timeouts; the honest ones remain.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = gateway.metric("cdc_gateway_connections_active").await;
+        if active <= HONEST as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{active} connections still open, {HONEST} of them honest"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
+    for attacker in attackers {
+        attacker.abort();
+    }
+}
