@@ -12,6 +12,9 @@ cargo test --workspace --lib --bins --tests --locked -- --test-threads="${CDC_GA
 # Criterion benches in test mode: each bench body runs once (no timing).
 cargo test --workspace --benches --locked
 cargo run --locked -p cdc-gateway-bench -- --smoke --tansu-bin "$CDC_GATEWAY_TANSU"
+# A short pass of every fuzz target (parsers of CDC records, client messages, filters,
+# positions, JWT claims); scripts/fuzz.sh with a longer time is the real run.
+bash scripts/fuzz.sh "${CDC_GATEWAY_FUZZ_SECONDS:-10}"
 
 # clients/js: needs Node 20 or later; the browser test needs Chromium (installed with apt).
 node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"

@@ -1,0 +1,475 @@
+//! Kafka -> fan-out. The consumer assigns itself every partition of the source topics (see
+//! [`assignment`]: each replica reads everything, so it joins no group and a restart is back
+//! in seconds), warms the history from what came before, then reads. Each record is decoded
+//! and dispatched before the next is taken, so a full client queue paces consumption instead
+//! of buffering without bound. A record at or below the highest offset already dispatched
+//! from its partition (Kafka hands records out again after a restarted fetch) is skipped and
+//! counted: no client ever gets one source record twice. An offset is stored only once its
+//! record is fully dispatched (librdkafka's auto-commit then commits stored offsets under the
+//! group id), so a crash re-delivers rather than loses. Bad input is counted, logged at a
+//! bounded rate, optionally dead-lettered, and skipped.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::assignment::{self, Sources, Start};
+use super::context::GatewayContext;
+use super::dead_letter::DeadLetter;
+use super::decode::{DecodeError, Decoded, Decoder, RawRecord};
+use super::warmup::Warmup;
+
+use crate::config::{Config, OffsetReset};
+use crate::event::SourcePosition;
+use crate::fanout::{FanOut, Join};
+use crate::health::{self, Health};
+use crate::metrics::Metrics;
+use crate::position::Partition;
+
+/// Why the ingest side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot create the Kafka consumer (check --brokers and --kafka-property): {0}")]
+    Consumer(#[source] KafkaError),
+    #[error("--source-topics: {0}")]
+    Pattern(#[source] regex::Error),
+    #[error("cannot create the dead-letter producer (check --kafka-property): {0}")]
+    DeadLetter(#[source] KafkaError),
+}
+
+pub type GatewayConsumer = StreamConsumer<GatewayContext>;
+
+/// The consumer side, built: ready to run.
+pub struct Ingest {
+    consumer: Arc<GatewayConsumer>,
+    sources: Sources,
+    reset: OffsetReset,
+    discovery_interval: Duration,
+    decoder: Decoder,
+    dead_letter: Option<DeadLetter>,
+    fanout: FanOut,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    warmup: Option<Warmup>,
+    /// Highest offset dispatched per partition: anything at or below it is a repeat.
+    highest: HashMap<Partition, i64>,
+}
+
+impl Ingest {
+    pub fn new(
+        config: &Config,
+        fanout: FanOut,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IngestError> {
+        let client = kafka_client(
+            config,
+            |client| {
+                client
+                    .set("group.id", &config.group_id)
+                    .set("client.id", "cdc-gateway")
+                    .set("enable.auto.commit", "true")
+                    .set("auto.commit.interval.ms", "1000")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", config.auto_offset_reset.as_kafka())
+                    .set(
+                        "statistics.interval.ms",
+                        config.stats_interval.as_millis().to_string(),
+                    )
+                    .set("fetch.wait.max.ms", "10");
+            },
+            |_| true,
+        );
+        let consumer: GatewayConsumer = client
+            .create_with_context(GatewayContext::new(Arc::clone(&health)))
+            .map_err(IngestError::Consumer)?;
+        let sources = Sources::new(&config.source_topics).map_err(IngestError::Pattern)?;
+        // Every reason shows as 0 before the first failure.
+        for reason in DecodeError::REASONS {
+            metrics.decode_errors.with_label_values(&[reason]);
+        }
+        let dead_letter = match &config.dead_letter_topic {
+            Some(topic) => Some(
+                DeadLetter::new(config, topic, Arc::clone(&metrics))
+                    .map_err(IngestError::DeadLetter)?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            sources,
+            reset: config.auto_offset_reset,
+            discovery_interval: config.partition_discovery_interval,
+            decoder: Decoder::new(config.input_format, config.entity_renames()),
+            dead_letter,
+            fanout,
+            health,
+            metrics,
+            warmup: Warmup::new(config),
+            highest: HashMap::new(),
+        })
+    }
+
+    /// Assigns the partitions, then consumes until `stop` fires, then commits what was
+    /// dispatched. Between two records it serves subscriptions (`joins`) and takes on the
+    /// partitions that discovery finds.
+    pub async fn run(mut self, stop: CancellationToken, mut joins: mpsc::Receiver<Join>) {
+        let Some(known) = self.start(&stop).await else {
+            return;
+        };
+        self.fanout.dispatched().mark_listed();
+        let (found, mut discovered) = mpsc::channel(4);
+        let discovery = tokio::spawn(discover(
+            Arc::clone(&self.consumer),
+            self.sources.clone(),
+            known,
+            self.discovery_interval,
+            found,
+        ));
+        let mut log_limit = LogLimit::new(Duration::from_secs(1));
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(join) = joins.recv() => {
+                    self.fanout.join(join).await;
+                    continue;
+                }
+                Some(starts) = discovered.recv() => {
+                    self.add(&starts);
+                    continue;
+                }
+                message = self.consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    if log_limit.allow() {
+                        tracing::warn!("Kafka consumer error: {e}");
+                    }
+                    continue;
+                }
+            };
+            let position =
+                SourcePosition::new(message.topic(), message.partition(), message.offset());
+            let highest = self.highest.entry(position.key()).or_insert(i64::MIN);
+            if position.offset <= *highest {
+                self.count("duplicate");
+                continue;
+            }
+            *highest = position.offset;
+            let record = RawRecord {
+                key: message.key(),
+                value: message.payload(),
+                position,
+                timestamp_ms: message.timestamp().to_millis(),
+            };
+            let decoded = self.decoder.decode(&record);
+            let failed = match &decoded {
+                Err(error) => Some((
+                    error.clone(),
+                    record.key.map(<[u8]>::to_vec),
+                    record.value.map(<[u8]>::to_vec),
+                )),
+                Ok(_) => None,
+            };
+            drop(message);
+            match decoded {
+                Ok(Decoded::Event(event)) => {
+                    self.fanout.dispatch(&event).await;
+                    self.count("dispatched");
+                }
+                Ok(Decoded::Tombstone) => {
+                    self.fanout.dispatched().record(position);
+                    self.count("tombstone");
+                }
+                Err(_) => {
+                    let (error, key, value) = failed.expect("set for every decode error");
+                    self.fanout.dispatched().record(position);
+                    self.reject(position, &error, key, value, &mut log_limit);
+                }
+            }
+            let topic = position.topic.as_str();
+            if let Err(e) = self
+                .consumer
+                .store_offset(topic, position.partition, position.offset)
+            {
+                if log_limit.allow() {
+                    tracing::warn!(
+                        topic,
+                        partition = position.partition,
+                        "cannot store offset: {e}"
+                    );
+                }
+            }
+        }
+        discovery.abort();
+        self.commit();
+    }
+
+    /// Finds the partitions and their starts (retrying until the brokers answer), warms the
+    /// history and the snapshot cache from what came before, and assigns the partitions.
+    /// `None` when stopped first.
+    async fn start(&mut self, stop: &CancellationToken) -> Option<BTreeSet<Partition>> {
+        let mut retry = Duration::from_millis(200);
+        let (known, starts) = loop {
+            let (consumer, sources, reset) =
+                (Arc::clone(&self.consumer), self.sources.clone(), self.reset);
+            let found = tokio::task::spawn_blocking(move || {
+                let known = assignment::partitions(&consumer, &sources)?;
+                let starts = assignment::starts(&consumer, &known, reset)?;
+                Ok::<_, KafkaError>((known, starts))
+            });
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                found = found => match found {
+                    Ok(Ok(found)) => break found,
+                    Ok(Err(e)) => tracing::warn!("cannot read the source partitions yet: {e}"),
+                    Err(e) => tracing::warn!("cannot read the source partitions yet: {e}"),
+                },
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(Duration::from_secs(5));
+        };
+        self.warm(&starts).await;
+        self.add(&starts);
+        Some(known)
+    }
+
+    /// Reads back what came before each partition's start into the history and the snapshot
+    /// cache, and tells both from where they hold every record.
+    async fn warm(&self, starts: &[Start]) {
+        let history = self.fanout.history();
+        let warmed = match &self.warmup {
+            Some(warmup) => {
+                let (warmup, owned) = (warmup.clone(), starts.to_vec());
+                match tokio::task::spawn_blocking(move || warmup.read(&owned)).await {
+                    Ok(Ok(warmed)) => Some(warmed),
+                    Ok(Err(e)) => {
+                        tracing::warn!("history warm-up failed: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("history warm-up failed: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut events = 0;
+        for start in starts {
+            let from = warmed
+                .as_ref()
+                .and_then(|w| w.from.get(&start.partition).copied())
+                .unwrap_or(start.next);
+            history.cover(start.partition, from);
+            if from > start.low {
+                // Rows changed before `from` are unknown to the cache.
+                self.fanout.last_values().mark_partial();
+            }
+        }
+        for record in warmed.iter().flat_map(|w| &w.records) {
+            let raw = RawRecord {
+                key: record.key.as_deref(),
+                value: record.value.as_deref(),
+                position: SourcePosition {
+                    topic: record.partition.topic,
+                    partition: record.partition.partition,
+                    offset: record.offset,
+                },
+                timestamp_ms: record.timestamp_ms,
+            };
+            if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {
+                self.fanout.remember(&event);
+                events += 1;
+            }
+        }
+        if warmed.is_some() {
+            tracing::info!(
+                partitions = starts.len(),
+                events,
+                "history warmed from Kafka"
+            );
+        }
+    }
+
+    /// Starts reading `starts` (at start, or partitions discovery found).
+    fn add(&mut self, starts: &[Start]) {
+        if starts.is_empty() {
+            return;
+        }
+        for start in starts {
+            self.fanout.dispatched().start(start.partition, start.next);
+            self.fanout.history().cover(start.partition, start.next);
+        }
+        let assigned =
+            assignment::assignment(starts).and_then(|list| self.consumer.incremental_assign(&list));
+        if let Err(e) = assigned {
+            tracing::error!("cannot assign the source partitions: {e}");
+            return;
+        }
+        let partitions: Vec<health::Partition> = self
+            .fanout
+            .dispatched()
+            .snapshot()
+            .keys()
+            .map(|p| health::Partition {
+                topic: p.topic.as_str().to_owned(),
+                partition: p.partition,
+            })
+            .collect();
+        tracing::info!(
+            added = starts.len(),
+            total = partitions.len(),
+            "source partitions assigned"
+        );
+        self.health.set_assignment(partitions);
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .events_consumed
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    fn reject(
+        &self,
+        position: SourcePosition,
+        error: &DecodeError,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        log_limit: &mut LogLimit,
+    ) {
+        self.count("decode_error");
+        self.metrics
+            .decode_errors
+            .with_label_values(&[error.reason()])
+            .inc();
+        let topic = position.topic.as_str();
+        if log_limit.allow() {
+            let size = value.as_ref().map_or(0, Vec::len);
+            tracing::warn!(
+                topic,
+                partition = position.partition,
+                offset = position.offset,
+                value_bytes = size,
+                reason = error.reason(),
+                "skipping undecodable record: {error}"
+            );
+        }
+        if let Some(dead_letter) = &self.dead_letter {
+            dead_letter.send(topic, position, error, key, value);
+        }
+    }
+
+    /// Commits the offsets of everything dispatched so far.
+    fn commit(&self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("committed consumer offsets"),
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!("final offset commit failed: {e}"),
+        }
+    }
+}
+
+/// Re-reads the cluster's metadata every `every` and sends the partitions not seen before,
+/// each starting at its committed offset or else at its beginning (it is new).
+async fn discover(
+    consumer: Arc<GatewayConsumer>,
+    sources: Sources,
+    mut known: BTreeSet<Partition>,
+    every: Duration,
+    found: mpsc::Sender<Vec<Start>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (c, s, k) = (Arc::clone(&consumer), sources.clone(), known.clone());
+        let looked = tokio::task::spawn_blocking(move || {
+            let now = assignment::partitions(&c, &s)?;
+            let new: BTreeSet<Partition> = now.difference(&k).copied().collect();
+            let starts = assignment::starts(&c, &new, OffsetReset::Earliest)?;
+            Ok::<_, KafkaError>((new, starts))
+        })
+        .await;
+        match looked {
+            Ok(Ok((new, starts))) if !new.is_empty() => {
+                tracing::info!(partitions = ?new, "new source partitions found");
+                if found.send(starts).await.is_err() {
+                    return;
+                }
+                known.extend(new);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!("partition discovery failed, retrying: {e}"),
+            Err(e) => tracing::debug!("partition discovery failed, retrying: {e}"),
+        }
+    }
+}
+
+/// A librdkafka client of the gateway: `--brokers`, then the settings of its role, then the
+/// `--kafka-property` values that `keep` accepts, which win (security and tuning apply to
+/// every client the gateway makes).
+pub(super) fn kafka_client(
+    config: &Config,
+    settings: impl FnOnce(&mut ClientConfig),
+    keep: impl Fn(&str) -> bool,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    settings(&mut client);
+    for (key, value) in &config.kafka_properties {
+        if keep(key) {
+            client.set(key, value);
+        }
+    }
+    client
+}
+
+/// Bounds how often the same kind of problem is logged: bad input can arrive at line rate.
+struct LogLimit {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            self.suppressed += 1;
+            return false;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!("{} similar messages suppressed", self.suppressed);
+            self.suppressed = 0;
+        }
+        self.last = Some(now);
+        true
+    }
+}
