@@ -157,6 +157,13 @@ impl FanOut {
                 (rows, complete)
             });
             let counts = snapshot.as_ref().map(|(rows, c)| (rows.len(), *c));
+            tracing::debug!(
+                topic,
+                position = %crate::position::to_event_id(&joined.position),
+                snapshot = ?counts,
+                recovered = ?joined.recovered,
+                "subscription joined"
+            );
             let ack = (join.ack)(topic, &joined, counts);
             self.offer(&join.outbound, Bytes::from(ack)).await;
             if let Some((rows, _)) = snapshot {

@@ -113,6 +113,7 @@ impl Warmup {
                     if message.offset() + 1 >= end {
                         pending.remove(&partition);
                         from.insert(partition, first);
+                        tracing::debug!(%partition, first, end, "warm-up read to its start");
                     }
                 }
                 // The end of a partition: nothing more before its start.
@@ -126,14 +127,18 @@ impl Warmup {
                     // reached says so, which the reader knows per topic.
                     for partition in done {
                         if reached_end(&reader, partition, pending[&partition].1) {
-                            let (first, _) = pending.remove(&partition).expect("pending");
+                            let (first, end) = pending.remove(&partition).expect("pending");
                             from.insert(partition, first);
+                            tracing::debug!(%partition, first, end, "warm-up read to the partition's end");
                         }
                     }
                 }
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
+        }
+        for (partition, (first, end)) in &pending {
+            tracing::warn!(%partition, first, end, "warm-up timed out: snapshots are incomplete");
         }
         Ok(Warmed { records, from })
     }
@@ -158,8 +163,9 @@ fn reached_end(reader: &BaseConsumer, partition: Partition, end: i64) -> bool {
         )
         .map(|(_, high)| high)
         .ok();
-    match (at, high) {
-        (Some(at), Some(high)) => at >= end.min(high),
-        _ => false,
+    let reached = matches!((at, high), (Some(at), Some(high)) if at >= end.min(high));
+    if reached {
+        tracing::debug!(%partition, ?at, ?high, end, "warm-up reader at the partition's end");
     }
+    reached
 }
