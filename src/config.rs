@@ -104,9 +104,16 @@ pub struct Config {
     )]
     pub source_topics: Vec<String>,
 
-    /// Kafka consumer group id.
+    /// Kafka consumer group id: the name under which offsets are committed. With
+    /// `--instance`, the base of each replica's own group id.
     #[arg(long, env = "CDC_GATEWAY_GROUP_ID", default_value = "cdc-gateway")]
     pub group_id: String,
+
+    /// This replica's name, e.g. the pod name (`metadata.name` through the downward API).
+    /// When set, offsets are committed under `<group-id>-<instance>`: every replica reads
+    /// every partition, so each keeps its own place and a restarted pod resumes from it.
+    #[arg(long, env = "CDC_GATEWAY_INSTANCE")]
+    pub instance: Option<String>,
 
     /// Address for the WebSocket, SSE, health and metrics endpoints.
     #[arg(long, env = "CDC_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
@@ -374,6 +381,15 @@ impl Config {
         if self.group_id.trim().is_empty() {
             return Err(ConfigError::new("--group-id", "must not be empty"));
         }
+        if let Some(instance) = &self.instance {
+            let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if instance.is_empty() || instance.len() > 200 || !instance.chars().all(valid) {
+                return Err(ConfigError::new(
+                    "--instance",
+                    format!("`{instance}`: 1-200 characters of [A-Za-z0-9._-]"),
+                ));
+            }
+        }
         for (from, to) in &self.entity_map {
             if !crate::event::is_valid_entity(to) {
                 return Err(ConfigError::new(
@@ -431,6 +447,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The group id offsets are committed under: `--group-id`, suffixed with `--instance`.
+    pub fn consumer_group(&self) -> String {
+        match &self.instance {
+            Some(instance) => format!("{}-{instance}", self.group_id),
+            None => self.group_id.clone(),
+        }
     }
 
     /// The rename map as a lookup table.
@@ -501,6 +525,22 @@ mod tests {
         assert_eq!(cli.config.source_topics, vec!["a", "b"]);
         assert_eq!(cli.config.entity_renames()["orders"], "order");
         assert_eq!(cli.config.kafka_properties.len(), 2);
+    }
+
+    #[test]
+    fn each_instance_commits_under_its_own_group_id() {
+        let cli = parse(&["--group-id", "gw", "--instance", "cdc-gateway-7f9c-x2"]).unwrap();
+        cli.config.validate().unwrap();
+        assert_eq!(cli.config.consumer_group(), "gw-cdc-gateway-7f9c-x2");
+        assert_eq!(
+            parse(&["--group-id", "gw"])
+                .unwrap()
+                .config
+                .consumer_group(),
+            "gw"
+        );
+        let cli = parse(&["--instance", "pod/1"]).unwrap();
+        assert_eq!(cli.config.validate().unwrap_err().flag, "--instance");
     }
 
     #[test]

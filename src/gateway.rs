@@ -93,7 +93,7 @@ impl Gateway {
             listen = %listener.local_addr()?,
             brokers = config.brokers,
             topics = ?config.source_topics,
-            group = config.group_id,
+            group = config.consumer_group(),
             "cdc-gateway {} serving",
             env!("CARGO_PKG_VERSION")
         );

@@ -73,7 +73,7 @@ impl Ingest {
             config,
             |client| {
                 client
-                    .set("group.id", &config.group_id)
+                    .set("group.id", config.consumer_group())
                     .set("client.id", "cdc-gateway")
                     .set("enable.auto.commit", "true")
                     .set("auto.commit.interval.ms", "1000")

@@ -55,7 +55,7 @@ impl Warmup {
             config,
             |reader| {
                 reader
-                    .set("group.id", format!("{}-warmup", config.group_id))
+                    .set("group.id", format!("{}-warmup", config.consumer_group()))
                     .set("client.id", "cdc-gateway-warmup")
                     .set("enable.auto.commit", "false")
                     .set("enable.auto.offset.store", "false")
