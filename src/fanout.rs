@@ -21,7 +21,7 @@ use crate::position::{Dispatched, Position};
 use crate::protocol::close::CloseCode;
 use crate::protocol::data::{data_message, Kind};
 use crate::protocol::reply;
-use crate::queue::TrySendError;
+use crate::queue::{Item, TrySendError};
 use crate::snapshot::{LastValues, Latest};
 
 /// Hands events to the subscribers of their topics.
@@ -145,8 +145,16 @@ impl FanOut {
             recovered: join.since.is_some().then_some(replays.is_some()),
             position,
         };
+        let topics: Vec<(Arc<str>, Arc<Filter>)> = std::mem::take(&mut join.topics)
+            .into_iter()
+            .map(|(topic, filter)| (Arc::from(topic), Arc::new(filter)))
+            .collect();
+        // Everything the subscribe owes goes into one backlog, whose rows are rendered by the
+        // connection's writer as it writes them: the consumer task never waits for a client
+        // to read a snapshot or a replay, and a new connection's queue needs one slot.
+        let mut owed: Vec<Owed> = Vec::new();
         let mut delivered = 0;
-        for (topic, filter) in &join.topics {
+        for (topic, filter) in &topics {
             let snapshot = join.snapshot.then(|| {
                 let (entity, id) = split_topic(topic).unwrap_or_default();
                 let (rows, complete) = self.last_values.rows(entity, id);
@@ -158,28 +166,28 @@ impl FanOut {
             });
             let counts = snapshot.as_ref().map(|(rows, c)| (rows.len(), *c));
             tracing::debug!(
-                topic,
+                topic = &**topic,
                 position = %crate::position::to_event_id(&joined.position),
                 snapshot = ?counts,
                 recovered = ?joined.recovered,
                 "subscription joined"
             );
-            let ack = (join.ack)(topic, &joined, counts);
-            self.offer(&join.outbound, Bytes::from(ack)).await;
+            owed.push(Owed::Ready(Bytes::from((join.ack)(topic, &joined, counts))));
             if let Some((rows, _)) = snapshot {
-                for row in rows {
-                    let message = shown(topic, filter, &row, Kind::Snapshot);
-                    delivered += u64::from(self.offer(&join.outbound, message).await);
-                }
-                let synced = reply::synced(topic);
-                self.offer(&join.outbound, Bytes::from(synced)).await;
+                delivered += rows.len() as u64;
+                owed.extend(rows.into_iter().map(|row| Owed::Shown {
+                    topic: Arc::clone(topic),
+                    filter: Arc::clone(filter),
+                    event: row,
+                    kind: Kind::Snapshot,
+                }));
+                owed.push(Owed::Ready(Bytes::from(reply::synced(topic))));
             }
         }
         if let Some(replays) = &replays {
             // What the client would have received live: the events its filter matches, and
             // leave events where an update moved a row out of it.
-            let mut missed: Vec<(&str, &Filter, &Arc<Latest>, Kind)> = join
-                .topics
+            let mut missed: Vec<Owed> = topics
                 .iter()
                 .zip(replays)
                 .flat_map(|((topic, filter), events)| {
@@ -191,27 +199,38 @@ impl FanOut {
                         } else {
                             return None;
                         };
-                        Some((topic.as_str(), filter, e, kind))
+                        Some(Owed::Shown {
+                            topic: Arc::clone(topic),
+                            filter: Arc::clone(filter),
+                            event: Arc::clone(e),
+                            kind,
+                        })
                     })
                 })
                 .collect();
-            missed.sort_by_key(|(_, _, e, _)| (e.event.position.key(), e.event.position.offset));
-            for (topic, filter, event, kind) in missed {
-                let message = shown(topic, filter, event, kind);
-                delivered += u64::from(self.offer(&join.outbound, message).await);
+            missed.sort_by_key(Owed::order);
+            delivered += missed.len() as u64;
+            owed.extend(missed);
+        }
+        let item = match owed.len() {
+            1 => owed.pop().map(Owed::render).map(Item::Message),
+            _ => Some(Item::Backlog(Box::new(owed.into_iter().map(Owed::render)))),
+        };
+        if let Some(item) = item {
+            if !self.offer(&join.outbound, item).await {
+                delivered = 0;
             }
         }
         self.metrics.deliveries.inc_by(delivered);
         // After a replay, live events the client already has are refused (this replica may be
         // behind its position). Without one, live delivery simply starts: the client reloads.
         let floor = join.since.take().filter(|_| replays.is_some());
-        for (topic, filter) in join.topics {
+        for (topic, filter) in topics {
             let filter = match &floor {
-                Some(floor) => filter.above(floor.clone()),
+                Some(floor) => Arc::new(Arc::unwrap_or_clone(filter).above(floor.clone())),
                 None => filter,
             };
-            self.index
-                .subscribe(&topic, &join.outbound, Arc::new(filter));
+            self.index.subscribe(&topic, &join.outbound, filter);
         }
         let _ = join.done.send(joined);
     }
@@ -240,7 +259,7 @@ impl FanOut {
         let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
         // Connections whose queue was full, with the messages they are owed, in order.
-        let mut stalled: Vec<(Arc<Outbound>, Vec<Bytes>)> = Vec::new();
+        let mut stalled: Vec<(Arc<Outbound>, Vec<Item>)> = Vec::new();
         let topics = [Some(event.entity_topic()), event.row_topic()];
         for topic in topics.iter().flatten() {
             let Some(subscribers) = self.index.subscribers(topic) else {
@@ -292,10 +311,10 @@ impl FanOut {
                     .clone();
                 // A connection already waiting gets its next message after that one.
                 if let Some(waiting) = stalled.iter_mut().find(|(o, _)| Arc::ptr_eq(o, outbound)) {
-                    waiting.1.push(bytes);
+                    waiting.1.push(Item::Message(bytes));
                     continue;
                 }
-                match self.try_offer(outbound, bytes) {
+                match self.try_offer(outbound, Item::Message(bytes)) {
                     Ok(queued) => delivered += u64::from(queued),
                     Err(bytes) => stalled.push((Arc::clone(outbound), vec![bytes])),
                 }
@@ -330,7 +349,7 @@ impl FanOut {
 
     /// Queues one message for one connection, waiting while its queue is full (see
     /// [`FanOut::wait_offer`]); true once it is queued.
-    async fn offer(&self, outbound: &Outbound, message: Bytes) -> bool {
+    async fn offer(&self, outbound: &Outbound, message: Item) -> bool {
         match self.try_offer(outbound, message) {
             Ok(delivered) => delivered,
             Err(message) => self.wait_offer(outbound, message).await,
@@ -339,7 +358,7 @@ impl FanOut {
 
     /// Queues a message if the queue has room: `Ok(true)` when queued, `Ok(false)` when the
     /// connection is gone or closing, `Err` with the message when the queue is full.
-    fn try_offer(&self, outbound: &Outbound, message: Bytes) -> Result<bool, Bytes> {
+    fn try_offer(&self, outbound: &Outbound, message: Item) -> Result<bool, Item> {
         match outbound.queue.try_send(message) {
             Ok(held) => {
                 outbound.accepted(held, outbound.queue.capacity());
@@ -359,7 +378,7 @@ impl FanOut {
     /// window with less ends the client under the policy (closed with 4004, or this message
     /// skipped and counted), so a client that reads one message now and then cannot hold the
     /// consumer back for ever. A stall ends once the client drains its queue to half.
-    async fn wait_offer(&self, outbound: &Outbound, mut message: Bytes) -> bool {
+    async fn wait_offer(&self, outbound: &Outbound, mut message: Item) -> bool {
         let grace_ms = self.grace.as_millis() as i64;
         loop {
             let remaining = outbound.full_since() + grace_ms - crate::outbound::elapsed_ms();
@@ -425,6 +444,43 @@ fn shown(topic: &str, filter: &Filter, latest: &Latest, kind: Kind) -> Bytes {
     match filter.redaction(event, kind == Kind::Leave) {
         Redaction::None => data_message(topic, &latest.payload, event.position, kind),
         redaction => data_message(topic, &redacted(event, redaction), event.position, kind),
+    }
+}
+
+/// A message a subscribe owes: built already (an ack, `synced`), or a recorded event (a
+/// snapshot row or a missed event) rendered for the subscriber when its writer gets to it.
+enum Owed {
+    Ready(Bytes),
+    Shown {
+        topic: Arc<str>,
+        filter: Arc<Filter>,
+        event: Arc<Latest>,
+        kind: Kind,
+    },
+}
+
+impl Owed {
+    fn render(self) -> Bytes {
+        match self {
+            Owed::Ready(message) => message,
+            Owed::Shown {
+                topic,
+                filter,
+                event,
+                kind,
+            } => shown(&topic, &filter, &event, kind),
+        }
+    }
+
+    /// Missed events go out in offset order per partition.
+    fn order(&self) -> (Option<crate::position::Partition>, i64) {
+        match self {
+            Owed::Ready(_) => (None, i64::MIN),
+            Owed::Shown { event, .. } => {
+                let at = event.event.position;
+                (Some(at.key()), at.offset)
+            }
+        }
     }
 }
 

@@ -20,8 +20,9 @@ pub struct Outbound {
     /// Milliseconds since `EPOCH` at which the current stall window began (the queue was found
     /// full); 0 while the queue is not stalled.
     full_since_ms: AtomicI64,
-    /// Messages the queue accepted since the stall window began: the client's drain rate.
-    accepted_in_window: AtomicU64,
+    /// Messages the writer had taken from the queue when the stall window began: the
+    /// client's drain rate is measured from there (snapshot rows and replays included).
+    taken_at_window: AtomicU64,
     close: CancellationToken,
     close_code: AtomicU16,
     /// The close frame's reason, when the closer gave one other than the code's own.
@@ -43,7 +44,7 @@ impl Outbound {
             id,
             queue,
             full_since_ms: AtomicI64::new(0),
-            accepted_in_window: AtomicU64::new(0),
+            taken_at_window: AtomicU64::new(0),
             close: CancellationToken::new(),
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
@@ -107,34 +108,34 @@ impl Outbound {
             .full_since_ms
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => now,
+            Ok(_) => {
+                self.taken_at_window
+                    .store(self.queue.taken(), Ordering::Release);
+                now
+            }
             Err(earlier) => earlier,
         }
     }
 
     /// A message was queued and the queue now holds `held` of `capacity`. A stall ends once
-    /// the client drained its queue to half; until then the message counts towards the
-    /// window's drain rate.
+    /// the client drained its queue to half.
     pub(crate) fn accepted(&self, held: usize, capacity: usize) {
-        if self.full_since_ms.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        if held <= capacity / 2 {
+        if held <= capacity / 2 && self.full_since_ms.load(Ordering::Relaxed) != 0 {
             self.full_since_ms.store(0, Ordering::Release);
-            self.accepted_in_window.store(0, Ordering::Release);
-        } else {
-            self.accepted_in_window.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// Messages accepted in the current stall window.
+    /// Messages the client took in the current stall window.
     pub(crate) fn accepted_in_window(&self) -> u64 {
-        self.accepted_in_window.load(Ordering::Acquire)
+        self.queue
+            .taken()
+            .saturating_sub(self.taken_at_window.load(Ordering::Acquire))
     }
 
     /// Starts a fresh stall window now (the last one showed enough progress).
     pub(crate) fn renew_window(&self) {
-        self.accepted_in_window.store(0, Ordering::Release);
+        self.taken_at_window
+            .store(self.queue.taken(), Ordering::Release);
         self.full_since_ms.store(elapsed_ms(), Ordering::Release);
     }
 }

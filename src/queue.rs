@@ -4,8 +4,14 @@
 //! index, slot, waker), and at hundreds of thousands of deliveries a second into a thousand
 //! queues those cache misses were a quarter of the gateway's CPU (BENCHMARKS.md). Wake-ups
 //! are sent only when the other side is actually waiting.
+//!
+//! An item is one message or a [`Backlog`]: the messages a subscribe owes (snapshot rows,
+//! missed events), rendered by the receiver as it writes them. A backlog takes one slot, so
+//! the consumer task queues a 100,000-row snapshot without waiting for the client to read it,
+//! and live messages queued after it still come after every one of its messages.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -15,10 +21,34 @@ use tokio::sync::Notify;
 /// the memory back, so many connections that each saw a burst do not hold it while idle.
 const RETAINED_CAPACITY: usize = 64;
 
-/// Why a message could not be queued; `Full` hands it back.
-#[derive(Debug, PartialEq, Eq)]
+/// Messages rendered only when the receiver gets to them.
+pub type Backlog = Box<dyn Iterator<Item = Bytes> + Send>;
+
+/// What one slot of the queue holds.
+pub enum Item {
+    Message(Bytes),
+    Backlog(Backlog),
+}
+
+impl From<Bytes> for Item {
+    fn from(message: Bytes) -> Self {
+        Item::Message(message)
+    }
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Item::Message(message) => f.debug_tuple("Message").field(message).finish(),
+            Item::Backlog(_) => f.write_str("Backlog"),
+        }
+    }
+}
+
+/// Why an item could not be queued; `Full` hands it back.
+#[derive(Debug)]
 pub enum TrySendError {
-    Full(Bytes),
+    Full(Item),
     Closed,
 }
 
@@ -27,7 +57,7 @@ pub enum TrySendError {
 pub struct Closed;
 
 struct State {
-    items: VecDeque<Bytes>,
+    items: VecDeque<Item>,
     receiver_waiting: bool,
     sender_waiting: bool,
     receiver_gone: bool,
@@ -41,6 +71,8 @@ struct Shared {
     readable: Notify,
     /// Signals the sender: room was made, or the receiver is gone.
     writable: Notify,
+    /// Messages the receiver has taken, a backlog's one by one: the client's progress.
+    taken: AtomicU64,
 }
 
 impl Shared {
@@ -55,6 +87,8 @@ pub struct Sender {
 
 pub struct Receiver {
     shared: Arc<Shared>,
+    /// The backlog being rendered: it comes before anything still in the queue.
+    current: Option<Backlog>,
 }
 
 pub fn bounded(capacity: usize) -> (Sender, Receiver) {
@@ -69,18 +103,23 @@ pub fn bounded(capacity: usize) -> (Sender, Receiver) {
         capacity: capacity.max(1),
         readable: Notify::new(),
         writable: Notify::new(),
+        taken: AtomicU64::new(0),
     });
     (
         Sender {
             shared: Arc::clone(&shared),
         },
-        Receiver { shared },
+        Receiver {
+            shared,
+            current: None,
+        },
     )
 }
 
 impl Sender {
     /// Queues `item` unless the queue is full; returns how many items it then holds.
-    pub fn try_send(&self, item: Bytes) -> Result<usize, TrySendError> {
+    pub fn try_send(&self, item: impl Into<Item>) -> Result<usize, TrySendError> {
+        let item = item.into();
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return Err(TrySendError::Closed);
@@ -100,6 +139,11 @@ impl Sender {
 
     pub fn capacity(&self) -> usize {
         self.shared.capacity
+    }
+
+    /// Messages the receiver has taken so far (a backlog's counted one by one).
+    pub fn taken(&self) -> u64 {
+        self.shared.taken.load(Ordering::Acquire)
     }
 
     /// Resolves once the queue has room (or the receiver is gone). Cancel-safe.
@@ -129,17 +173,42 @@ impl Drop for Sender {
 }
 
 impl Receiver {
-    /// Moves up to `limit` items into `buffer`; waits while the queue is empty. Returns 0 only
-    /// when the queue is empty and the sender is gone. Cancel-safe: nothing is taken while
-    /// waiting.
+    /// Moves up to `limit` messages into `buffer`, rendering a backlog's as they come; waits
+    /// while the queue is empty. Returns 0 only when the queue is empty and the sender is
+    /// gone. Cancel-safe: nothing is taken while waiting.
     pub async fn recv_many(&mut self, buffer: &mut Vec<Bytes>, limit: usize) -> usize {
+        let limit = limit.max(1);
         loop {
+            if let Some(backlog) = &mut self.current {
+                let before = buffer.len();
+                buffer.extend(backlog.by_ref().take(limit));
+                let n = buffer.len() - before;
+                if n < limit {
+                    self.current = None;
+                }
+                if n > 0 {
+                    self.shared.taken.fetch_add(n as u64, Ordering::AcqRel);
+                    return n;
+                }
+            }
             let notified = self.shared.readable.notified();
             {
                 let mut state = self.shared.lock();
                 if !state.items.is_empty() {
-                    let n = state.items.len().min(limit);
-                    buffer.extend(state.items.drain(..n));
+                    let mut n = 0;
+                    while n < limit {
+                        match state.items.pop_front() {
+                            Some(Item::Message(message)) => {
+                                buffer.push(message);
+                                n += 1;
+                            }
+                            Some(Item::Backlog(backlog)) => {
+                                self.current = Some(backlog);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                     if state.items.is_empty() && state.items.capacity() > RETAINED_CAPACITY {
                         state.items.shrink_to(RETAINED_CAPACITY);
                     }
@@ -148,7 +217,12 @@ impl Receiver {
                     if wake {
                         self.shared.writable.notify_one();
                     }
-                    return n;
+                    if n > 0 {
+                        self.shared.taken.fetch_add(n as u64, Ordering::AcqRel);
+                        return n;
+                    }
+                    // The front was a backlog: render it.
+                    continue;
                 }
                 if state.sender_gone {
                     return 0;
@@ -164,15 +238,33 @@ impl Receiver {
         (self.recv_many(&mut one, 1).await > 0).then(|| one.remove(0))
     }
 
+    /// The next message if one is ready (a backlog's are always ready).
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        let mut state = self.shared.lock();
-        let item = state.items.pop_front();
-        let wake = item.is_some() && std::mem::take(&mut state.sender_waiting);
-        drop(state);
-        if wake {
-            self.shared.writable.notify_one();
+        loop {
+            if let Some(backlog) = &mut self.current {
+                match backlog.next() {
+                    Some(message) => {
+                        self.shared.taken.fetch_add(1, Ordering::AcqRel);
+                        return Some(message);
+                    }
+                    None => self.current = None,
+                }
+            }
+            let mut state = self.shared.lock();
+            let item = state.items.pop_front();
+            let wake = item.is_some() && std::mem::take(&mut state.sender_waiting);
+            drop(state);
+            if wake {
+                self.shared.writable.notify_one();
+            }
+            match item? {
+                Item::Message(message) => {
+                    self.shared.taken.fetch_add(1, Ordering::AcqRel);
+                    return Some(message);
+                }
+                Item::Backlog(backlog) => self.current = Some(backlog),
+            }
         }
-        item
     }
 }
 
@@ -196,10 +288,10 @@ mod tests {
         let (tx, mut rx) = bounded(2);
         tx.try_send(Bytes::from_static(b"a")).unwrap();
         tx.try_send(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(
+        assert!(matches!(
             tx.try_send(Bytes::from_static(b"c")),
-            Err(TrySendError::Full(Bytes::from_static(b"c")))
-        );
+            Err(TrySendError::Full(Item::Message(m))) if m == "c"
+        ));
         let waiter = tokio::spawn(async move {
             tx.wait_for_space().await.unwrap();
             tx.try_send(Bytes::from_static(b"c")).unwrap();
@@ -230,6 +322,40 @@ mod tests {
         while rx.recv_many(&mut batch, 256).await > 0 && batch.len() < 4096 {}
         assert_eq!(batch.len(), 4096);
         assert!(tx.shared.lock().items.capacity() <= RETAINED_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_takes_one_slot_and_is_rendered_in_place() {
+        let (tx, mut rx) = bounded(2);
+        let rendered = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&rendered);
+        let backlog = (0..1000u32).map(move |i| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(i.to_string())
+        });
+        tx.try_send(Bytes::from_static(b"ack")).unwrap();
+        tx.try_send(Item::Backlog(Box::new(backlog))).unwrap();
+        assert_eq!(
+            rendered.load(Ordering::Relaxed),
+            0,
+            "nothing rendered when queued"
+        );
+        assert_eq!(rx.recv().await.unwrap(), "ack");
+        let mut batch = Vec::new();
+        assert_eq!(rx.recv_many(&mut batch, 300).await, 300);
+        assert_eq!(rendered.load(Ordering::Relaxed), 300, "rendered as taken");
+        // Taken out of the queue, the backlog no longer holds a slot: live messages queue
+        // behind it and come after all of it.
+        tx.try_send(Bytes::from_static(b"live-1")).unwrap();
+        tx.try_send(Bytes::from_static(b"live-2")).unwrap();
+        while batch.len() < 1002 {
+            rx.recv_many(&mut batch, 256).await;
+        }
+        assert_eq!(batch[0], "0");
+        assert_eq!(batch[999], "999");
+        assert_eq!(&batch[1000..], ["live-1", "live-2"]);
+        assert_eq!(tx.taken(), 1003, "the ack, the backlog's 1000, two live");
+        assert!(rx.try_recv().is_none());
     }
 
     #[tokio::test]

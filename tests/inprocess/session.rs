@@ -627,3 +627,94 @@ async fn a_client_that_comes_back_with_its_position_gets_what_it_missed_then_liv
     assert_eq!(lost.data().await["payload"]["data"]["n"], 6);
     ahead.expect_silence(Duration::from_millis(500)).await;
 }
+
+/// Issue 11: a snapshot is queued as one backlog that the connection's writer renders as the
+/// client reads, so a client that subscribes with a 3,000-row snapshot and reads nothing for
+/// three grace periods neither holds the consumer back (another client gets live events
+/// meanwhile) nor is closed as slow: later it reads every row, `synced`, then the live events.
+/// A WebSocket and an SSE stream, each behind a 4 KiB receive buffer and a 16-message queue
+/// (6 MB of rows: more than the kernel buffers between them and the gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_read_late_holds_nobody_back_and_arrives_whole() {
+    const ROWS: usize = 3000;
+    let (_broker, gateway, producer, topic) =
+        start_stack(&["--outbound-queue", "16", "--slow-client-grace", "1s"]).await;
+    let mut watcher = Client::connect(&gateway).await;
+    watcher.subscribe("cdc.order", json!({})).await;
+    let pad = "x".repeat(2000);
+    let rows: Vec<String> = (0..ROWS)
+        .map(|i| {
+            order(
+                &i.to_string(),
+                "insert",
+                json!({"id": i, "pad": pad}),
+                Value::Null,
+            )
+            .to_string()
+        })
+        .collect();
+    producer.send_many(&topic, &rows).await;
+    for _ in 0..ROWS {
+        watcher.data().await;
+    }
+
+    let mut late = Client::connect_small_buffer(&gateway).await;
+    late.send(json!({"action": "subscribe", "topic": "cdc.order", "snapshot": true}))
+        .await;
+    let mut late_sse =
+        SseClient::open_small_buffer(gateway.addr(), "/sse?topic=cdc.order&snapshot=1").await;
+    assert_eq!(late_sse.status, 200);
+    // Neither reads for three grace periods, while live events flow to the watcher.
+    let live: Vec<String> = (0..5)
+        .map(|i| {
+            order(
+                &format!("live-{i}"),
+                "insert",
+                json!({"pad": "y"}),
+                Value::Null,
+            )
+            .to_string()
+        })
+        .collect();
+    producer.send_many(&topic, &live).await;
+    for i in 0..5 {
+        let event = watcher.data().await;
+        assert_eq!(event["payload"]["entity_id"], format!("live-{i}"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let ack = late.recv().await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["snapshot"], json!({"rows": ROWS, "complete": true}));
+    for i in 0..ROWS {
+        let row = late.data().await;
+        assert_eq!(row["snapshot"], true, "row {i}: {row}");
+        assert_eq!(row["payload"]["entity_id"], i.to_string());
+    }
+    assert_eq!(
+        late.recv().await,
+        json!({"type": "synced", "topic": "cdc.order"})
+    );
+    for i in 0..5 {
+        let event = late.data().await;
+        assert_eq!(event["payload"]["entity_id"], format!("live-{i}"));
+        assert_eq!(event.get("snapshot"), None);
+    }
+
+    let (event, _, ack) = late_sse.next_event(WAIT).await.expect("the ack");
+    assert_eq!(
+        (event.as_str(), &ack["snapshot"]["rows"]),
+        ("ack", &json!(ROWS))
+    );
+    for i in 0..ROWS {
+        let (event, _, row) = late_sse.next_event(WAIT).await.expect("a row");
+        assert_eq!(event, "data", "row {i}: {row}");
+        assert_eq!(row["payload"]["entity_id"], i.to_string());
+    }
+    let (event, _, _) = late_sse.next_event(WAIT).await.expect("synced");
+    assert_eq!(event, "synced");
+    for i in 0..5 {
+        let (_, _, event) = late_sse.next_event(WAIT).await.expect("a live event");
+        assert_eq!(event["payload"]["entity_id"], format!("live-{i}"));
+    }
+}
