@@ -168,6 +168,24 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_subscriptions: u32,
 
+    /// Keys in one subscription's `filters`; more get INVALID_FILTER.
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_FILTER_CLAUSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_filter_clauses: u32,
+
+    /// Values in one `in` / `nin` list of a filter (long lists are hashed); more get
+    /// INVALID_FILTER.
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_FILTER_VALUES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_filter_values: u32,
+
+    /// Segments in one filter key (`data.a.b` has three); more get INVALID_FILTER.
+    #[arg(global = true, long, env = "CDC_GATEWAY_MAX_FILTER_DEPTH", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_filter_depth: u32,
+
+    /// Entries a `since` position may have beyond the partitions this replica reads (for
+    /// partitions another replica found first); more get INVALID_MESSAGE.
+    #[arg(global = true, long, env = "CDC_GATEWAY_SINCE_MARGIN", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub since_margin: u32,
+
     /// Messages queued per connection before it counts as full.
     #[arg(global = true, long, env = "CDC_GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub outbound_queue: u32,
@@ -454,6 +472,15 @@ impl Config {
         match &self.instance {
             Some(instance) => format!("{}-{instance}", self.group_id),
             None => self.group_id.clone(),
+        }
+    }
+
+    /// The bounds on one subscription's filters.
+    pub fn filter_limits(&self) -> crate::index::filter::Limits {
+        crate::index::filter::Limits {
+            clauses: self.max_filter_clauses as usize,
+            values: self.max_filter_values as usize,
+            depth: self.max_filter_depth as usize,
         }
     }
 

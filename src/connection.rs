@@ -20,6 +20,7 @@ use crate::auth::{AuthError, Grant};
 use crate::event::GatewayTopic;
 use crate::fanout::Joined;
 use crate::hub::{Hub, Peer};
+use crate::index::filter::Limits;
 use crate::index::Filter;
 use crate::outbound::Outbound;
 use crate::position::{Position, Resolver};
@@ -81,6 +82,7 @@ pub enum TokenLater {
 
 /// What admission granted: the slots the connection holds and its access.
 pub struct Admitted {
+    limits: Limits,
     slot: OwnedSemaphorePermit,
     /// Held while the connection waits for its token.
     pending: Option<OwnedSemaphorePermit>,
@@ -169,6 +171,7 @@ fn admit_unmetered<B>(
         _ => None,
     };
     Ok(Admitted {
+        limits: hub.settings.filter_limits,
         slot,
         pending,
         address,
@@ -219,7 +222,7 @@ pub enum Since<'a> {
 impl Admitted {
     /// The compiled filter of a subscription to `topic`, before the connection opens.
     pub fn filter(&self, topic: &str, filters: Option<&Value>) -> Result<Filter, SubscribeError> {
-        compile(&self.access, topic, filters)
+        compile(&self.access, &self.limits, topic, filters)
     }
 }
 
@@ -227,6 +230,7 @@ impl Admitted {
 /// allows it, and the client's filters (ANDed with the token's claim filters) are valid.
 fn compile(
     access: &Access,
+    limits: &Limits,
     topic: &str,
     filters: Option<&Value>,
 ) -> Result<Filter, SubscribeError> {
@@ -248,8 +252,10 @@ fn compile(
                 topic,
             ))
         }
-        Access::Granted(grant) => grant.confine(topic, filters),
-        Access::Open => Filter::compile(filters),
+        Access::Granted(grant) => {
+            Filter::compile_within(filters, limits).map(|own| grant.confine_compiled(topic, own))
+        }
+        Access::Open => Filter::compile_within(filters, limits),
     };
     compiled.map_err(|e| SubscribeError::new(ErrorCode::InvalidFilter, e.to_string(), topic))
 }
@@ -262,7 +268,7 @@ const LISTING_WAIT: Duration = Duration::from_secs(30);
 pub async fn resolve(hub: &Hub, since: Since<'_>) -> Result<Position, SubscribeError> {
     let _ = tokio::time::timeout(LISTING_WAIT, hub.dispatched.listed()).await;
     let read = hub.dispatched.snapshot();
-    let resolver = Resolver::new(&read);
+    let resolver = Resolver::new(&read, hub.settings.since_margin);
     match since {
         Since::Json(value) => resolver.json(value),
         Since::EventId(text) => resolver.event_id(text),
@@ -377,7 +383,12 @@ impl Connection {
 
     /// The compiled filter of a subscription to `topic` ([`compile`]).
     pub fn filter(&self, topic: &str, filters: Option<&Value>) -> Result<Filter, SubscribeError> {
-        compile(&self.access, topic, filters)
+        compile(
+            &self.access,
+            &self.hub.settings.filter_limits,
+            topic,
+            filters,
+        )
     }
 
     /// Resolves a client's position ([`resolve`]).

@@ -52,6 +52,10 @@ pub struct Settings {
     pub max_connections_per_ip: u32,
     /// Bound on reading an HTTP request head (slowloris, idle keep-alive sockets).
     pub header_read_timeout: Duration,
+    /// Bounds on one subscription's filters.
+    pub filter_limits: crate::index::filter::Limits,
+    /// Entries a `since` may have beyond the partitions read.
+    pub since_margin: usize,
 }
 
 /// State shared by the HTTP side and every connection.
@@ -132,6 +136,8 @@ impl Settings {
             rate_limit: config.client_rate_limit,
             rate_burst: config.client_rate_burst,
             header_read_timeout: config.header_read_timeout,
+            filter_limits: config.filter_limits(),
+            since_margin: config.since_margin as usize,
             max_connections_per_ip: config.max_connections_per_ip,
             slow_client_grace: config.slow_client_grace,
             auth_timeout: config.auth_timeout,

@@ -153,17 +153,16 @@ pub enum PositionError {
     BadEventId(String),
 }
 
-/// Entries a client's position may have beyond the partitions the gateway reads.
-const DISCOVERY_MARGIN: usize = 64;
-
 /// Resolves the keys a client sent against the partitions the gateway reads (`known`).
 pub struct Resolver<'a> {
     known: &'a Position,
+    /// Entries a client's position may have beyond the partitions read (`--since-margin`).
+    margin: usize,
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(known: &'a Position) -> Self {
-        Self { known }
+    pub fn new(known: &'a Position, margin: usize) -> Self {
+        Self { known, margin }
     }
 
     /// The only source topic read, when there is exactly one: bare partition keys mean it.
@@ -175,7 +174,7 @@ impl<'a> Resolver<'a> {
     /// The most entries a position may have: the partitions read, and a margin for
     /// partitions another replica has discovered and this one not yet.
     fn limit(&self) -> usize {
-        self.known.len() + DISCOVERY_MARGIN
+        self.known.len() + self.margin
     }
 
     /// `"<topic>:<partition>"` or, with one source topic, `"<partition>"`. A partition the
@@ -323,7 +322,7 @@ mod tests {
     #[test]
     fn keys_with_topics_and_bare_partitions() {
         let one = known(&["t.a"], 2);
-        let resolver = Resolver::new(&one);
+        let resolver = Resolver::new(&one, 64);
         let since = resolver
             .json(&serde_json::json!({"t.a:0": 5, "1": -1}))
             .unwrap();
@@ -346,7 +345,7 @@ mod tests {
     #[test]
     fn refusals() {
         let two = known(&["t.a", "t.b"], 1);
-        let resolver = Resolver::new(&two);
+        let resolver = Resolver::new(&two, 64);
         let err = |v: serde_json::Value| resolver.json(&v).unwrap_err();
         assert_eq!(err(serde_json::json!([1])), PositionError::NotAnObject);
         assert!(matches!(

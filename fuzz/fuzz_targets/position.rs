@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         .chain(one.clone())
         .collect();
     for read in [&one, &two] {
-        let resolver = Resolver::new(read);
+        let resolver = Resolver::new(read, 64);
         if let Ok(text) = std::str::from_utf8(data) {
             let _ = resolver.event_id(text);
         }

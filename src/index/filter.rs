@@ -3,19 +3,39 @@
 //! client sent. Matching reads the normalized event directly: no serialization per check.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use serde_json::{Map, Number, Value};
 
 use crate::event::{ChangeEvent, Row};
 use crate::position::Position;
 
-/// Most keys in one filter object: every clause is evaluated on the consumer task for every
-/// event of the topic, so a client may not make that cost unbounded.
-pub const MAX_CLAUSES: usize = 32;
-/// Most values in one `in` / `nin` list or array value.
-pub const MAX_VALUES: usize = 256;
-/// Most segments in one key (`data.a.b.c` has four).
-pub const MAX_DEPTH: usize = 8;
+/// How large a filter may be (`--max-filter-clauses`, `--max-filter-values`,
+/// `--max-filter-depth`): every clause is evaluated on the consumer task for every event of
+/// the topic, so a client may not make that cost unbounded. Large `in` / `nin` lists are
+/// hashed, so their cost per event does not grow with their length; their memory does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most keys in one filter object.
+    pub clauses: usize,
+    /// Most values in one `in` / `nin` list or array value.
+    pub values: usize,
+    /// Most segments in one key (`data.a.b.c` has four).
+    pub depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            clauses: 32,
+            values: 1024,
+            depth: 8,
+        }
+    }
+}
+
+/// Lists longer than this are looked up in a hash set instead of scanned.
+const HASHED_FROM: usize = 16;
 
 /// A compiled filter: every clause must hold. The empty filter matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,9 +81,113 @@ enum Condition {
     Gte(Value),
     Lt(Value),
     Lte(Value),
-    In(Vec<Value>),
-    Nin(Vec<Value>),
+    In(Options),
+    Nin(Options),
     Exists(bool),
+}
+
+/// The values of an `in` / `nin` list: scanned when short, looked up when long.
+#[derive(Debug, Clone)]
+struct Options {
+    list: Vec<Value>,
+    keyed: Option<Keyed>,
+}
+
+/// A long list's values by hashing equality: strings by text, the other scalars by [`Key`].
+#[derive(Debug, Clone, Default)]
+struct Keyed {
+    strings: HashSet<Box<str>>,
+    scalars: HashSet<Key>,
+    /// Some number has no key: numbers are also compared with the list.
+    unkeyed: bool,
+}
+
+/// A scalar other than a string by which [`equal`] equality is hashing equality: bools,
+/// null, integral numbers within 2^53 (an int and the float with its value are one key) and
+/// fractional floats. A number beyond 2^53 has none: it compares by [`compare_numbers`] only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Fraction(u64),
+}
+
+/// 2^53: every integer up to it is exact as an f64.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
+fn number_key(number: &Number) -> Option<Key> {
+    if let Some(int) = number.as_i64() {
+        return (int.unsigned_abs() <= EXACT as u64).then_some(Key::Int(int));
+    }
+    if number.as_u64().is_some() {
+        return None;
+    }
+    let float = number.as_f64()?;
+    if float.fract() == 0.0 {
+        (float.abs() <= EXACT).then_some(Key::Int(float as i64))
+    } else {
+        Some(Key::Fraction(float.to_bits()))
+    }
+}
+
+impl Options {
+    fn new(list: Vec<Value>) -> Self {
+        let keyed = (list.len() > HASHED_FROM).then(|| {
+            let mut keyed = Keyed::default();
+            for value in &list {
+                match value {
+                    Value::String(text) => {
+                        keyed.strings.insert(text.as_str().into());
+                    }
+                    Value::Null => {
+                        keyed.scalars.insert(Key::Null);
+                    }
+                    Value::Bool(flag) => {
+                        keyed.scalars.insert(Key::Bool(*flag));
+                    }
+                    Value::Number(number) => match number_key(number) {
+                        Some(key) => {
+                            keyed.scalars.insert(key);
+                        }
+                        None => keyed.unkeyed = true,
+                    },
+                    // Refused at compile time.
+                    Value::Array(_) | Value::Object(_) => {}
+                }
+            }
+            keyed
+        });
+        Self { list, keyed }
+    }
+
+    fn contains(&self, field: Field<'_>) -> bool {
+        let Some(keyed) = &self.keyed else {
+            return self.list.iter().any(|option| equal(field, option));
+        };
+        match field {
+            Field::Missing => false,
+            Field::Null | Field::Json(Value::Null) => keyed.scalars.contains(&Key::Null),
+            Field::Text(text) => keyed.strings.contains(text),
+            Field::Json(Value::String(text)) => keyed.strings.contains(text.as_str()),
+            Field::Json(Value::Bool(flag)) => keyed.scalars.contains(&Key::Bool(*flag)),
+            Field::Json(Value::Number(number)) => {
+                let found = number_key(number).is_some_and(|key| keyed.scalars.contains(&key));
+                // A number near a huge option may still compare equal to it as floats.
+                found
+                    || ((keyed.unkeyed || number_key(number).is_none())
+                        && self.list.iter().any(|option| equal(field, option)))
+            }
+            // Arrays and objects equal no option.
+            Field::Json(_) => false,
+        }
+    }
+}
+
+impl PartialEq for Options {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
 }
 
 /// Why a filter was refused; the text goes to the client with `INVALID_FILTER`.
@@ -98,25 +222,32 @@ enum Field<'a> {
 }
 
 impl Filter {
-    /// Compiles the `filters` object of a subscribe request (`None` or `null`: no filter).
+    /// Compiles the `filters` object of a subscribe request (`None` or `null`: no filter)
+    /// within the default [`Limits`].
     pub fn compile(spec: Option<&Value>) -> Result<Self, FilterError> {
+        Self::compile_within(spec, &Limits::default())
+    }
+
+    /// Compiles the `filters` object of a subscribe request within `limits`.
+    pub fn compile_within(spec: Option<&Value>, limits: &Limits) -> Result<Self, FilterError> {
         let object = match spec {
             None | Some(Value::Null) => return Ok(Filter::default()),
             Some(Value::Object(object)) => object,
             Some(_) => return Err(FilterError("`filters` must be an object".into())),
         };
-        if object.len() > MAX_CLAUSES {
+        if object.len() > limits.clauses {
             return Err(FilterError(format!(
-                "{} keys: a filter has at most {MAX_CLAUSES}",
-                object.len()
+                "{} keys: a filter has at most {}",
+                object.len(),
+                limits.clauses
             )));
         }
         let clauses = object
             .iter()
             .map(|(key, value)| {
                 Ok(Clause {
-                    path: Path::parse(key)?,
-                    conditions: conditions_of(key, value)?,
+                    path: Path::parse(key, limits.depth)?,
+                    conditions: conditions_of(key, value, limits.values)?,
                 })
             })
             .collect::<Result<_, FilterError>>()?;
@@ -214,7 +345,7 @@ impl Filter {
 }
 
 impl Path {
-    fn parse(key: &str) -> Result<Self, FilterError> {
+    fn parse(key: &str, max_depth: usize) -> Result<Self, FilterError> {
         let mut parts = key.split('.');
         let root = match parts.next().unwrap_or_default() {
             "operation" => Root::Operation,
@@ -231,9 +362,9 @@ impl Path {
             }
         };
         let rest: Vec<String> = parts.map(str::to_owned).collect();
-        if rest.len() + 1 > MAX_DEPTH {
+        if rest.len() + 1 > max_depth {
             return Err(FilterError(format!(
-                "`{key}` has {} segments, at most {MAX_DEPTH}",
+                "`{key}` has {} segments, at most {max_depth}",
                 rest.len() + 1
             )));
         }
@@ -285,15 +416,19 @@ impl Path {
     }
 }
 
-fn conditions_of(key: &str, value: &Value) -> Result<Vec<Condition>, FilterError> {
+fn conditions_of(key: &str, value: &Value, max: usize) -> Result<Vec<Condition>, FilterError> {
     match value {
-        Value::Array(options) => Ok(vec![Condition::In(scalars(key, "array", options)?)]),
-        Value::Object(operators) => operators_of(key, operators),
+        Value::Array(options) => Ok(vec![Condition::In(scalars(key, "array", options, max)?)]),
+        Value::Object(operators) => operators_of(key, operators, max),
         scalar => Ok(vec![Condition::Eq(scalar.clone())]),
     }
 }
 
-fn operators_of(key: &str, operators: &Map<String, Value>) -> Result<Vec<Condition>, FilterError> {
+fn operators_of(
+    key: &str,
+    operators: &Map<String, Value>,
+    max: usize,
+) -> Result<Vec<Condition>, FilterError> {
     if operators.is_empty() {
         return Err(FilterError(format!(
             "`{key}`: an operator object needs at least one operator"
@@ -313,7 +448,7 @@ fn operators_of(key: &str, operators: &Map<String, Value>) -> Result<Vec<Conditi
                 _ => Err(FilterError(format!("`{key}`: `{op}` takes a number or a string"))),
             };
             let list = || match operand {
-                Value::Array(options) => scalars(key, op, options),
+                Value::Array(options) => scalars(key, op, options, max),
                 _ => Err(FilterError(format!("`{key}`: `{op}` takes an array"))),
             };
             Ok(match op.as_str() {
@@ -339,10 +474,10 @@ fn operators_of(key: &str, operators: &Map<String, Value>) -> Result<Vec<Conditi
         .collect()
 }
 
-fn scalars(key: &str, what: &str, options: &[Value]) -> Result<Vec<Value>, FilterError> {
-    if options.len() > MAX_VALUES {
+fn scalars(key: &str, what: &str, options: &[Value], max: usize) -> Result<Options, FilterError> {
+    if options.len() > max {
         return Err(FilterError(format!(
-            "`{key}`: `{what}` has {} values, at most {MAX_VALUES}",
+            "`{key}`: `{what}` has {} values, at most {max}",
             options.len()
         )));
     }
@@ -351,7 +486,7 @@ fn scalars(key: &str, what: &str, options: &[Value]) -> Result<Vec<Value>, Filte
             "`{key}`: the values of `{what}` must be strings, numbers, bools or null"
         )));
     }
-    Ok(options.to_vec())
+    Ok(Options::new(options.to_vec()))
 }
 
 impl Condition {
@@ -375,8 +510,8 @@ impl Condition {
                 compare(field, bound),
                 Some(Ordering::Less | Ordering::Equal)
             ),
-            Condition::In(options) => options.iter().any(|option| equal(field, option)),
-            Condition::Nin(options) => !options.iter().any(|option| equal(field, option)),
+            Condition::In(options) => options.contains(field),
+            Condition::Nin(options) => !options.contains(field),
             Condition::Exists(expected) => *expected,
         }
     }

@@ -718,3 +718,73 @@ async fn a_snapshot_read_late_holds_nobody_back_and_arrives_whole() {
         assert_eq!(event["payload"]["entity_id"], format!("live-{i}"));
     }
 }
+
+/// The filter and `since` bounds are flags: past each, the subscribe gets its error (and the
+/// refusal is counted); within each, it is served; the connection's subscriptions stay.
+#[tokio::test]
+async fn filter_and_since_bounds_follow_their_flags() {
+    let (_broker, gateway, _producer, topic) = start_stack(&[
+        "--max-filter-clauses",
+        "2",
+        "--max-filter-values",
+        "3",
+        "--max-filter-depth",
+        "2",
+        "--since-margin",
+        "1",
+    ])
+    .await;
+    let mut client = Client::connect(&gateway).await;
+    client.subscribe("cdc.kept", json!({})).await;
+    let refused = [
+        json!({"data.a": 1, "data.b": 2, "data.c": 3}),
+        json!({"data.a": {"in": [1, 2, 3, 4]}}),
+        json!({"data.a.b": 1}),
+    ];
+    for (id, filters) in refused.iter().enumerate() {
+        client
+            .send(
+                json!({"action": "subscribe", "topic": "cdc.order", "filters": filters, "id": id}),
+            )
+            .await;
+        let reply = client.recv().await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["id"].as_u64()),
+            (Some("INVALID_FILTER"), Some(id as u64)),
+            "{filters}: {reply}"
+        );
+        assert!(
+            reply["message"].as_str().unwrap().contains("at most"),
+            "{reply}"
+        );
+    }
+    client
+        .subscribe(
+            "cdc.order",
+            json!({"data.a": [1, 2, 3], "data": {"exists": true}}),
+        )
+        .await;
+    // One partition is read: one unknown entry is within the margin, two are not.
+    let within = json!({format!("{topic}:0"): -1, format!("{topic}:1"): -1});
+    client
+        .send(json!({"action": "subscribe", "topic": "cdc.other", "since": within}))
+        .await;
+    assert_eq!(client.recv().await["type"], "ack");
+    let beyond =
+        json!({format!("{topic}:0"): -1, format!("{topic}:1"): -1, format!("{topic}:2"): -1});
+    client
+        .send(json!({"action": "subscribe", "topic": "cdc.third", "since": beyond}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(reply["code"], "INVALID_MESSAGE", "{reply}");
+    assert_eq!(
+        gateway
+            .metric(r#"cdc_gateway_error_replies_total{code="INVALID_FILTER"}"#)
+            .await,
+        3.0
+    );
+    client
+        .send(json!({"action": "unsubscribe", "topic": "cdc.kept"}))
+        .await;
+    assert_eq!(client.recv().await["type"], "ack", "cdc.kept was kept");
+}

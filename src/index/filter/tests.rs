@@ -223,14 +223,34 @@ fn invalid_filters_are_refused() {
 
 #[test]
 fn filters_are_bounded_in_keys_list_lengths_and_depth() {
-    use super::{MAX_CLAUSES, MAX_DEPTH, MAX_VALUES};
+    use super::Limits;
+    let Limits {
+        clauses: max_clauses,
+        values: max_values,
+        depth: max_depth,
+    } = Limits::default();
     let keys = |n: usize| Value::Object((0..n).map(|i| (format!("data.f{i}"), json!(1))).collect());
-    assert!(Filter::compile(Some(&keys(MAX_CLAUSES))).is_ok());
-    assert!(Filter::compile(Some(&keys(MAX_CLAUSES + 1))).is_err());
+    assert!(Filter::compile(Some(&keys(max_clauses))).is_ok());
+    assert!(Filter::compile(Some(&keys(max_clauses + 1))).is_err());
     let list = |n: usize| json!({"data.id": {"nin": (0..n).collect::<Vec<_>>()}});
-    assert!(Filter::compile(Some(&list(MAX_VALUES))).is_ok());
+    assert!(Filter::compile(Some(&list(max_values))).is_ok());
     let refused = Filter::compile(Some(&list(32_000))).unwrap_err();
     assert!(refused.to_string().contains("at most"), "{refused}");
+    // The flags tighten (or loosen) each bound.
+    let tight = Limits {
+        clauses: 2,
+        values: 3,
+        depth: 2,
+    };
+    assert!(Filter::compile_within(Some(&keys(2)), &tight).is_ok());
+    assert!(Filter::compile_within(Some(&keys(3)), &tight).is_err());
+    assert!(Filter::compile_within(Some(&list(4)), &tight).is_err());
+    assert!(Filter::compile_within(Some(&json!({"data.a.b": 1})), &tight).is_err());
+    let loose = Limits {
+        values: 40_000,
+        ..Limits::default()
+    };
+    assert!(Filter::compile_within(Some(&list(32_000)), &loose).is_ok());
     let path = |n: usize| {
         let key = std::iter::once("data")
             .chain(std::iter::repeat_n("a", n - 1))
@@ -238,8 +258,61 @@ fn filters_are_bounded_in_keys_list_lengths_and_depth() {
             .join(".");
         json!({ key: 1 })
     };
-    assert!(Filter::compile(Some(&path(MAX_DEPTH))).is_ok());
-    assert!(Filter::compile(Some(&path(MAX_DEPTH + 1))).is_err());
+    assert!(Filter::compile(Some(&path(max_depth))).is_ok());
+    assert!(Filter::compile(Some(&path(max_depth + 1))).is_err());
+}
+
+/// A long list is hashed; its answers are the scanned list's for every kind of field value,
+/// numbers as ints and floats, beyond 2^53 and fractional included.
+#[test]
+fn hashed_lists_agree_with_scanning() {
+    use super::{equal, Options};
+    let big = 1u64 << 60;
+    let mut list: Vec<Value> = (0..20).map(Value::from).collect();
+    list.extend([
+        json!("eu"),
+        json!(true),
+        Value::Null,
+        json!(2.5),
+        json!(100.0),
+        json!(big),
+        json!(9_007_199_254_740_993u64),
+        json!(-7),
+    ]);
+    let options = Options::new(list.clone());
+    assert!(options.keyed.is_some(), "a long list is hashed");
+    let fields: Vec<Value> = vec![
+        json!(3),
+        json!(3.0),
+        json!(20),
+        json!(100),
+        json!(100.0),
+        json!(2.5),
+        json!(2.25),
+        json!(big),
+        json!(big as f64),
+        json!(big + 1),
+        json!(9_007_199_254_740_992u64),
+        json!(9_007_199_254_740_992.0),
+        json!(-7.0),
+        json!(-0.0),
+        json!("eu"),
+        json!("us"),
+        json!(true),
+        json!(false),
+        Value::Null,
+        json!([1]),
+        json!({"a": 1}),
+    ];
+    for field in &fields {
+        let as_field = super::Field::Json(field);
+        let scanned = list.iter().any(|option| equal(as_field, option));
+        assert_eq!(options.contains(as_field), scanned, "{field}");
+    }
+    assert!(options.contains(super::Field::Text("eu")));
+    assert!(!options.contains(super::Field::Text("us")));
+    assert!(options.contains(super::Field::Null));
+    assert!(!options.contains(super::Field::Missing));
 }
 
 /// The compiled filter against a plain evaluator of protocol section 4, written from the text
@@ -351,7 +424,14 @@ mod reference {
     }
 
     fn condition() -> impl Strategy<Value = Value> {
-        let list = || prop::collection::vec(scalar(), 0..3).prop_map(Value::Array);
+        // Short lists are scanned, long ones (over 16 values) hashed: both are checked.
+        let list = || {
+            prop_oneof![
+                prop::collection::vec(scalar(), 0..3),
+                prop::collection::vec(scalar(), 17..24),
+            ]
+            .prop_map(Value::Array)
+        };
         let ordered = prop_oneof![
             (-2i64..3).prop_map(Value::from),
             prop::sample::select(vec!["a", "b"]).prop_map(Value::from)
