@@ -145,6 +145,12 @@ impl FanOut {
             recovered: join.since.is_some().then_some(replays.is_some()),
             position,
         };
+        if let Some(recovered) = joined.recovered.filter(|_| !join.snapshot) {
+            self.metrics
+                .resumes
+                .with_label_values(&[if recovered { "true" } else { "false" }])
+                .inc();
+        }
         let topics: Vec<(Arc<str>, Arc<Filter>)> = std::mem::take(&mut join.topics)
             .into_iter()
             .map(|(topic, filter)| (Arc::from(topic), Arc::new(filter)))
@@ -165,6 +171,12 @@ impl FanOut {
                 (rows, complete)
             });
             let counts = snapshot.as_ref().map(|(rows, c)| (rows.len(), *c));
+            if let Some((_, complete)) = counts {
+                self.metrics
+                    .snapshots
+                    .with_label_values(&[if complete { "true" } else { "false" }])
+                    .inc();
+            }
             tracing::debug!(
                 topic = &**topic,
                 position = %crate::position::to_event_id(&joined.position),

@@ -80,12 +80,18 @@ impl Gateway {
             config.slow_client_grace,
         )
         .with_min_drain_rate(config.slow_client_min_rate)
-        .with_last_values(Arc::new(LastValues::new(config.snapshot_rows as usize)))
-        .with_history(Arc::new(History::new(history::Limits {
-            per_entity: config.history_events as usize,
-            max_age: config.history_max_age,
-            budget_bytes: (config.history_budget_mib as usize).saturating_mul(1 << 20),
-        })));
+        .with_last_values(Arc::new(
+            LastValues::new(config.snapshot_rows as usize)
+                .with_metrics(metrics.snapshot_cache.clone()),
+        ))
+        .with_history(Arc::new(
+            History::new(history::Limits {
+                per_entity: config.history_events as usize,
+                max_age: config.history_max_age,
+                budget_bytes: (config.history_budget_mib as usize).saturating_mul(1 << 20),
+            })
+            .with_metrics(metrics.history.clone()),
+        ));
         let (joins, joins_served) = tokio::sync::mpsc::channel(JOIN_QUEUE);
         let ingest = Ingest::new(&config, fanout, Arc::clone(&health), Arc::clone(&metrics))?;
         raise_open_file_limit(config.max_connections);

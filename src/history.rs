@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::metrics::CacheMetrics;
 use crate::position::{Partition, Position};
 use crate::snapshot::Latest;
 
@@ -51,11 +52,15 @@ struct State {
     recorded: u64,
     /// Highest offset recorded per partition: an event is never recorded twice.
     last: HashMap<Partition, i64>,
+    /// Events held over all entities.
+    held: usize,
 }
 
 pub struct History {
     limits: Limits,
     state: Mutex<State>,
+    /// Events and bytes held, events evicted.
+    metrics: Option<CacheMetrics>,
 }
 
 /// What an event costs the budget: its payload, the row text kept for filters, and overhead.
@@ -85,6 +90,22 @@ impl History {
         Self {
             limits,
             state: Mutex::new(State::default()),
+            metrics: None,
+        }
+    }
+
+    /// Reports what history holds and evicts in `metrics`.
+    pub fn with_metrics(mut self, metrics: CacheMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Updates the metrics after a change: `evicted` events went.
+    fn report(&self, state: &State, evicted: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.held.set(state.held as i64);
+            metrics.bytes.set(state.bytes as i64);
+            metrics.evictions.inc_by(evicted as u64);
         }
     }
 
@@ -126,6 +147,8 @@ impl History {
             .events
             .push_back((now, state.recorded, Arc::clone(latest)));
         state.bytes += size(latest);
+        state.held += 1;
+        let mut evicted = 0;
         while entity.events.len() > self.limits.per_entity
             || entity
                 .events
@@ -133,6 +156,7 @@ impl History {
                 .is_some_and(|(t, _, _)| now.duration_since(*t) > self.limits.max_age)
         {
             state.bytes -= entity.evict_front();
+            evicted += 1;
         }
         while state.bytes > self.limits.budget_bytes {
             // The oldest event of all: the entity whose front came first.
@@ -145,7 +169,10 @@ impl History {
                 break;
             };
             state.bytes -= oldest.evict_front();
+            evicted += 1;
         }
+        state.held -= evicted;
+        self.report(state, evicted);
     }
 
     /// The events of `entity` (of its row `id` only, when given) after `since`, in dispatch
@@ -167,12 +194,22 @@ impl History {
         let mut missing = Entity::default();
         let history = match state.entities.get_mut(entity) {
             Some(history) => {
+                let mut evicted = 0;
                 while history
                     .events
                     .front()
                     .is_some_and(|(t, _, _)| now.duration_since(*t) > self.limits.max_age)
                 {
                     state.bytes -= history.evict_front();
+                    evicted += 1;
+                }
+                if evicted > 0 {
+                    state.held -= evicted;
+                    if let Some(metrics) = &self.metrics {
+                        metrics.held.set(state.held as i64);
+                        metrics.bytes.set(state.bytes as i64);
+                        metrics.evictions.inc_by(evicted as u64);
+                    }
                 }
                 history
             }

@@ -54,6 +54,16 @@ impl DropReason {
     }
 }
 
+/// What a bounded cache (the resume history, the snapshot cache) holds and evicts.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// Events (history) or rows (snapshot cache) held.
+    pub held: IntGauge,
+    /// Bytes held, as the cache counts them against its budget.
+    pub bytes: IntGauge,
+    pub evictions: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_active: IntGauge,
@@ -73,6 +83,12 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub enqueue_latency: Histogram,
     pub error_replies: IntCounterVec,
+    pub history: CacheMetrics,
+    pub snapshot_cache: CacheMetrics,
+    /// Subscribes with `since` (and no snapshot), by whether the missed events followed.
+    pub resumes: IntCounterVec,
+    /// Subscribes with a snapshot, by whether it was complete.
+    pub snapshots: IntCounterVec,
 }
 
 impl Metrics {
@@ -210,6 +226,46 @@ impl Metrics {
                 "Error replies sent to clients, by protocol error code.",
                 "code",
                 &code_labels,
+            ),
+            history: CacheMetrics {
+                held: gauge(
+                    "cdc_gateway_history_events",
+                    "Events held in the resume history (--history-events, --history-max-age).",
+                ),
+                bytes: gauge(
+                    "cdc_gateway_history_bytes",
+                    "Bytes the resume history counts against --history-budget-mib.",
+                ),
+                evictions: counter(
+                    "cdc_gateway_history_evictions_total",
+                    "Events evicted from the resume history (count, age or budget).",
+                ),
+            },
+            snapshot_cache: CacheMetrics {
+                held: gauge(
+                    "cdc_gateway_snapshot_rows",
+                    "Rows held in the snapshot cache (--snapshot-rows).",
+                ),
+                bytes: gauge(
+                    "cdc_gateway_snapshot_bytes",
+                    "Payload bytes of the rows held in the snapshot cache.",
+                ),
+                evictions: counter(
+                    "cdc_gateway_snapshot_evictions_total",
+                    "Rows evicted from the snapshot cache (their entity's snapshots are then incomplete).",
+                ),
+            },
+            resumes: counter_vec(
+                "cdc_gateway_resumes_total",
+                "Subscribes with `since`, by whether the missed events followed (recovered).",
+                "recovered",
+                &["true", "false"],
+            ),
+            snapshots: counter_vec(
+                "cdc_gateway_snapshots_total",
+                "Subscribes with a snapshot, by whether the snapshot was complete.",
+                "complete",
+                &["true", "false"],
             ),
             registry,
         }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::event::ChangeEvent;
+use crate::metrics::CacheMetrics;
 
 /// One row's latest event, and its payload serialized once.
 pub struct Latest {
@@ -40,6 +41,8 @@ struct State {
     /// Every held row by when it last changed: the first is the one to evict.
     by_change: BTreeMap<u64, (Box<str>, Box<str>)>,
     changes: u64,
+    /// Payload bytes of the held rows.
+    bytes: usize,
 }
 
 pub struct LastValues {
@@ -47,6 +50,8 @@ pub struct LastValues {
     state: Mutex<State>,
     /// Some partition was not read from its beginning: any row may be missing.
     partial: AtomicBool,
+    /// Rows held and evicted (`bytes` counts the rows' payloads).
+    metrics: Option<CacheMetrics>,
 }
 
 impl LastValues {
@@ -56,7 +61,14 @@ impl LastValues {
             capacity,
             state: Mutex::new(State::default()),
             partial: AtomicBool::new(false),
+            metrics: None,
         }
+    }
+
+    /// Reports what the cache holds and evicts in `metrics`.
+    pub fn with_metrics(mut self, metrics: CacheMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -88,10 +100,12 @@ impl LastValues {
         let state = &mut *state;
         let Some(id) = event.entity_id.as_deref() else {
             if let Some(entity) = state.entities.get_mut(event.entity_type.as_str()) {
-                for (changed, _) in entity.rows.drain().map(|(_, held)| held) {
+                for (changed, row) in entity.rows.drain().map(|(_, held)| held) {
                     state.by_change.remove(&changed);
+                    state.bytes -= row.payload.len();
                 }
             }
+            self.report(state, 0);
             return;
         };
         state.changes += 1;
@@ -109,21 +123,38 @@ impl LastValues {
                     .by_change
                     .remove(&row.0)
                     .expect("held rows are ordered");
+                state.bytes = state.bytes + latest.payload.len() - row.1.payload.len();
                 *row = (changed, Arc::clone(latest));
                 state.by_change.insert(changed, key);
+                self.report(state, 0);
             }
             return;
         }
         entity.rows.insert(id.into(), (changed, Arc::clone(latest)));
+        state.bytes += latest.payload.len();
         state
             .by_change
             .insert(changed, (event.entity_type.as_str().into(), id.into()));
+        let mut evicted = 0;
         if state.by_change.len() > self.capacity {
             let (_, (entity, id)) = state.by_change.pop_first().expect("over capacity");
             if let Some(rows) = state.entities.get_mut(&entity) {
-                rows.rows.remove(&id);
+                if let Some((_, row)) = rows.rows.remove(&id) {
+                    state.bytes -= row.payload.len();
+                }
                 rows.incomplete = true;
             }
+            evicted = 1;
+        }
+        self.report(state, evicted);
+    }
+
+    /// Updates the metrics after a change: `evicted` rows went.
+    fn report(&self, state: &State, evicted: u64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.held.set(state.by_change.len() as i64);
+            metrics.bytes.set(state.bytes as i64);
+            metrics.evictions.inc_by(evicted);
         }
     }
 

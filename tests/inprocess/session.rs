@@ -349,6 +349,33 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         late.recv().await["snapshot"],
         json!({"rows": 3, "complete": false})
     );
+
+    // A resume from the beginning is recovered; one naming a partition not read is not.
+    let mut resumed = Client::connect(&gateway).await;
+    resumed
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": -1}}))
+        .await;
+    assert_eq!(resumed.recv().await["recovered"], true);
+    let mut unknown = Client::connect(&gateway).await;
+    unknown
+        .send(json!({"action": "subscribe", "topic": "cdc.customer", "since": {"0": -1, "1": 0}}))
+        .await;
+    assert_eq!(unknown.recv().await["recovered"], false);
+    // What the caches hold, evict and answer is in the metrics.
+    for (series, value) in [
+        ("cdc_gateway_snapshot_rows", 3.0),
+        ("cdc_gateway_snapshot_evictions_total", 1.0),
+        (r#"cdc_gateway_snapshots_total{complete="true"}"#, 2.0),
+        (r#"cdc_gateway_snapshots_total{complete="false"}"#, 1.0),
+        ("cdc_gateway_history_events", 8.0),
+        ("cdc_gateway_history_evictions_total", 0.0),
+        (r#"cdc_gateway_resumes_total{recovered="true"}"#, 1.0),
+        (r#"cdc_gateway_resumes_total{recovered="false"}"#, 1.0),
+    ] {
+        assert_eq!(gateway.metric(series).await, value, "{series}");
+    }
+    assert!(gateway.metric("cdc_gateway_history_bytes").await > 8.0 * 256.0);
+    assert!(gateway.metric("cdc_gateway_snapshot_bytes").await > 0.0);
 }
 
 #[tokio::test]
