@@ -471,3 +471,84 @@ async fn a_resume_sent_before_the_gateway_lists_its_partitions_waits_for_them() 
     );
     assert_eq!(client.data().await["offset"], 0);
 }
+
+/// Issue 14: three replicas on one broker, each committing under its own group id
+/// (`--group-id` + `--instance`), with records in the topic before any starts. Four clients
+/// on each receive every event; one replica is SIGKILLed while a burst is under way, and its
+/// clients resume on the other two from the positions they kept: every record after each
+/// client's first ack arrives exactly once, counted against an independent read of the log.
+#[tokio::test]
+async fn three_replicas_share_the_clients_and_a_killed_ones_resume_on_the_others() {
+    let tansu = Tansu::start();
+    let topic = unique("replicas");
+    tansu.create_topic(&topic, 3).await;
+    let mut counts = empty(&[&topic], 3);
+    let producer = tansu.producer();
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 20).await;
+    }
+    let base = unique("gw");
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let instance = format!("r{i}");
+        let flags = ["--group-id", base.as_str(), "--instance", instance.as_str()];
+        replicas.push(Gateway::start(&tansu.brokers(), &topic, &flags).await);
+    }
+    // (replica, socket, what arrived, the position of the first ack)
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let replica = i % 3;
+        let mut ws = connect(&replicas[replica]).await;
+        let position = ack_position(&subscribe(&mut ws, None).await);
+        let tally = Tally {
+            position: position.clone(),
+            ..Tally::default()
+        };
+        clients.push((replica, ws, tally, position));
+    }
+
+    // A burst; the doomed replica's clients read part of it before it is killed.
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 30).await;
+    }
+    for (replica, ws, tally, _) in clients.iter_mut().filter(|c| c.0 == 1) {
+        for _ in 0..25 {
+            let message = next(ws, PATIENCE).await.expect("data from replica 1");
+            assert_eq!(message["type"], "data", "replica {replica}: {message}");
+            tally.data(&message);
+        }
+    }
+    replicas[1].signal("KILL");
+    assert_eq!(replicas[1].wait_exit(PATIENCE), None, "killed by a signal");
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 30).await;
+    }
+    // Its clients resume on the others, from what they kept.
+    for (at, (replica, ws, tally, _)) in clients.iter_mut().enumerate() {
+        if *replica != 1 {
+            continue;
+        }
+        *replica = if at % 2 == 0 { 0 } else { 2 };
+        *ws = connect(&replicas[*replica]).await;
+        let ack = subscribe(ws, Some(&tally.position)).await;
+        assert_eq!(ack["recovered"], true, "{ack}");
+    }
+    for partition in 0..3 {
+        produce(&producer, &mut counts, &topic, partition, 30).await;
+    }
+
+    for (at, (replica, ws, tally, start)) in clients.iter_mut().enumerate() {
+        let want = after(&tansu.brokers(), &counts, start).await;
+        ws_collect(ws, tally, &want).await;
+        tally.assert_exactly(&want, &format!("client {at}, last on replica {replica}"));
+    }
+    for (i, replica) in replicas.iter().enumerate() {
+        if i != 1 {
+            let log = replica.log_tail();
+            assert!(
+                log.contains(&format!("{base}-r{i}")),
+                "group id in the log: {log}"
+            );
+        }
+    }
+}
