@@ -3,5 +3,6 @@
 //! binary: most of it reads files and needs no broker.
 
 mod deploy;
+mod kubernetes;
 #[path = "../e2e/support.rs"]
 mod support;
