@@ -429,7 +429,7 @@ async fn the_connector_routes_every_captured_table_to_the_gateway_under_its_enti
 /// Makes every gateway metric move: a subscription, a delivery, an error reply, a bad record
 /// (decode error and dead letter), a close by the gateway, and drops from a client that does
 /// not read; waits until the asynchronous ones (dead letter, lag, drops) show.
-async fn move_every_metric(tansu: &Tansu, gateway: &Gateway, topic: &str) {
+pub(crate) async fn move_every_metric(tansu: &Tansu, gateway: &Gateway, topic: &str) {
     let producer = tansu.producer();
     let mut reader = Client::connect(gateway).await;
     reader.subscribe("cdc.order", json!({})).await;

@@ -4,5 +4,6 @@
 
 mod deploy;
 mod kubernetes;
+mod prometheus;
 #[path = "../e2e/support.rs"]
 mod support;
