@@ -82,6 +82,8 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub ready: IntGauge,
     pub enqueue_latency: Histogram,
+    /// The gateway's own share: record handed over by librdkafka -> queued for every client.
+    pub dispatch_latency: Histogram,
     pub error_replies: IntCounterVec,
     pub history: CacheMetrics,
     pub snapshot_cache: CacheMetrics,
@@ -141,6 +143,20 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(enqueue_latency.clone()))
+            .expect("unique metric");
+        let dispatch_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "cdc_gateway_dispatch_latency_seconds",
+                "Time from a record handed over by the Kafka client to its event queued for every recipient (decode, filters, serialization, waits on full queues): the gateway's share of enqueue latency.",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.05, 0.25, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dispatch_latency.clone()))
             .expect("unique metric");
         #[cfg(target_os = "linux")]
         registry
@@ -221,6 +237,7 @@ impl Metrics {
             ),
             ready: gauge("cdc_gateway_ready", "1 while /readyz answers 200."),
             enqueue_latency,
+            dispatch_latency,
             error_replies: counter_vec(
                 "cdc_gateway_error_replies_total",
                 "Error replies sent to clients, by protocol error code.",

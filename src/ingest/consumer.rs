@@ -148,6 +148,7 @@ impl Ingest {
                 }
                 message = self.consumer.recv() => message,
             };
+            let received = Instant::now();
             let message = match message {
                 Ok(message) => message,
                 Err(e) => {
@@ -184,6 +185,9 @@ impl Ingest {
             match decoded {
                 Ok(Decoded::Event(event)) => {
                     self.fanout.dispatch(&event).await;
+                    self.metrics
+                        .dispatch_latency
+                        .observe(received.elapsed().as_secs_f64());
                     self.count("dispatched");
                 }
                 Ok(Decoded::Tombstone) => {

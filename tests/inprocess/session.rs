@@ -371,6 +371,8 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         ("cdc_gateway_history_evictions_total", 0.0),
         (r#"cdc_gateway_resumes_total{recovered="true"}"#, 1.0),
         (r#"cdc_gateway_resumes_total{recovered="false"}"#, 1.0),
+        // One observation of the gateway's own share per dispatched event.
+        ("cdc_gateway_dispatch_latency_seconds_count", 8.0),
     ] {
         assert_eq!(gateway.metric(series).await, value, "{series}");
     }
