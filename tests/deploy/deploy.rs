@@ -542,19 +542,19 @@ fn config_variables() -> BTreeSet<String> {
     names
 }
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn yaml(path: &str) -> Yaml {
+pub(crate) fn yaml(path: &str) -> Yaml {
     serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
 }
 
-fn json_file(path: &str) -> Value {
+pub(crate) fn json_file(path: &str) -> Value {
     serde_json::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
 }
 
@@ -578,7 +578,7 @@ fn yaml_files(dir: &str) -> Vec<String> {
     files(dir, &["yml", "yaml"])
 }
 
-fn json_files(dir: &str) -> Vec<String> {
+pub(crate) fn json_files(dir: &str) -> Vec<String> {
     files(dir, &["json"])
 }
 
@@ -593,7 +593,7 @@ fn normalize(path: &str) -> String {
     }
 }
 
-fn scalar(value: &Yaml) -> Option<String> {
+pub(crate) fn scalar(value: &Yaml) -> Option<String> {
     match value {
         Yaml::String(s) => Some(s.clone()),
         Yaml::Number(n) => Some(n.to_string()),
@@ -603,7 +603,7 @@ fn scalar(value: &Yaml) -> Option<String> {
 }
 
 /// A string or a list of strings (a healthcheck `test`, a `command`, an `env_file`).
-fn words(value: &Yaml) -> Vec<String> {
+pub(crate) fn words(value: &Yaml) -> Vec<String> {
     match value {
         Yaml::Sequence(items) => items.iter().filter_map(scalar).collect(),
         other => scalar(other).into_iter().collect(),

@@ -8,13 +8,13 @@
 //! probe and the scrape, then shuts down within the grace period the pod leaves it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 
+use crate::deploy::{repo, scalar, words};
 use crate::support::*;
 
 const DIR: &str = "deploy/kubernetes";
@@ -1101,25 +1101,4 @@ fn yaml_docs(path: &str) -> Vec<Yaml> {
         .collect();
     assert!(!docs.is_empty(), "{path} is empty");
     docs
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scalar(value: &Yaml) -> Option<String> {
-    match value {
-        Yaml::String(s) => Some(s.clone()),
-        Yaml::Number(n) => Some(n.to_string()),
-        Yaml::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// A string or a list of strings.
-fn words(value: &Yaml) -> Vec<String> {
-    match value {
-        Yaml::Sequence(items) => items.iter().filter_map(scalar).collect(),
-        other => scalar(other).into_iter().collect(),
-    }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
-use crate::deploy::move_every_metric;
+use crate::deploy::{json_file, json_files, move_every_metric, repo, yaml};
 use crate::support::*;
 
 const COMPOSE: &str = "docker-compose.kafka.yml";
@@ -1047,34 +1047,6 @@ fn with_bool(expr: &str) -> String {
         out.push(c);
         i += 1;
     }
-    out
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn yaml(path: &str) -> Yaml {
-    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
-}
-
-fn json_file(path: &str) -> Value {
-    serde_json::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
-}
-
-fn json_files(dir: &str) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(repo().join(dir))
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()))
-        .collect();
-    out.sort();
-    assert!(!out.is_empty(), "no dashboard in {dir}");
     out
 }
 
