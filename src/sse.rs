@@ -327,7 +327,12 @@ impl Stream {
                     if received == 0 {
                         return;
                     }
-                    self.events(&mut batch)
+                    let chunk = self.events(&mut batch);
+                    // A burst's 256 slots do not stay with an idle stream.
+                    if received < BATCH {
+                        batch.shrink_to(64);
+                    }
+                    chunk
                 }
                 _ = tokio::time::sleep(heartbeat_every) => Bytes::from_static(b": keep-alive\n\n"),
             };
