@@ -19,7 +19,11 @@ const SUSTAINED: f64 = 0.9;
 
 pub async fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    crate::host::raise_nofile(u64::from(plan.connections) + SPARE_DESCRIPTORS);
+    // Churn connections (scenario f) come on top of the steady ones, as many as run at once.
+    let churn_connections = plan.churn.as_ref().map_or(0, |churn| churn.concurrency);
+    crate::host::raise_nofile(
+        u64::from(plan.connections) + u64::from(churn_connections) + SPARE_DESCRIPTORS,
+    );
     let interrupted = interrupt_signal();
     let mut target = Target::start(TargetSpec {
         brokers: plan.brokers.clone(),
@@ -30,7 +34,7 @@ pub async fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
         gateway_args: plan.gateway_args.clone(),
         source_topic: plan.source_topic.clone(),
         partitions: plan.partitions,
-        connections: plan.connections,
+        connections: plan.connections + churn_connections,
         log_dir: plan.log_dir.clone(),
     })
     .await?;
@@ -148,7 +152,8 @@ fn print_ladder(runs: &[RunResult], best: Option<u32>) {
 }
 
 /// Exit status of `--smoke`: failure on any client without exact delivery, any produce
-/// error, or any error reply; never on timings. Ends with the `smoke: N passed, M failed` line.
+/// error, any error reply, or any churn connection whose snapshot was wrong or did not
+/// arrive; never on timings. Ends with the `smoke: N passed, M failed` line.
 fn smoke_verdict(result: &RunResult) -> ExitCode {
     let passed = result.delivery.clients_exact;
     let failed = u64::from(result.connections.requested) - passed;
@@ -177,6 +182,22 @@ fn smoke_verdict(result: &RunResult) -> ExitCode {
     ] {
         if count > 0 {
             problems.push(format!("{count} {what}"));
+        }
+    }
+    if let Some(churn) = &result.churn {
+        if churn.failed > 0 {
+            problems.push(format!(
+                "{} of {} churn connections failed ({})",
+                churn.failed,
+                churn.attempted,
+                churn.first_error.as_deref().unwrap_or_default()
+            ));
+        }
+        if churn.rows_below_seeded > 0 {
+            problems.push(format!(
+                "{} churn snapshots held fewer than the {} seeded rows",
+                churn.rows_below_seeded, churn.seeded_rows
+            ));
         }
     }
     for problem in &problems {

@@ -134,6 +134,22 @@ pub struct Args {
     /// Writes the full results, with these parameters, as JSON to this file.
     #[arg(long, env = "CDC_GATEWAY_BENCH_OUT")]
     pub out: Option<PathBuf>,
+
+    /// Scenario f and --smoke: new connections per second while events flow, each subscribing to
+    /// `cdc.order` with a snapshot, reading it to `synced`, then closing [default: 1000;
+    /// 0 seeds the rows but opens no churn connections, a control run; --smoke: 20].
+    #[arg(long, env = "CDC_GATEWAY_BENCH_CHURN_RATE", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub churn_rate: Option<u32>,
+
+    /// Scenario f and --smoke: distinct rows of `order` produced before the run (and cycled
+    /// over by its events), so every snapshot holds this many [default: 1000; --smoke: 100].
+    #[arg(long, env = "CDC_GATEWAY_BENCH_CHURN_ROWS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub churn_rows: Option<u32>,
+
+    /// Scenario f and --smoke: churn connections open at the same time at most; when all are busy the
+    /// churn falls behind its rate rather than piling up.
+    #[arg(long, env = "CDC_GATEWAY_BENCH_CHURN_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub churn_concurrency: u32,
 }
 
 /// Preset workloads.
@@ -150,6 +166,9 @@ pub enum Scenario {
     D,
     /// Steps the delivery rate up; the best step keeps p99 under the bound.
     E,
+    /// Scenario a while new connections subscribe with a 1,000-row snapshot and close,
+    /// 1,000 a second.
+    F,
 }
 
 /// Everything a bench invocation does, resolved from the flags and the preset.
@@ -184,6 +203,19 @@ pub struct Plan {
     pub gateway_args: Vec<String>,
     pub log_dir: PathBuf,
     pub out: Option<PathBuf>,
+    /// Scenario f (and the smoke check): connection churn while the events flow.
+    pub churn: Option<Churn>,
+}
+
+/// Connection churn: the rows seeded for the snapshots, and how fast connections come and go.
+#[derive(Debug, Clone, Serialize)]
+pub struct Churn {
+    /// Target connections per second; 0 seeds the rows and opens none.
+    pub rate: u32,
+    /// Distinct rows of `order` seeded before the run; the events cycle over the same ids.
+    pub rows: u32,
+    /// Churn connections open at once at most.
+    pub concurrency: u32,
 }
 
 /// Scenario e's rate ladder.
@@ -204,6 +236,8 @@ struct Preset {
     rate: u64,
     duration: Duration,
     hold: Duration,
+    /// Churn rate and rows: scenario f and the smoke check.
+    churn: Option<(u32, u32)>,
 }
 
 const DEFAULT_STEPS: [u64; 9] = [
@@ -220,9 +254,14 @@ impl Preset {
             rate,
             duration,
             hold: Duration::ZERO,
+            churn: None,
         };
         match (scenario, smoke) {
-            (_, true) => preset(200, Mix::Entity, 500, 100, secs(30)),
+            // A light churn: 20 snapshots of 100 rows a second, about 100 connections in all.
+            (_, true) => Preset {
+                churn: Some((20, 100)),
+                ..preset(200, Mix::Entity, 500, 100, secs(30))
+            },
             (None, false) => preset(100, Mix::Entity, 10_000, 1_000, secs(60)),
             (Some(Scenario::A), _) => preset(1_000, Mix::Entity, 100_000, 0, secs(120)),
             (Some(Scenario::B), _) => preset(10_000, Mix::Row, 200_000, 0, secs(120)),
@@ -233,6 +272,10 @@ impl Preset {
             (Some(Scenario::D), _) => preset(1_000, Mix::Filter, 200_000, 0, secs(120)),
             // Events and rate are set per step from the target delivery rate.
             (Some(Scenario::E), _) => preset(1_000, Mix::Entity, 0, 0, secs(60)),
+            (Some(Scenario::F), _) => Preset {
+                churn: Some((1_000, 1_000)),
+                ..preset(1_000, Mix::Entity, 100_000, 0, secs(120))
+            },
         }
     }
 }
@@ -262,6 +305,27 @@ impl Plan {
                 bail!("--step-duration must be between 1s and 10m");
             }
         }
+        let churn = match preset.churn {
+            // The smoke check keeps its other mixes, without the churn.
+            Some(_) if args.smoke && !matches!(mix, Mix::Entity | Mix::Filter) => None,
+            Some((rate, rows)) => {
+                if !matches!(mix, Mix::Entity | Mix::Filter) {
+                    bail!(
+                        "scenario f seeds rows of cdc.order and cycles the events over them: \
+                         use --mix entity or filter"
+                    );
+                }
+                Some(Churn {
+                    rate: args.churn_rate.unwrap_or(rate),
+                    rows: args.churn_rows.unwrap_or(rows),
+                    concurrency: args.churn_concurrency,
+                })
+            }
+            None if args.churn_rate.is_some() || args.churn_rows.is_some() => {
+                bail!("--churn-rate and --churn-rows belong to --scenario f (or --smoke)")
+            }
+            None => None,
+        };
         let duration = args.duration.unwrap_or(preset.duration);
         let hold = args.hold.unwrap_or(preset.hold);
         for (flag, value) in [("--duration", duration), ("--hold", hold)] {
@@ -317,6 +381,7 @@ impl Plan {
                 .log_dir
                 .unwrap_or_else(|| std::env::temp_dir().join("cdc-gateway-bench")),
             out: args.out,
+            churn,
         })
     }
 }
@@ -358,6 +423,20 @@ mod tests {
         assert_eq!((p.connections, p.mix, p.events), (200, Mix::Entity, 500));
         let p = plan(&["--scenario", "c"]).unwrap();
         assert_eq!(p.read_buffer, 5368);
+        assert!(p.churn.is_none());
+        let p = plan(&["--scenario", "f", "--events", "15000"]).unwrap();
+        assert_eq!(
+            (p.connections, p.mix, p.events),
+            (1_000, Mix::Entity, 15_000)
+        );
+        let churn = p.churn.unwrap();
+        assert_eq!(
+            (churn.rate, churn.rows, churn.concurrency),
+            (1_000, 1_000, 512)
+        );
+        let p = plan(&["--scenario", "f", "--churn-rate", "0", "--churn-rows", "50"]).unwrap();
+        let churn = p.churn.unwrap();
+        assert_eq!((churn.rate, churn.rows), (0, 50));
     }
 
     #[test]
@@ -367,6 +446,9 @@ mod tests {
         assert!(plan(&["--scenario", "e", "--rate", "5"]).is_err());
         assert!(plan(&["--scenario", "e", "--mix", "idle"]).is_err());
         assert!(plan(&["--gateway-url", "ws://127.0.0.1:1/ws"]).is_err());
+        assert!(plan(&["--scenario", "a", "--churn-rate", "10"]).is_err());
+        assert!(plan(&["--scenario", "f", "--mix", "row"]).is_err());
+        assert!(plan(&["--scenario", "f", "--churn-rows", "0"]).is_err());
         let p = plan(&[
             "--gateway-arg=--outbound-queue=64",
             "--gateway-arg",

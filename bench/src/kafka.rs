@@ -146,7 +146,8 @@ pub struct ProduceSpec {
     pub run: u32,
     pub events: u64,
     pub rate: u64,
-    pub clients: u32,
+    /// Row ids cycle over this many (`workload::row_of`).
+    pub ids: u32,
     pub pad: String,
     pub deadline: Duration,
 }
@@ -243,9 +244,9 @@ impl EventProducer {
                 }
             }
             let now = workload::now_us();
-            workload::encode_event(&mut value, spec.run, seq, spec.clients, now, &spec.pad);
+            workload::encode_event(&mut value, spec.run, seq, spec.ids, now, &spec.pad);
             key.clear();
-            let _ = write!(key, "{}", workload::row_of(seq, spec.clients));
+            let _ = write!(key, "{}", workload::row_of(seq, spec.ids));
             let record = BaseRecord::<str, str, usize>::with_opaque_to(&self.topic, seq as usize)
                 .key(&key)
                 .payload(&value);

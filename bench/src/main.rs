@@ -3,6 +3,7 @@
 //! smoke check or a runtime error, 2 bad flags.
 
 mod bench;
+mod churn;
 mod cli;
 mod client;
 mod host;
@@ -10,6 +11,7 @@ mod kafka;
 mod report;
 mod run;
 mod scan;
+mod scrape;
 mod target;
 mod workload;
 

@@ -51,6 +51,96 @@ pub struct RunResult {
     pub tansu_cpu_seconds: Option<f64>,
     /// CPU seconds the bench itself used meanwhile: it shares the machine with the gateway.
     pub bench_cpu_seconds: Option<f64>,
+    /// The gateway's own latency histograms over the run (from its `/metrics`), beside
+    /// `latency_us`; absent when they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_latency: Option<GatewayLatency>,
+    /// Scenario f: the connections that came and went while the events flowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnResult>,
+}
+
+/// Where the end-to-end latency goes, by the gateway's histograms (see `scrape.rs`).
+#[derive(Serialize)]
+pub struct GatewayLatency {
+    /// `cdc_gateway_enqueue_latency_seconds`: Kafka record timestamp until queued for every
+    /// recipient, per event: producer batching, broker, fetch, and the gateway's dispatch.
+    pub enqueue: Option<StageLatency>,
+    /// `cdc_gateway_dispatch_latency_seconds`: record handed over by librdkafka until queued
+    /// for every recipient, per event: the gateway's own share of `enqueue`.
+    pub dispatch: Option<StageLatency>,
+    /// `enqueue` minus `dispatch`, means only: until librdkafka hands the record over
+    /// (producer batching, broker, fetch, and waiting in the consumer's queue while the
+    /// gateway is behind).
+    pub upstream_mean_us: Option<f64>,
+    /// End-to-end mean minus `enqueue` mean: from queued to read by the client (the
+    /// gateway's writer, the socket, and the client's wake-up and read).
+    pub after_enqueue_mean_us: Option<f64>,
+}
+
+/// One stage's latency from a Prometheus histogram: exact count and mean; each quantile as
+/// the bucket it lies in, and an estimate interpolated within it.
+#[derive(Serialize)]
+pub struct StageLatency {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50: Option<BucketQuantile>,
+    pub p90: Option<BucketQuantile>,
+    pub p99: Option<BucketQuantile>,
+}
+
+#[derive(Serialize)]
+pub struct BucketQuantile {
+    pub estimate_us: f64,
+    /// The bucket's bounds, microseconds: (lower, upper], no upper for `+Inf`.
+    pub bucket_us: (f64, Option<f64>),
+}
+
+/// Connection churn (scenario f): each churn connection connects, subscribes to `cdc.order`
+/// with `"snapshot": true`, reads the ack and every row up to `synced`, checks the rows, and
+/// closes.
+#[derive(Serialize, Default)]
+pub struct ChurnResult {
+    /// Connections per second asked for.
+    pub target_per_sec: u32,
+    /// Churn connections open at once at most.
+    pub concurrency: u32,
+    /// Distinct rows produced before the run: what every snapshot should hold.
+    pub seeded_rows: u32,
+    /// Seconds from seeding until the gateway's snapshot of `cdc.order` held every seeded row.
+    pub seed_seconds: f64,
+    /// Connections started.
+    pub attempted: u64,
+    /// Connections that got the ack, exactly the ack's `snapshot.rows` rows, each row once,
+    /// and `synced`.
+    pub completed: u64,
+    pub failed: u64,
+    /// Why connections failed, with counts.
+    pub failure_reasons: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    /// Times every one of `concurrency` connections was still busy when the next was due:
+    /// the churn fell behind its rate there.
+    pub capped: u64,
+    /// From the first connection started until the last one finished.
+    pub seconds: f64,
+    /// `completed / seconds`: the churn achieved.
+    pub connects_per_sec: f64,
+    /// Snapshot rows received by completed connections, in all.
+    pub rows: u64,
+    /// Fewest and most rows in one completed snapshot.
+    pub rows_min: Option<u64>,
+    pub rows_max: Option<u64>,
+    /// Completed snapshots with fewer rows than were seeded.
+    pub rows_below_seeded: u64,
+    /// Completed snapshots whose ack said `complete: true` / `false`.
+    pub complete: u64,
+    pub incomplete: u64,
+    /// TCP connect plus WebSocket upgrade, microseconds.
+    pub connect_us: Option<Latency>,
+    /// Subscribe sent until `synced` received (ack and every row read), microseconds.
+    pub subscribe_snapshot_us: Option<Latency>,
+    /// Connect started until `synced` received, microseconds.
+    pub total_us: Option<Latency>,
 }
 
 #[derive(Serialize)]
@@ -150,6 +240,21 @@ pub struct Latency {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+}
+
+impl Latency {
+    /// The quantiles of `histogram`; `None` when it is empty.
+    pub fn of<T: hdrhistogram::Counter>(histogram: &hdrhistogram::Histogram<T>) -> Option<Self> {
+        (!histogram.is_empty()).then(|| Latency {
+            count: histogram.len(),
+            p50: histogram.value_at_quantile(0.5),
+            p90: histogram.value_at_quantile(0.9),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        })
+    }
 }
 
 #[derive(Serialize, Default)]
@@ -308,6 +413,43 @@ impl RunResult {
         if !others.is_empty() {
             let _ = writeln!(out, "  other CPU    {}", others.join(", "));
         }
+        if let Some(split) = &self.gateway_latency {
+            let stage = |name: &str, stage: &Option<StageLatency>| {
+                stage.as_ref().map(|s| {
+                    format!(
+                        "{name} p50 {}  p90 {}  p99 {}  mean {}  (n = {})",
+                        bucket(&s.p50),
+                        bucket(&s.p90),
+                        bucket(&s.p99),
+                        micros(s.mean_us.round() as u64),
+                        group(s.count)
+                    )
+                })
+            };
+            let lines = [
+                stage("record timestamp → queued  ", &split.enqueue),
+                stage("fetched → queued (gateway) ", &split.dispatch),
+                split.upstream_mean_us.map(|us| {
+                    format!(
+                        "record timestamp → handed over by librdkafka, means: {}",
+                        signed_micros(us)
+                    )
+                }),
+                split.after_enqueue_mean_us.map(|us| {
+                    format!(
+                        "queued → read by the client (end-to-end mean − enqueue mean): {}",
+                        signed_micros(us)
+                    )
+                }),
+            ];
+            for (i, line) in lines.into_iter().flatten().enumerate() {
+                let label = if i == 0 { "  split" } else { "" };
+                let _ = writeln!(out, "{label:<15}{line}");
+            }
+        }
+        if let Some(churn) = &self.churn {
+            churn.summary(&mut out);
+        }
         let mut closes: Vec<String> = self
             .closes
             .by_gateway
@@ -345,6 +487,73 @@ impl RunResult {
     }
 }
 
+impl ChurnResult {
+    fn summary(&self, out: &mut String) {
+        if self.target_per_sec == 0 {
+            let _ = writeln!(
+                out,
+                "  churn        off (--churn-rate 0); {} rows seeded",
+                group(u64::from(self.seeded_rows))
+            );
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "  churn        {} connects/s (target {}/s, at most {} at once{}): {} started, {} \
+             complete, {} failed in {:.2} s",
+            group(self.connects_per_sec.round() as u64),
+            group(u64::from(self.target_per_sec)),
+            self.concurrency,
+            if self.capped > 0 {
+                format!(", all busy {} times", group(self.capped))
+            } else {
+                String::new()
+            },
+            group(self.attempted),
+            group(self.completed),
+            group(self.failed),
+            self.seconds,
+        );
+        let rows = match (self.rows_min, self.rows_max) {
+            (Some(min), Some(max)) if min == max => format!("{} rows each", group(min)),
+            (Some(min), Some(max)) => format!("{}–{} rows", group(min), group(max)),
+            _ => "no rows".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "               snapshots {rows} (seeded {}, {} below), complete {} / incomplete {}; \
+             {} rows in all",
+            group(u64::from(self.seeded_rows)),
+            group(self.rows_below_seeded),
+            group(self.complete),
+            group(self.incomplete),
+            group(self.rows),
+        );
+        for (what, latency) in [
+            ("subscribe+snapshot", &self.subscribe_snapshot_us),
+            ("connect", &self.connect_us),
+            ("connect to synced", &self.total_us),
+        ] {
+            if let Some(l) = latency {
+                let _ = writeln!(
+                    out,
+                    "               {what:<18} p50 {}  p90 {}  p99 {}  max {}",
+                    micros(l.p50),
+                    micros(l.p90),
+                    micros(l.p99),
+                    micros(l.max),
+                );
+            }
+        }
+        for (reason, count) in &self.failure_reasons {
+            let _ = writeln!(out, "               {count} × {reason}");
+        }
+        if let Some(error) = &self.first_error {
+            let _ = writeln!(out, "               first error: {error}");
+        }
+    }
+}
+
 /// `1234567` as `1,234,567`.
 pub fn group(n: u64) -> String {
     let digits = n.to_string();
@@ -363,6 +572,30 @@ fn micros(us: u64) -> String {
         0..1_000 => format!("{us} µs"),
         1_000..1_000_000 => format!("{:.2} ms", us as f64 / 1e3),
         _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// The bucket a quantile lies in: `1.00 ms–2.50 ms`, or `> 30.00 s` for the `+Inf` one.
+fn bucket(quantile: &Option<BucketQuantile>) -> String {
+    let us = |us: f64| micros(us.round() as u64);
+    match quantile {
+        None => "-".to_owned(),
+        Some(BucketQuantile {
+            bucket_us: (lower, Some(upper)),
+            ..
+        }) => format!("{}–{}", us(*lower), us(*upper)),
+        Some(BucketQuantile {
+            bucket_us: (lower, None),
+            ..
+        }) => format!("> {}", us(*lower)),
+    }
+}
+
+/// A difference of means, which may come out below zero at the histograms' resolution.
+fn signed_micros(us: f64) -> String {
+    match us {
+        us if us < 0.0 => format!("-{}", micros((-us).round() as u64)),
+        us => micros(us.round() as u64),
     }
 }
 

@@ -14,14 +14,16 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::churn;
 use crate::cli::Plan;
 use crate::client::{self, Counters, Ending, Outcome, Probe};
 use crate::host::Pid;
 use crate::kafka::{EventProducer, ProduceSpec};
 use crate::report::{
-    ClientRow, Closes, Connections, Delivery, Events, Latency, Process, RunResult, Throughput,
-    CLIENT_ROWS,
+    ChurnResult, ClientRow, Closes, Connections, Delivery, Events, GatewayLatency, Latency,
+    Process, RunResult, Throughput, CLIENT_ROWS,
 };
+use crate::scrape::Buckets;
 use crate::target::Target;
 use crate::workload::Mix;
 
@@ -31,6 +33,11 @@ const PROBE_WAIT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_millis(500);
 /// Interval of progress updates and delivery samples.
 const TICK: Duration = Duration::from_millis(100);
+/// How long the gateway may take to hold every seeded row in its snapshot of `cdc.order`.
+const SEED_WAIT: Duration = Duration::from_secs(30);
+/// The seed is produced again after this long without every row in the snapshot (a gateway
+/// that began reading after the first seed missed it).
+const SEED_RETRY: Duration = Duration::from_secs(5);
 
 /// What varies between the runs of one invocation (scenario e steps the rate).
 pub struct RunSpec {
@@ -81,6 +88,13 @@ pub async fn run(
         run: spec.run,
         events: spec.events,
     });
+    // Scenario f: seed the rows every snapshot should hold, before the steady clients
+    // subscribe (they must not see the seed).
+    let churn = churn_settings(target, plan);
+    let seed_seconds = match &churn {
+        Some(churn) => seed(target, plan, churn, interrupted).await?,
+        None => 0.0,
+    };
     // The probe connects first, so a connection limit that the clients fill cannot keep it out.
     let probe = match spec.events {
         0 => None,
@@ -189,8 +203,22 @@ pub async fn run(
         .cpu_start
         .take()
         .unwrap_or_else(|| CpuMark::now(target));
+    let churn_result = flow.churn.take();
+    let metrics = flow.metrics.take();
     let mut result = summarize(plan, spec, &outcomes, flow);
+    result.gateway_latency =
+        metrics.map(|(before, after)| gateway_latency(&before, &after, &result));
     result.connections.seconds = connect_seconds;
+    result.churn = churn.map(|settings| {
+        let mut churn = churn_result.unwrap_or_else(|| ChurnResult {
+            target_per_sec: settings.rate,
+            concurrency: settings.concurrency,
+            seeded_rows: settings.rows,
+            ..ChurnResult::default()
+        });
+        churn.seed_seconds = seed_seconds;
+        churn
+    });
     let delivered = result.delivery.received;
     let gateway_cpu = since(cpu_end.gateway, cpu_start.gateway);
     result.gateway = target.gateway.map(|pid| Process {
@@ -224,6 +252,101 @@ struct Flow {
     /// (seconds after production started, distinct deliveries so far).
     samples: Vec<(f64, u64)>,
     cpu_start: Option<CpuMark>,
+    churn: Option<ChurnResult>,
+    /// The gateway's latency histograms before the first event and after the drain.
+    metrics: Option<(String, String)>,
+}
+
+/// What scenario f's churn connections share, when the plan has a churn.
+fn churn_settings(target: &Target, plan: &Plan) -> Option<Arc<churn::Settings>> {
+    plan.churn.as_ref().map(|churn| {
+        Arc::new(churn::Settings::new(
+            target.ws_url.clone(),
+            target.ws_addr,
+            plan.connect_timeout,
+            churn,
+        ))
+    })
+}
+
+/// Produces `settings.rows` distinct rows of `order` (run `SEED_RUN`) and waits until a
+/// snapshot of `cdc.order` holds them all; returns the seconds that took.
+async fn seed(
+    target: &Target,
+    plan: &Plan,
+    settings: &churn::Settings,
+    interrupted: &watch::Receiver<bool>,
+) -> anyhow::Result<f64> {
+    let rows = settings.rows;
+    let producer = Arc::new(EventProducer::new(
+        &target.brokers,
+        &plan.source_topic,
+        u64::from(rows),
+        &plan.producer_properties,
+    )?);
+    let started = Instant::now();
+    let mut seeded_at: Option<Instant> = None;
+    loop {
+        if seeded_at.is_none_or(|at| at.elapsed() >= SEED_RETRY) {
+            let seeder = Arc::clone(&producer);
+            let spec = ProduceSpec {
+                run: crate::workload::SEED_RUN,
+                events: u64::from(rows),
+                rate: 0,
+                ids: rows,
+                pad: String::new(),
+                deadline: SEED_WAIT,
+            };
+            let done = tokio::task::spawn_blocking(move || {
+                seeder.produce(&spec, &AtomicU64::new(0), &AtomicBool::new(false))
+            })
+            .await
+            .context("the seed producer thread failed")?;
+            let ledger = producer.ledger();
+            let acknowledged = ledger.acknowledged().count();
+            if acknowledged < rows as usize {
+                bail!(
+                    "the broker acknowledged {acknowledged} of the {rows} seed rows: {}",
+                    ledger
+                        .first_error()
+                        .or(done.flush_error)
+                        .unwrap_or_else(|| "no error reported".into())
+                );
+            }
+            seeded_at = Some(Instant::now());
+        }
+        let held = match churn::snapshot_once(settings).await {
+            Ok(snapshot) if snapshot.rows >= u64::from(rows) => {
+                let seconds = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "run: seeded {rows} rows of cdc.order; a snapshot holds {} rows ({}) \
+                     after {seconds:.2} s",
+                    snapshot.rows,
+                    if snapshot.complete {
+                        "complete"
+                    } else {
+                        "incomplete"
+                    },
+                );
+                return Ok(seconds);
+            }
+            Ok(snapshot) => format!("{} rows", snapshot.rows),
+            Err(failure) => failure.detail,
+        };
+        if *interrupted.borrow() {
+            bail!("interrupted while seeding the snapshot rows");
+        }
+        if started.elapsed() > SEED_WAIT {
+            bail!(
+                "after {SEED_WAIT:?} a snapshot of cdc.order still had {} where {rows} rows were \
+                 seeded: does the gateway read --source-topic {}, with its snapshot cache on \
+                 (--snapshot-rows)?",
+                held,
+                plan.source_topic
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn deliver(
@@ -235,6 +358,7 @@ async fn deliver(
     failed_clients: &Mutex<Vec<u32>>,
     interrupted: &watch::Receiver<bool>,
 ) -> anyhow::Result<Flow> {
+    let churn = churn_settings(target, plan);
     let producer = Arc::new(EventProducer::new(
         &target.brokers,
         &plan.source_topic,
@@ -266,6 +390,7 @@ async fn deliver(
     }
     probe.close().await;
 
+    let metrics_before = crate::scrape::metrics(target.ws_addr).await;
     let cpu_start = CpuMark::now(target);
     let sent = Arc::new(AtomicU64::new(0));
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -273,7 +398,8 @@ async fn deliver(
         run: spec.run,
         events: spec.events,
         rate: spec.rate,
-        clients: plan.connections,
+        // Scenario f: the events change the seeded rows, so every snapshot keeps their count.
+        ids: churn.as_ref().map_or(plan.connections, |churn| churn.rows),
         pad: "x".repeat(plan.payload_pad as usize),
         deadline: plan.duration,
     };
@@ -285,6 +411,16 @@ async fn deliver(
         );
         tokio::task::spawn_blocking(move || producer.produce(&produce, &sent, &stop))
     };
+    // The churn runs from the first event until the deliveries drained.
+    let (stop_churn, churn_stop_rx) = watch::channel(false);
+    let churn_counters = Arc::new(churn::Counters::default());
+    let churn_task = churn.filter(|c| c.rate > 0).map(|settings| {
+        tokio::spawn(churn::drive(
+            settings,
+            Arc::clone(&churn_counters),
+            churn_stop_rx,
+        ))
+    });
 
     let per_event = plan.mix.recipients_per_event(plan.connections);
     let bar = progress_bar(spec.events, "produce");
@@ -306,8 +442,20 @@ async fn deliver(
         }
         let rate = delivered as f64 / started.elapsed().as_secs_f64().max(1e-3);
         bar.set_position(sent.load(Ordering::Relaxed));
+        let churned = match &churn_task {
+            Some(_) => format!(
+                "; churn {} done, {} failed ({}/s)",
+                crate::report::group(churn_counters.completed.load(Ordering::Relaxed)),
+                crate::report::group(churn_counters.failed.load(Ordering::Relaxed)),
+                crate::report::group(
+                    (churn_counters.completed.load(Ordering::Relaxed) as f64
+                        / started.elapsed().as_secs_f64().max(1e-3)) as u64
+                ),
+            ),
+            None => String::new(),
+        };
         bar.set_message(format!(
-            "delivered {} of ~{} ({}/s)",
+            "delivered {} of ~{} ({}/s){churned}",
             crate::report::group(delivered),
             crate::report::group((sent.load(Ordering::Relaxed) as f64 * per_event) as u64),
             crate::report::group(rate as u64),
@@ -369,6 +517,23 @@ async fn deliver(
         }
     };
     bar.finish_and_clear();
+    if let Some(before) = metrics_before {
+        flow.metrics = crate::scrape::metrics(target.ws_addr)
+            .await
+            .map(|after| (before, after));
+    }
+    let _ = stop_churn.send(true);
+    if let Some(task) = churn_task {
+        eprintln!(
+            "run {}: deliveries {}; waiting for {} churn connections still open",
+            spec.run,
+            flow.drain,
+            churn_counters.started.load(Ordering::Relaxed)
+                - churn_counters.completed.load(Ordering::Relaxed)
+                - churn_counters.failed.load(Ordering::Relaxed)
+        );
+        flow.churn = Some(task.await.context("the churn driver failed")?);
+    }
     Ok(flow)
 }
 
@@ -474,20 +639,39 @@ fn summarize(plan: &Plan, spec: &RunSpec, outcomes: &[Outcome], flow: Flow) -> R
             seconds: 0.0,
             stopped_early: spec.events > 0,
         }),
-        latency_us: (!latency.is_empty()).then(|| Latency {
-            count: latency.len(),
-            p50: latency.value_at_quantile(0.5),
-            p90: latency.value_at_quantile(0.9),
-            p99: latency.value_at_quantile(0.99),
-            p999: latency.value_at_quantile(0.999),
-            max: latency.max(),
-            mean: latency.mean(),
-        }),
+        latency_us: Latency::of(&latency),
         delivery,
         closes,
         gateway: None,
         tansu_cpu_seconds: None,
         bench_cpu_seconds: None,
+        gateway_latency: None,
+        churn: None,
+    }
+}
+
+/// The gateway's enqueue and dispatch latency over the run, beside the clients' latency.
+fn gateway_latency(before: &str, after: &str, result: &RunResult) -> GatewayLatency {
+    let stage = |name| {
+        let after = Buckets::parse(after, name)?;
+        let before = Buckets::parse(before, name);
+        before
+            .map_or(after.clone(), |before| after.since(&before))
+            .stage()
+    };
+    let enqueue = stage(crate::scrape::ENQUEUE);
+    let dispatch = stage(crate::scrape::DISPATCH);
+    GatewayLatency {
+        upstream_mean_us: enqueue
+            .as_ref()
+            .zip(dispatch.as_ref())
+            .map(|(e, d)| e.mean_us - d.mean_us),
+        after_enqueue_mean_us: enqueue
+            .as_ref()
+            .zip(result.latency_us.as_ref())
+            .map(|(e, l)| l.mean - e.mean_us),
+        enqueue,
+        dispatch,
     }
 }
 

@@ -70,6 +70,35 @@ pub fn data_message(text: &str) -> Option<DataFields> {
     })
 }
 
+/// The one name a snapshot row is read for.
+static ENTITY_ID: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(r#""entity_id""#).into_owned());
+
+/// Reads the row id of a snapshot row, a data message that ends with `"snapshot":true` (the
+/// gateway writes that flag last) and holds one `"entity_id":"<digits>"`; `None` for anything
+/// else, or when unsure (an escape sequence, a repeated name), as [`data_message`] does.
+/// Churn connections read a thousand rows each, a thousand connections a second: this keeps
+/// serde_json off that path, except for the sampled cross-check.
+pub fn snapshot_row(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let balanced =
+        memchr::memchr_iter(b'{', bytes).count() == memchr::memchr_iter(b'}', bytes).count();
+    if !bytes.starts_with(br#"{"type":"data","#)
+        || !bytes.ends_with(br#","snapshot":true}"#)
+        || !balanced
+        || memchr::memchr(b'\\', bytes).is_some()
+    {
+        return None;
+    }
+    let end = once(&ENTITY_ID, bytes)?;
+    let digits = bytes[end..].strip_prefix(br#":""#)?;
+    let len = digits.iter().position(|b| !b.is_ascii_digit())?;
+    if len == 0 || digits[len] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
+}
+
 /// Where the one occurrence of `finder`'s needle ends; `None` when it is missing or repeated.
 fn once(finder: &Finder<'_>, bytes: &[u8]) -> Option<usize> {
     let at = finder.find(bytes)?;
@@ -148,6 +177,25 @@ mod tests {
                 sent_us: Some(5),
             }
         );
+    }
+
+    #[test]
+    fn reads_snapshot_rows() {
+        let row = r#"{"type":"data","topic":"cdc.order","payload":{"entity_type":"order","entity_id":"42","operation":"update","data":{"id":42,"seq":7,"run":0},"before":null,"timestamp":"2026-11-23T10:00:00Z"},"source":"cdc.events","partition":0,"offset":9,"timestamp":"2026-11-23T10:00:00.001Z","snapshot":true}"#;
+        assert_eq!(snapshot_row(row), Some(42));
+        let live = row.replace(r#","snapshot":true}"#, "}");
+        assert_eq!(snapshot_row(&live), None);
+        for declined in [
+            row.replace(r#""entity_id":"42""#, r#""entity_id":"4\"2""#),
+            row.replace(r#""entity_id":"42""#, r#""entity_id":"x42""#),
+            row.replace(r#""entity_id":"42""#, r#""entity_id":42"#),
+            row.replace(r#""entity_id":"42""#, r#""entity_id":"""#),
+            row.replace(r#""id":42"#, r#""entity_id":"1""#),
+            row.replace(r#"{"type":"data""#, r#"{"type":"ack""#),
+            row[..row.len() - 1].to_owned(),
+        ] {
+            assert_eq!(snapshot_row(&declined), None, "{declined}");
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 pub const ENTITY: &str = "order";
 /// Entity of the probe events that confirm the gateway reads past a known point.
 pub const PROBE_ENTITY: &str = "bench_probe";
+/// Run number of the rows seeded before a churn run (scenario f): a steady client that
+/// received one would count it as a stray.
+pub const SEED_RUN: u32 = u32::MAX;
 /// Share of events the filter mix matches: `bucket = seq % 100 < FILTER_BUCKETS`.
 const FILTER_BUCKETS: u64 = 10;
 
@@ -122,10 +125,11 @@ pub fn row_of(seq: u64, clients: u32) -> u64 {
     seq % u64::from(clients.max(1))
 }
 
-/// Writes the simple-envelope record of event `seq` into `out` (cleared first). `sent_us` is
-/// the producer's clock in epoch microseconds; latency is measured against it.
-pub fn encode_event(out: &mut String, run: u32, seq: u64, clients: u32, sent_us: u64, pad: &str) {
-    let id = row_of(seq, clients);
+/// Writes the simple-envelope record of event `seq` into `out` (cleared first); its row id
+/// cycles over `ids` rows (the client count, or scenario f's seeded rows). `sent_us` is the
+/// producer's clock in epoch microseconds; latency is measured against it.
+pub fn encode_event(out: &mut String, run: u32, seq: u64, ids: u32, sent_us: u64, pad: &str) {
+    let id = row_of(seq, ids);
     out.clear();
     // Writing to a String cannot fail.
     let _ = write!(
