@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 use cdc_gateway::config::{Cli, Command, LogFormat};
 use cdc_gateway::gateway::{self, Gateway, Pages};
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
