@@ -163,7 +163,7 @@ fn fanout(c: &mut Criterion) {
                 for i in 0..iters {
                     let e = event(i as u32 % 100);
                     let started = Instant::now();
-                    runtime.block_on(engine.dispatch(&e));
+                    runtime.block_on(engine.dispatch(e));
                     total += started.elapsed();
                     for receiver in &mut receivers {
                         while receiver.try_recv().is_some() {}

@@ -249,16 +249,16 @@ impl FanOut {
 
     /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
     /// cache and the resume history.
-    pub fn remember(&self, event: &ChangeEvent) {
+    pub fn remember(&self, event: ChangeEvent) {
         self.record(event, None);
     }
 
-    fn record(&self, event: &ChangeEvent, payload: Option<Bytes>) {
+    /// Keeps the event (moved, not copied: this runs once per record) for snapshots and
+    /// resumes.
+    fn record(&self, event: ChangeEvent, payload: Option<Bytes>) {
         if self.last_values.is_enabled() || self.history.is_enabled() {
-            let latest = Arc::new(Latest {
-                event: event.clone(),
-                payload: payload.unwrap_or_else(|| Bytes::from(event.payload_json())),
-            });
+            let payload = payload.unwrap_or_else(|| Bytes::from(event.payload_json()));
+            let latest = Arc::new(Latest { event, payload });
             self.last_values.record(&latest);
             self.history.record(&latest);
         }
@@ -267,7 +267,8 @@ impl FanOut {
     /// Queues the event for every matching subscriber of its entity and row topics, and a
     /// leave event for every subscriber whose filter the row no longer passes. Returns once
     /// every recipient has it queued, was skipped under the policy, or is gone.
-    pub async fn dispatch(&self, event: &ChangeEvent) {
+    pub async fn dispatch(&self, owned: ChangeEvent) {
+        let event = &owned;
         let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
         // Connections whose queue was full, with the messages they are owed, in order.
@@ -349,9 +350,10 @@ impl FanOut {
         }
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
-        self.record(event, payload);
-        self.dispatched.record(event.position);
-        if let Some(ts) = event.kafka_timestamp_ms {
+        let (position, kafka_timestamp_ms) = (event.position, event.kafka_timestamp_ms);
+        self.record(owned, payload);
+        self.dispatched.record(position);
+        if let Some(ts) = kafka_timestamp_ms {
             let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);
             self.metrics
                 .enqueue_latency
@@ -546,7 +548,7 @@ mod tests {
         index.subscribe("cdc.order", &a, Arc::new(Filter::default()));
         index.subscribe("cdc.order", &b, Arc::new(Filter::default()));
         index.subscribe("cdc.order.7", &b, Arc::new(Filter::default()));
-        fanout.dispatch(&event("7", 10)).await;
+        fanout.dispatch(event("7", 10)).await;
         let (ma, mb1, mb2) = (
             rx_a.recv().await.unwrap(),
             rx_b.recv().await.unwrap(),
@@ -576,8 +578,8 @@ mod tests {
         let (a, mut rx_a) = Outbound::new(1, 4);
         let only_9 = Filter::compile(Some(&json!({"entity_id": "9"}))).unwrap();
         index.subscribe("cdc.order", &a, Arc::new(only_9));
-        fanout.dispatch(&event("7", 1)).await;
-        fanout.dispatch(&event("9", 2)).await;
+        fanout.dispatch(event("7", 1)).await;
+        fanout.dispatch(event("9", 2)).await;
         let v: Value = serde_json::from_slice(&rx_a.recv().await.unwrap()).unwrap();
         assert_eq!(v["payload"]["entity_id"], "9");
         assert!(rx_a.try_recv().is_none());
@@ -588,9 +590,9 @@ mod tests {
         let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 1000);
         let (slow, mut rx) = Outbound::new(1, 1);
         index.subscribe("cdc.order", &slow, Arc::new(Filter::default()));
-        fanout.dispatch(&event("1", 1)).await;
+        fanout.dispatch(event("1", 1)).await;
         let started = Instant::now();
-        fanout.dispatch(&event("2", 2)).await;
+        fanout.dispatch(event("2", 2)).await;
         assert!(
             started.elapsed() >= Duration::from_millis(1000),
             "dispatch is paced by the full queue"
@@ -621,7 +623,7 @@ mod tests {
             got
         });
         for i in 0..50 {
-            fanout.dispatch(&event(&i.to_string(), i)).await;
+            fanout.dispatch(event(&i.to_string(), i)).await;
         }
         assert_eq!(reader.await.unwrap(), 50);
         assert_eq!(metrics.deliveries.get(), 50);
@@ -640,12 +642,12 @@ mod tests {
         let (client, mut rx) = Outbound::new(1, 1);
         index.subscribe("cdc.order", &client, Arc::new(Filter::default()));
         for i in 0..4 {
-            fanout.dispatch(&event(&i.to_string(), i)).await;
+            fanout.dispatch(event(&i.to_string(), i)).await;
         }
         assert_eq!(metrics.drops.with_label_values(&["queue_full"]).get(), 3);
         assert!(!client.is_closing());
         rx.recv().await.unwrap();
-        fanout.dispatch(&event("5", 5)).await;
+        fanout.dispatch(event("5", 5)).await;
         assert_eq!(
             metrics.deliveries.get(),
             2,
@@ -665,7 +667,7 @@ mod tests {
         shipped.operation = Operation::Update;
         shipped.before = Some(json!({"id": "7", "status": "new"}).into());
         shipped.data = Some(json!({"id": "7", "status": "shipped"}).into());
-        fanout.dispatch(&shipped).await;
+        fanout.dispatch(shipped.clone()).await;
         let left: Value = serde_json::from_slice(&rx_new.recv().await.unwrap()).unwrap();
         assert_eq!(left["leave"], true);
         assert_eq!(left["payload"]["data"]["status"], "shipped");
@@ -675,7 +677,7 @@ mod tests {
         let mut again = shipped.clone();
         again.position.offset = 4;
         again.before = again.data.clone();
-        fanout.dispatch(&again).await;
+        fanout.dispatch(again).await;
         assert!(rx_new.try_recv().is_none());
     }
 
@@ -715,7 +717,7 @@ mod tests {
             fanout.history.cover(p, 0);
         }
         for offset in 0..3 {
-            fanout.dispatch(&event(&offset.to_string(), offset)).await;
+            fanout.dispatch(event(&offset.to_string(), offset)).await;
         }
         let (client, mut rx) = Outbound::new(1, 16);
         let since = Position::from([(p0, -1), (p1, 0)]);
@@ -768,7 +770,7 @@ mod tests {
             e.data = Some(json!({"id": "7", "tenant": to, "secret": to}).into());
             e
         };
-        fanout.dispatch(&moved(1, "globex", "acme")).await;
+        fanout.dispatch(moved(1, "globex", "acme")).await;
         let arrived: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
         assert_eq!(arrived["payload"]["data"]["tenant"], "acme");
         assert_eq!(
@@ -776,7 +778,7 @@ mod tests {
             Value::Null,
             "where the row came from is globex's"
         );
-        fanout.dispatch(&moved(2, "acme", "globex")).await;
+        fanout.dispatch(moved(2, "acme", "globex")).await;
         let left: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
         assert_eq!(left["leave"], true);
         assert_eq!(
@@ -803,7 +805,7 @@ mod tests {
         shipped.operation = Operation::Update;
         shipped.before = Some(json!({"id": "7", "status": "new"}).into());
         shipped.data = Some(json!({"id": "7", "status": "shipped"}).into());
-        fanout.dispatch(&shipped).await;
+        fanout.dispatch(shipped).await;
         let (client, mut rx) = Outbound::new(1, 16);
         let (mut join, joined) = join_of(&client, Some(Position::from([(p1, -1)])));
         join.topics = vec![(
@@ -830,9 +832,9 @@ mod tests {
             index.subscribe("cdc.order", &stalled, Arc::new(Filter::default()));
             receivers.push((stalled, rx));
         }
-        fanout.dispatch(&event("1", 1)).await;
+        fanout.dispatch(event("1", 1)).await;
         let started = Instant::now();
-        fanout.dispatch(&event("2", 2)).await;
+        fanout.dispatch(event("2", 2)).await;
         let held = started.elapsed();
         assert!(
             held >= Duration::from_millis(1000) && held < Duration::from_millis(1500),
@@ -868,7 +870,7 @@ mod tests {
         let _trickle = reader(400, rx_trickler); // 2.5 a second: below 10
         let _steady = reader(50, rx_steady); // 20 a second: keeps up, slowly
         for i in 0..60 {
-            fanout.dispatch(&event(&i.to_string(), i)).await;
+            fanout.dispatch(event(&i.to_string(), i)).await;
         }
         assert_eq!(trickler.closed().await, CloseCode::SlowConsumer);
         assert!(!steady.is_closing(), "a steady reader rides out the burst");

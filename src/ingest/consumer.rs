@@ -184,7 +184,7 @@ impl Ingest {
             drop(message);
             match decoded {
                 Ok(Decoded::Event(event)) => {
-                    self.fanout.dispatch(&event).await;
+                    self.fanout.dispatch(*event).await;
                     self.metrics
                         .dispatch_latency
                         .observe(received.elapsed().as_secs_f64());
@@ -295,7 +295,7 @@ impl Ingest {
                 timestamp_ms: record.timestamp_ms,
             };
             if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {
-                self.fanout.remember(&event);
+                self.fanout.remember(*event);
                 events += 1;
             }
         }
