@@ -138,10 +138,12 @@ impl History {
             return;
         }
         *last = at.offset;
-        let entity = state
-            .entities
-            .entry(latest.event.entity_type.as_str().into())
-            .or_default();
+        let name = latest.event.entity_type.as_str();
+        // Looked up before inserting: `entry` would allocate the key for every record.
+        if !state.entities.contains_key(name) {
+            state.entities.insert(name.into(), Entity::default());
+        }
+        let entity = state.entities.get_mut(name).expect("inserted");
         state.recorded += 1;
         entity
             .events

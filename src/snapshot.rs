@@ -110,10 +110,12 @@ impl LastValues {
         };
         state.changes += 1;
         let changed = state.changes;
-        let entity = state
-            .entities
-            .entry(event.entity_type.as_str().into())
-            .or_default();
+        let name = event.entity_type.as_str();
+        // Looked up before inserting: `entry` would allocate the key for every record.
+        if !state.entities.contains_key(name) {
+            state.entities.insert(name.into(), EntityRows::default());
+        }
+        let entity = state.entities.get_mut(name).expect("inserted");
         if let Some(row) = entity.rows.get_mut(id) {
             // A warm-up may have read further than the first records dispatched after it.
             let held = row.1.event.position;
