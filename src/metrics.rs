@@ -84,6 +84,8 @@ pub struct Metrics {
     pub enqueue_latency: Histogram,
     /// The gateway's own share: record handed over by librdkafka -> queued for every client.
     pub dispatch_latency: Histogram,
+    /// The writer's share: a batch's oldest message queued -> the batch written to the socket.
+    pub write_latency: Histogram,
     pub error_replies: IntCounterVec,
     pub history: CacheMetrics,
     pub snapshot_cache: CacheMetrics,
@@ -150,13 +152,27 @@ impl Metrics {
                 "Time from a record handed over by the Kafka client to its event queued for every recipient (decode, filters, serialization, waits on full queues): the gateway's share of enqueue latency.",
             )
             .buckets(vec![
-                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                0.05, 0.25, 1.0, 5.0,
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015,
+                0.002, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
             ]),
         )
         .expect("valid metric");
         registry
             .register(Box::new(dispatch_latency.clone()))
+            .expect("unique metric");
+        let write_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "cdc_gateway_write_latency_seconds",
+                "Time from the oldest message of a batch queued for a connection to the batch written to its socket (the writer's wake-up, framing, and the write, which waits on clients that read slowly).",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015,
+                0.002, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(write_latency.clone()))
             .expect("unique metric");
         #[cfg(target_os = "linux")]
         registry
@@ -238,6 +254,7 @@ impl Metrics {
             ready: gauge("cdc_gateway_ready", "1 while /readyz answers 200."),
             enqueue_latency,
             dispatch_latency,
+            write_latency,
             error_replies: counter_vec(
                 "cdc_gateway_error_replies_total",
                 "Error replies sent to clients, by protocol error code.",
@@ -285,6 +302,16 @@ impl Metrics {
                 &["true", "false"],
             ),
             registry,
+        }
+    }
+
+    /// A batch of data messages reached the socket (for SSE, the HTTP connection): how long
+    /// its oldest message waited since queued ([`crate::queue::now_ns`]; 0: nothing waited).
+    pub fn observe_write(&self, waited_since: &mut u64) {
+        if *waited_since != 0 {
+            let waited = crate::queue::now_ns().saturating_sub(*waited_since);
+            self.write_latency.observe(waited as f64 / 1e9);
+            *waited_since = 0;
         }
     }
 

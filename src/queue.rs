@@ -58,6 +58,10 @@ pub struct Closed;
 
 struct State {
     items: VecDeque<Item>,
+    /// When the oldest item still queued was queued (nanoseconds on [`now_ns`]); 0 when
+    /// empty. Set as an item enters an empty queue, so it is a bound from above for the
+    /// items behind it.
+    oldest_at: u64,
     receiver_waiting: bool,
     sender_waiting: bool,
     receiver_gone: bool,
@@ -89,12 +93,22 @@ pub struct Receiver {
     shared: Arc<Shared>,
     /// The backlog being rendered: it comes before anything still in the queue.
     current: Option<Backlog>,
+    /// When the oldest message of the last batch taken was queued ([`now_ns`]).
+    taken_oldest_at: u64,
+}
+
+/// Nanoseconds since the first call: the queue's clock for how long messages waited.
+pub fn now_ns() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    EPOCH.elapsed().as_nanos() as u64 + 1
 }
 
 pub fn bounded(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            oldest_at: 0,
             receiver_waiting: false,
             sender_waiting: false,
             receiver_gone: false,
@@ -112,6 +126,7 @@ pub fn bounded(capacity: usize) -> (Sender, Receiver) {
         Receiver {
             shared,
             current: None,
+            taken_oldest_at: 0,
         },
     )
 }
@@ -126,6 +141,9 @@ impl Sender {
         }
         if state.items.len() >= self.shared.capacity {
             return Err(TrySendError::Full(item));
+        }
+        if state.items.is_empty() {
+            state.oldest_at = now_ns();
         }
         state.items.push_back(item);
         let held = state.items.len();
@@ -195,6 +213,7 @@ impl Receiver {
             {
                 let mut state = self.shared.lock();
                 if !state.items.is_empty() {
+                    self.taken_oldest_at = state.oldest_at;
                     let mut n = 0;
                     while n < limit {
                         match state.items.pop_front() {
@@ -209,8 +228,11 @@ impl Receiver {
                             None => break,
                         }
                     }
-                    if state.items.is_empty() && state.items.capacity() > RETAINED_CAPACITY {
-                        state.items.shrink_to(RETAINED_CAPACITY);
+                    if state.items.is_empty() {
+                        state.oldest_at = 0;
+                        if state.items.capacity() > RETAINED_CAPACITY {
+                            state.items.shrink_to(RETAINED_CAPACITY);
+                        }
                     }
                     let wake = std::mem::take(&mut state.sender_waiting);
                     drop(state);
@@ -233,6 +255,12 @@ impl Receiver {
         }
     }
 
+    /// When the oldest message of the batch last taken was queued ([`now_ns`]): the batch has
+    /// waited at most since then.
+    pub fn taken_oldest_at(&self) -> u64 {
+        self.taken_oldest_at
+    }
+
     pub async fn recv(&mut self) -> Option<Bytes> {
         let mut one = Vec::with_capacity(1);
         (self.recv_many(&mut one, 1).await > 0).then(|| one.remove(0))
@@ -252,6 +280,9 @@ impl Receiver {
             }
             let mut state = self.shared.lock();
             let item = state.items.pop_front();
+            if state.items.is_empty() {
+                state.oldest_at = 0;
+            }
             let wake = item.is_some() && std::mem::take(&mut state.sender_waiting);
             drop(state);
             if wake {
@@ -356,6 +387,26 @@ mod tests {
         assert_eq!(&batch[1000..], ["live-1", "live-2"]);
         assert_eq!(tx.taken(), 1003, "the ack, the backlog's 1000, two live");
         assert!(rx.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_knows_when_its_oldest_message_was_queued() {
+        let (tx, mut rx) = bounded(8);
+        let before = now_ns();
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tx.try_send(Bytes::from_static(b"b")).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(rx.recv_many(&mut batch, 8).await, 2);
+        let oldest = rx.taken_oldest_at();
+        assert!(
+            oldest >= before && now_ns() - oldest >= 5_000_000,
+            "the first message's time"
+        );
+        // A message into the drained queue starts a new clock.
+        tx.try_send(Bytes::from_static(b"c")).unwrap();
+        rx.recv_many(&mut batch, 8).await;
+        assert!(rx.taken_oldest_at() > oldest);
     }
 
     #[tokio::test]

@@ -317,6 +317,8 @@ impl Stream {
         let shutdown = shutdown_token.cancelled();
         tokio::pin!(closed, shutdown);
         let mut batch: Vec<Bytes> = Vec::new();
+        // When the oldest data message of the chunk was queued (0: a heartbeat).
+        let mut waited_since = 0;
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -327,6 +329,7 @@ impl Stream {
                     if received == 0 {
                         return;
                     }
+                    waited_since = queue.taken_oldest_at();
                     let chunk = self.events(&mut batch);
                     // A burst's 256 slots do not stay with an idle stream.
                     if received < BATCH {
@@ -338,7 +341,11 @@ impl Stream {
             };
             tokio::select! {
                 biased;
-                sent = chunks.send(chunk) => if sent.is_err() { return },
+                // Handed to the HTTP connection, which writes it next.
+                sent = chunks.send(chunk) => match sent {
+                    Err(_) => return,
+                    Ok(()) => hub.metrics.observe_write(&mut waited_since),
+                },
                 _ = &mut closed => return,
                 _ = &mut shutdown => return,
             }

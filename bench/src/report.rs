@@ -69,6 +69,9 @@ pub struct GatewayLatency {
     /// `cdc_gateway_dispatch_latency_seconds`: record handed over by librdkafka until queued
     /// for every recipient, per event: the gateway's own share of `enqueue`.
     pub dispatch: Option<StageLatency>,
+    /// `cdc_gateway_write_latency_seconds`: per batch written to a socket, from its oldest
+    /// message queued: the gateway's share after `dispatch`.
+    pub write: Option<StageLatency>,
     /// `enqueue` minus `dispatch`, means only: until librdkafka hands the record over
     /// (producer batching, broker, fetch, and waiting in the consumer's queue while the
     /// gateway is behind).
@@ -429,6 +432,7 @@ impl RunResult {
             let lines = [
                 stage("record timestamp → queued  ", &split.enqueue),
                 stage("fetched → queued (gateway) ", &split.dispatch),
+                stage("queued → written (gateway) ", &split.write),
                 split.upstream_mean_us.map(|us| {
                     format!(
                         "record timestamp → handed over by librdkafka, means: {}",

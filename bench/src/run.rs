@@ -661,6 +661,7 @@ fn gateway_latency(before: &str, after: &str, result: &RunResult) -> GatewayLate
     };
     let enqueue = stage(crate::scrape::ENQUEUE);
     let dispatch = stage(crate::scrape::DISPATCH);
+    let write = stage(crate::scrape::WRITE);
     GatewayLatency {
         upstream_mean_us: enqueue
             .as_ref()
@@ -672,6 +673,7 @@ fn gateway_latency(before: &str, after: &str, result: &RunResult) -> GatewayLate
             .map(|(e, l)| l.mean - e.mean_us),
         enqueue,
         dispatch,
+        write,
     }
 }
 

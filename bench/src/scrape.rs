@@ -9,9 +9,10 @@
 //! - `cdc_gateway_dispatch_latency_seconds`: record handed over by librdkafka until queued for
 //!   every recipient: decode, filters, serialization and the enqueues, the gateway's share of
 //!   the above.
+//! - `cdc_gateway_write_latency_seconds`: per batch written to a socket, from its oldest
+//!   message queued: the writer's wake-up, framing and the write, the gateway's other share.
 //!
-//! What neither covers, the queue to the socket and the client's read, is the end-to-end mean
-//! minus the enqueue mean. Quantiles come from the bucket counts, interpolated within a
+//! What none covers, the client's read, is in the end-to-end mean minus the enqueue mean. Quantiles come from the bucket counts, interpolated within a
 //! bucket as Prometheus' `histogram_quantile` does: read them as estimates at the buckets'
 //! resolution.
 
@@ -23,6 +24,7 @@ use crate::report::{BucketQuantile, StageLatency};
 
 pub const ENQUEUE: &str = "cdc_gateway_enqueue_latency_seconds";
 pub const DISPATCH: &str = "cdc_gateway_dispatch_latency_seconds";
+pub const WRITE: &str = "cdc_gateway_write_latency_seconds";
 
 /// The body of `GET /metrics`, or `None` when the gateway does not answer 200.
 pub async fn metrics(addr: SocketAddr) -> Option<String> {

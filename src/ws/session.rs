@@ -456,6 +456,8 @@ async fn write_loop(
     let mut app_ping = interval_at(start + app_period, app_period);
     app_ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch: Vec<Bytes> = Vec::new();
+    // When the oldest data message not yet flushed was queued (0: none).
+    let mut waited_since = 0;
     // Registered once, not per batch: re-registering with the connection's and the shared
     // shutdown token on every wake-up was a visible share of the per-delivery cost.
     // A child token: polling the shared token would take the one lock every writer shares.
@@ -482,6 +484,7 @@ async fn write_loop(
                 if received == 0 {
                     return;
                 }
+                waited_since = queue.taken_oldest_at();
                 let mut result = Ok(());
                 for message in batch.drain(..) {
                     result = result.and(ws.write_frame(Frame::text(Payload::Borrowed(&message))).await);
@@ -504,7 +507,10 @@ async fn write_loop(
         // common case) leaves the close checks to the top of the loop.
         tokio::select! {
             biased;
-            flushed = ws.flush() => if flushed.is_err() { return },
+            flushed = ws.flush() => match flushed {
+                Err(_) => return,
+                Ok(()) => shared.metrics.observe_write(&mut waited_since),
+            },
             code = &mut closed => break Some((code, outbound.close_reason(code))),
             _ = &mut shutdown => break Some((CloseCode::GoingAway, CloseCode::GoingAway.reason().to_owned())),
         }

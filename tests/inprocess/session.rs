@@ -378,6 +378,13 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
     }
     assert!(gateway.metric("cdc_gateway_history_bytes").await > 8.0 * 256.0);
     assert!(gateway.metric("cdc_gateway_snapshot_bytes").await > 0.0);
+    // Batches written to sockets, each timed from its oldest message queued.
+    assert!(
+        gateway
+            .metric("cdc_gateway_write_latency_seconds_count")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
