@@ -533,10 +533,13 @@ fn config_variables() -> BTreeSet<String> {
     let names: BTreeSet<String> = help
         .split("[env: ")
         .skip(1)
-        .map(|rest| rest.split('=').next().unwrap().to_owned())
+        // `[env: NAME=value]`, or `[env: NAME]` where the value is hidden (a key file).
+        .map(|rest| rest.split(['=', ']']).next().unwrap().to_owned())
         .collect();
     assert!(
-        names.iter().all(|n| n.starts_with("CDC_GATEWAY_")),
+        names
+            .iter()
+            .all(|n| n.starts_with("CDC_GATEWAY_") && !n.contains(' ')),
         "{names:?}"
     );
     names
