@@ -313,22 +313,7 @@ async fn dashboard_and_alerts_query_metrics_and_labels_the_gateway_exports() {
         }
     }
 
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    let dead = unique("cdc-dead");
-    tansu.create_topic(&topic, 1).await;
-    tansu.create_topic(&dead, 1).await;
-    let flags = [
-        "--slow-client-policy",
-        "drop",
-        "--outbound-queue",
-        "1",
-        "--slow-client-grace",
-        "100ms",
-        "--dead-letter-topic",
-        &dead,
-    ];
-    let gateway = Gateway::start(&tansu.brokers(), &topic, &flags).await;
+    let (tansu, gateway, topic) = metrics_stack().await;
     move_every_metric(&tansu, &gateway, &topic).await;
 
     let (_, metrics_path) = gateway_scrape(&compose);
@@ -424,6 +409,28 @@ async fn the_connector_routes_every_captured_table_to_the_gateway_under_its_enti
             "the record key is the primary key alone"
         );
     }
+}
+
+/// A broker and a gateway configured so that [`move_every_metric`] can move every metric
+/// (the drop policy with a one-message queue, a dead-letter topic); returns the source topic.
+pub(crate) async fn metrics_stack() -> (Tansu, Gateway, String) {
+    let tansu = Tansu::start();
+    let topic = unique("cdc-events");
+    let dead = unique("cdc-dead");
+    tansu.create_topic(&topic, 1).await;
+    tansu.create_topic(&dead, 1).await;
+    let flags = [
+        "--slow-client-policy",
+        "drop",
+        "--outbound-queue",
+        "1",
+        "--slow-client-grace",
+        "100ms",
+        "--dead-letter-topic",
+        &dead,
+    ];
+    let gateway = Gateway::start(&tansu.brokers(), &topic, &flags).await;
+    (tansu, gateway, topic)
 }
 
 /// Makes every gateway metric move: a subscription, a delivery, an error reply, a bad record

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
-use crate::deploy::{json_file, json_files, move_every_metric, repo, yaml};
+use crate::deploy::{json_file, json_files, metrics_stack, move_every_metric, repo, yaml};
 use crate::support::*;
 
 const COMPOSE: &str = "docker-compose.kafka.yml";
@@ -138,22 +138,7 @@ fn every_alert_has_a_unit_test_where_it_fires_and_one_where_it_stays_quiet() {
 async fn a_real_prometheus_scrapes_the_gateway_and_answers_every_dashboard_query_and_alert() {
     let started = Instant::now();
     let binary = tool("prometheus");
-    let tansu = Tansu::start();
-    let topic = unique("cdc-events");
-    let dead = unique("cdc-dead");
-    tansu.create_topic(&topic, 1).await;
-    tansu.create_topic(&dead, 1).await;
-    let flags = [
-        "--slow-client-policy",
-        "drop",
-        "--outbound-queue",
-        "1",
-        "--slow-client-grace",
-        "100ms",
-        "--dead-letter-topic",
-        &dead,
-    ];
-    let gateway = Gateway::start(&tansu.brokers(), &topic, &flags).await;
+    let (tansu, gateway, topic) = metrics_stack().await;
     let instance = gateway.addr().to_string();
 
     let layout = Layout::new();

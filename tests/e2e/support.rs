@@ -272,6 +272,12 @@ impl Producer {
         self.send(topic, key, Some(&value.to_string())).await
     }
 
+    /// An update of order `id` to `data` in the simple envelope, without a `before` image.
+    pub async fn update_order(&self, topic: &str, id: &str, data: Value) {
+        let value = order(id, "update", data, Value::Null);
+        self.send_json(topic, None, &value).await
+    }
+
     pub async fn consume_all(
         &self,
         brokers: &str,

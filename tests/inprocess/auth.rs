@@ -105,15 +105,10 @@ async fn without_a_token_only_auth_is_answered_then_topics_are_checked() {
         );
     }
     producer
-        .send_json(
+        .update_order(
             &topic,
-            None,
-            &order(
-                "1",
-                "update",
-                json!({"id": "1", "tenant": "acme", "status": "new"}),
-                Value::Null,
-            ),
+            "1",
+            json!({"id": "1", "tenant": "acme", "status": "new"}),
         )
         .await;
     assert_eq!(client.data().await["payload"]["entity_id"], "1");
@@ -167,39 +162,24 @@ async fn header_and_query_tokens_and_claim_filters_confine_what_arrives() {
     by_query.subscribe("cdc.order", json!({})).await;
 
     producer
-        .send_json(
+        .update_order(
             &topic,
-            None,
-            &order(
-                "1",
-                "update",
-                json!({"id": "1", "tenant": "globex", "status": "paid"}),
-                Value::Null,
-            ),
+            "1",
+            json!({"id": "1", "tenant": "globex", "status": "paid"}),
         )
         .await;
     producer
-        .send_json(
+        .update_order(
             &topic,
-            None,
-            &order(
-                "2",
-                "update",
-                json!({"id": "2", "tenant": "acme", "status": "new"}),
-                Value::Null,
-            ),
+            "2",
+            json!({"id": "2", "tenant": "acme", "status": "new"}),
         )
         .await;
     producer
-        .send_json(
+        .update_order(
             &topic,
-            None,
-            &order(
-                "3",
-                "update",
-                json!({"id": "3", "tenant": "acme", "status": "paid"}),
-                Value::Null,
-            ),
+            "3",
+            json!({"id": "3", "tenant": "acme", "status": "paid"}),
         )
         .await;
     let mut all = Vec::new();

@@ -34,28 +34,10 @@ async fn a_stream_acks_then_carries_data_with_its_position() {
         assert!(ack["position"].is_object());
     }
     producer
-        .send_json(
-            &topic,
-            None,
-            &order(
-                "7",
-                "update",
-                json!({"id": "7", "status": "paid"}),
-                Value::Null,
-            ),
-        )
+        .update_order(&topic, "7", json!({"id": "7", "status": "paid"}))
         .await;
     producer
-        .send_json(
-            &topic,
-            None,
-            &order(
-                "8",
-                "update",
-                json!({"id": "8", "status": "new"}),
-                Value::Null,
-            ),
-        )
+        .update_order(&topic, "8", json!({"id": "8", "status": "new"}))
         .await;
     let mut seen = Vec::new();
     for _ in 0..3 {
@@ -93,16 +75,7 @@ async fn a_stream_acks_then_carries_data_with_its_position() {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         producer
-            .send_json(
-                &topic,
-                None,
-                &order(
-                    "7",
-                    "update",
-                    json!({"id": "7", "status": "again"}),
-                    Value::Null,
-                ),
-            )
+            .update_order(&topic, "7", json!({"id": "7", "status": "again"}))
             .await;
         if gateway.metric("cdc_gateway_subscriptions_active").await == 0.0 {
             break;
@@ -138,28 +111,10 @@ async fn filters_apply_and_bad_requests_are_refused_before_the_stream() {
     );
     assert_eq!(sse.next_event(WAIT).await.unwrap().0, "ack");
     producer
-        .send_json(
-            &topic,
-            None,
-            &order(
-                "1",
-                "update",
-                json!({"id": "1", "status": "new"}),
-                Value::Null,
-            ),
-        )
+        .update_order(&topic, "1", json!({"id": "1", "status": "new"}))
         .await;
     producer
-        .send_json(
-            &topic,
-            None,
-            &order(
-                "2",
-                "update",
-                json!({"id": "2", "status": "paid"}),
-                Value::Null,
-            ),
-        )
+        .update_order(&topic, "2", json!({"id": "2", "status": "paid"}))
         .await;
     let (_, _, data) = sse.next_event(WAIT).await.unwrap();
     assert_eq!(
@@ -251,16 +206,7 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
         "an idle stream sends a heartbeat comment"
     );
     producer
-        .send_json(
-            &topic,
-            None,
-            &order(
-                "5",
-                "update",
-                json!({"id": "5", "status": "paid"}),
-                Value::Null,
-            ),
-        )
+        .update_order(&topic, "5", json!({"id": "5", "status": "paid"}))
         .await;
     let (_, id, data) = sse.next_event(WAIT).await.unwrap();
     assert_eq!(data["payload"]["entity_id"], "5");
