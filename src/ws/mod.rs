@@ -55,7 +55,12 @@ pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<B
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
         };
         match admitted {
-            Ok(admitted) => session::run(ws, Connection::open(hub, admitted)).await,
+            // A task of its own: what this one held for the upgrade and the admission is
+            // not kept by a session that may stay idle for hours.
+            Ok(admitted) => {
+                let session = session::run(ws, Connection::open(Arc::clone(&hub), admitted));
+                hub.sessions.spawn(session);
+            }
             Err(refusal) => {
                 let code = match &refusal {
                     Refusal::Token(AuthError::Expired) => CloseCode::TokenExpired,
@@ -66,7 +71,8 @@ pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<B
                     | Refusal::TooManyPendingAuth
                     | Refusal::TooManyFromAddress => CloseCode::Policy,
                 };
-                refuse(ws, &hub, code, &refusal.to_string()).await
+                // Boxed: a refusal's state is not held by the sessions that were admitted.
+                Box::pin(refuse(ws, &hub, code, &refusal.to_string())).await
             }
         }
     });

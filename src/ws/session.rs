@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{
-    Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -28,7 +26,7 @@ use crate::protocol::{self, reply, ErrorCode, Request};
 
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Io>>;
-type Writer = WebSocketWrite<Coalesce<WriteHalf<Io>>>;
+type Writer = Coalesce<WriteHalf<Io>>;
 
 /// Data messages the writer takes from the queue per batch (one flush each).
 const BATCH: usize = 256;
@@ -62,22 +60,28 @@ enum Ending {
     Unreadable,
 }
 
-pub async fn run(ws: WebSocket<Io>, (connection, queue): (Connection, crate::queue::Receiver)) {
+/// Sets the connection up and starts its writer task; the future returned is the reader,
+/// and its state is what every idle connection holds, so it keeps nothing the setup needed.
+pub fn run(
+    ws: WebSocket<Io>,
+    (connection, queue): (Connection, crate::queue::Receiver),
+) -> impl std::future::Future<Output = ()> + Send {
     let hub = Arc::clone(connection.hub());
     let settings = &hub.settings;
     let (read_half, write_half) = tokio::io::split(ws.into_inner());
-    let (mut reader, mut writer) =
-        fastwebsockets::after_handshake_split(read_half, Coalesce::new(write_half), Role::Server);
+    // fastwebsockets reads and parses the client's frames; the writer lays out its frames
+    // itself (`Coalesce`), so fastwebsockets' write half is left unused.
+    let (mut reader, _) =
+        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
     reader.set_max_message_size(settings.max_message_size + 1);
-    writer.set_writev(true);
-    writer.set_writev_threshold(0);
+    let writer = Coalesce::new(write_half);
 
     // Boxed: a channel allocates its first block of 32 slots up front, and 32 pointers are a
     // quarter of 32 replies (about 800 bytes less for every connection, idle ones included).
     let (control, control_queue) = mpsc::channel(CONTROL_QUEUE);
-    let mut writer_task = tokio::spawn(write_loop(
+    let writer_task = tokio::spawn(write_loop(
         writer,
         control_queue,
         queue,
@@ -85,34 +89,41 @@ pub async fn run(ws: WebSocket<Io>, (connection, queue): (Connection, crate::que
         Arc::clone(&hub),
     ));
 
-    let mut session = Session {
+    let session = Session {
         connection,
         control,
         bucket: TokenBucket::new(settings.rate_limit, settings.rate_burst),
     };
-    let ending = session.read_loop(&mut reader, &mut writer_task).await;
-    session.connection.unsubscribe_all();
+    session.serve(reader, writer_task)
+}
 
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
-    // A broken stream has nobody to write to; otherwise let the writer finish its close.
-    let broken = matches!(ending, Ending::Broken);
-    if broken
-        || (!matches!(ending, Ending::WriterDone)
-            && tokio::time::timeout_at(deadline, &mut writer_task)
-                .await
-                .is_err())
-    {
-        writer_task.abort();
-    }
-    match ending {
-        Ending::WriterDone | Ending::GatewayClosed => {
-            let _ = tokio::time::timeout_at(deadline, await_client_close(&mut reader)).await;
+impl Session {
+    /// Reads the client's frames until the connection ends, then winds it down.
+    async fn serve(mut self, mut reader: Reader, mut writer_task: tokio::task::JoinHandle<()>) {
+        let ending = self.read_loop(&mut reader, &mut writer_task).await;
+        self.connection.unsubscribe_all();
+
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        // A broken stream has nobody to write to; otherwise let the writer finish its close.
+        let broken = matches!(ending, Ending::Broken);
+        if broken
+            || (!matches!(ending, Ending::WriterDone)
+                && tokio::time::timeout_at(deadline, &mut writer_task)
+                    .await
+                    .is_err())
+        {
+            writer_task.abort();
         }
-        Ending::Unreadable => tokio::time::sleep(Duration::from_millis(500)).await,
-        Ending::Gone | Ending::Broken => {}
+        match ending {
+            Ending::WriterDone | Ending::GatewayClosed => {
+                let _ = tokio::time::timeout_at(deadline, await_client_close(&mut reader)).await;
+            }
+            Ending::Unreadable => tokio::time::sleep(Duration::from_millis(500)).await,
+            Ending::Gone | Ending::Broken => {}
+        }
+        // The connection (its slot and gauges) ends with the session.
+        drop(self);
     }
-    // The connection (its slot and gauges) ends with the session.
-    drop(session);
 }
 
 /// Reads (and discards) until the client's close frame or the end of the stream.
@@ -153,8 +164,7 @@ impl Session {
         reader: &mut Reader,
         writer_task: &mut tokio::task::JoinHandle<()>,
     ) -> Ending {
-        let settings = &self.connection.hub().settings;
-        let (max_size, idle_timeout) = (settings.max_message_size, settings.idle_timeout);
+        let idle_timeout = self.connection.hub().settings.idle_timeout;
         let mut last_seen = Instant::now();
         let mut fragments: Option<Vec<u8>> = None;
         let mut obligations = no_obligations;
@@ -184,56 +194,68 @@ impl Session {
                 Err(_) => return Ending::Broken,
             };
             last_seen = Instant::now();
-            let sent = match frame.opcode {
-                OpCode::Text if frame.fin => self.handle(&frame.payload).await,
-                OpCode::Text => {
-                    fragments = Some(frame.payload.to_vec());
-                    true
-                }
-                OpCode::Continuation => match fragments.as_mut() {
-                    Some(message) if message.len() + frame.payload.len() > max_size => {
-                        self.close(CloseCode::TooBig).await;
-                        return Ending::GatewayClosed;
-                    }
-                    Some(message) => {
-                        message.extend_from_slice(&frame.payload);
-                        match fragments.take_if(|_| frame.fin) {
-                            Some(message) if std::str::from_utf8(&message).is_err() => {
-                                self.error(
-                                    ErrorCode::InvalidMessage,
-                                    "text is not valid UTF-8",
-                                    None,
-                                    None,
-                                )
-                                .await
-                            }
-                            Some(message) => self.handle(&message).await,
-                            None => true,
-                        }
-                    }
-                    // The rest of a binary message: already answered.
-                    None => true,
-                },
-                OpCode::Binary => {
-                    self.error(
-                        ErrorCode::InvalidMessage,
-                        "binary frames are not supported: send JSON text frames",
-                        None,
-                        None,
-                    )
-                    .await
-                }
-                OpCode::Ping => self.send(Control::Pong(frame.payload.to_vec())).await,
-                OpCode::Pong => true,
-                OpCode::Close => {
-                    self.send(Control::Echo(frame.payload.to_vec())).await;
-                    return Ending::Gone;
-                }
-            };
-            if !sent {
-                return Ending::WriterDone;
+            // Boxed: answering a request is the largest state of the session (a subscribe
+            // waits for the consumer task), and inline it would be held by every idle
+            // connection that is only waiting for its next frame.
+            if let Some(ending) = Box::pin(self.answer(frame, &mut fragments)).await {
+                return ending;
             }
         }
+    }
+
+    /// Answers one frame; `Some` when the session ends with it.
+    async fn answer(
+        &mut self,
+        frame: Frame<'_>,
+        fragments: &mut Option<Vec<u8>>,
+    ) -> Option<Ending> {
+        let max_size = self.connection.hub().settings.max_message_size;
+        let sent = match frame.opcode {
+            OpCode::Text if frame.fin => self.handle(&frame.payload).await,
+            OpCode::Text => {
+                *fragments = Some(frame.payload.to_vec());
+                true
+            }
+            OpCode::Continuation => match fragments.as_mut() {
+                Some(message) if message.len() + frame.payload.len() > max_size => {
+                    return Some(self.close(CloseCode::TooBig).await);
+                }
+                Some(message) => {
+                    message.extend_from_slice(&frame.payload);
+                    match fragments.take_if(|_| frame.fin) {
+                        Some(message) if std::str::from_utf8(&message).is_err() => {
+                            self.error(
+                                ErrorCode::InvalidMessage,
+                                "text is not valid UTF-8",
+                                None,
+                                None,
+                            )
+                            .await
+                        }
+                        Some(message) => self.handle(&message).await,
+                        None => true,
+                    }
+                }
+                // The rest of a binary message: already answered.
+                None => true,
+            },
+            OpCode::Binary => {
+                self.error(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not supported: send JSON text frames",
+                    None,
+                    None,
+                )
+                .await
+            }
+            OpCode::Ping => self.send(Control::Pong(frame.payload.to_vec())).await,
+            OpCode::Pong => true,
+            OpCode::Close => {
+                self.send(Control::Echo(frame.payload.to_vec())).await;
+                return Some(Ending::Gone);
+            }
+        };
+        (!sent).then_some(Ending::WriterDone)
     }
 
     /// Asks the writer to close; never waits, even when the writer is stuck on a client
@@ -467,15 +489,15 @@ async fn write_loop(
     tokio::pin!(closed, shutdown);
 
     let closing = loop {
-        let written = tokio::select! {
+        tokio::select! {
             biased;
             code = &mut closed => break Some((code, outbound.close_reason(code))),
             _ = &mut shutdown => break Some((CloseCode::GoingAway, CloseCode::GoingAway.reason().to_owned())),
             message = control.recv() => match message.map(|m| *m) {
-                Some(Control::Text(text)) => ws.write_frame(Frame::text(Payload::Owned(text))).await,
-                Some(Control::Pong(payload)) => ws.write_frame(Frame::pong(Payload::Owned(payload))).await,
+                Some(Control::Text(text)) => ws.frame(Frame::text(Payload::Owned(text))),
+                Some(Control::Pong(payload)) => ws.frame(Frame::pong(Payload::Owned(payload))),
                 Some(Control::Echo(payload)) => {
-                    let _ = ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await;
+                    ws.frame(Frame::close_raw(Payload::Owned(payload)));
                     break None;
                 }
                 None => return,
@@ -485,22 +507,17 @@ async fn write_loop(
                     return;
                 }
                 waited_since = queue.taken_oldest_at();
-                let mut result = Ok(());
                 for message in batch.drain(..) {
-                    result = result.and(ws.write_frame(Frame::text(Payload::Borrowed(&message))).await);
+                    ws.frame(Frame::text(Payload::Borrowed(&message)));
                 }
                 if received < BATCH {
                     batch.shrink_to(RETAINED_BATCH);
                 }
-                result
             }
-            _ = ping.tick() => ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await,
+            _ = ping.tick() => ws.frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))),
             _ = app_ping.tick(), if settings.app_ping_interval.is_some() => {
-                ws.write_frame(Frame::text(Payload::Owned(reply::ping(crate::clock::now_millis())))).await
+                ws.frame(Frame::text(Payload::Owned(reply::ping(crate::clock::now_millis()))))
             }
-        };
-        if written.is_err() {
-            return;
         }
         // Flushing waits for a slow client; a close request interrupts it, and the unwritten
         // bytes stay buffered ahead of the close frame. A flush that completes at once (the
@@ -521,9 +538,7 @@ async fn write_loop(
             .connections_closed
             .with_label_values(&[&code.as_u16().to_string()])
             .inc();
-        let _ = ws
-            .write_frame(Frame::close(code.as_u16(), close_reason(&reason)))
-            .await;
+        ws.frame(Frame::close(code.as_u16(), close_reason(&reason)));
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
 }
