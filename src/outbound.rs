@@ -60,7 +60,9 @@ impl Outbound {
     /// the transport's writer sees it even while a flush to a client that does not read is
     /// pending.
     pub fn close(&self, code: CloseCode) {
-        self.close_because(code, None);
+        // The reason is kept: two codes share 4001 (invalid token, token expired), so the
+        // number alone does not say which.
+        self.close_because(code, Some(code.reason().to_owned()));
     }
 
     /// [`Outbound::close`] with a reason other than the code's own (`invalid token: ...`).

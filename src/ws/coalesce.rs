@@ -66,8 +66,7 @@ impl<W: AsyncWrite + Unpin> Coalesce<W> {
     }
 
     /// Bytes waiting to be written.
-    #[cfg(test)]
-    fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.buffer.len() - self.written
     }
 }
