@@ -33,6 +33,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use super::coalesce::Coalesce;
 use crate::auth::AuthError;
 use crate::connection::{AccessEnd, Connection, Since};
+use crate::hub::Settings;
 use crate::protocol::close::CloseCode;
 use crate::protocol::{self, reply, ErrorCode, Request};
 use crate::queue::Receiver;
@@ -40,12 +41,15 @@ use crate::queue::Receiver;
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Io>>;
 type Writer = Coalesce<WriteHalf<Io>>;
+type ReadResult = Result<Inbound, WebSocketError>;
 
 /// Data messages taken from the queue at once.
 const BATCH: usize = 256;
 /// Batch slots kept once the queue is drained: a burst's 256 (8 KiB) do not stay with an
 /// idle client.
 const RETAINED_BATCH: usize = 64;
+/// Batches up to this many messages do not keep their list.
+const FEW: usize = 4;
 /// Data messages are taken from the queue while less than this waits to be written.
 const WRITE_AHEAD: usize = 64 * 1024;
 /// The client's next frame is read while less than this waits to be written.
@@ -88,46 +92,86 @@ pub fn run(
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
     reader.set_max_message_size(settings.max_message_size + 1);
+    let now = Instant::now();
+    let beat = Heartbeat::new(now, settings);
+    let idle_at = now + settings.idle_timeout;
     let requests = Requests {
         bucket: TokenBucket::new(settings.rate_limit, settings.rate_burst),
         replies: Vec::new(),
         connection,
     };
-    serve(reader, Coalesce::new(write_half), queue, requests)
+    serve(Box::new(State {
+        out: Coalesce::new(write_half),
+        queue,
+        access: access_deadline(&requests.connection),
+        home: Some(requests),
+        answering: None,
+        read: Box::pin(next_frame(reader)),
+        readable: true,
+        fragments: None,
+        batch: Vec::new(),
+        waited_since: 0,
+        idle_at,
+        beat,
+    }))
 }
 
-async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: Requests) {
-    let hub = Arc::clone(requests.connection.hub());
-    let outbound = Arc::clone(requests.connection.outbound());
+/// What a session keeps for as long as it lives, on the heap: an async fn keeps its
+/// arguments twice (as captured, and as locals) and pads between its states, so the task
+/// holds one pointer to this and the futures it waits on, no more.
+struct State {
+    out: Writer,
+    queue: Receiver,
+    /// The requests' state, home while no request is being answered.
+    home: Option<Requests>,
+    /// The request being answered, which holds the requests' state meanwhile.
+    answering: Option<Pin<Box<dyn Future<Output = Requests> + Send>>>,
+    /// The client's next frame. fastwebsockets' read is not cancel-safe: the same future is
+    /// polled until it yields its frame.
+    read: Pin<Box<dyn Future<Output = (Reader, ReadResult)> + Send>>,
+    /// False once the stream is mid-frame and unreadable (too large, not UTF-8).
+    readable: bool,
+    fragments: Option<Vec<u8>>,
+    batch: Vec<Bytes>,
+    /// When the oldest data message not yet flushed was queued (0: none).
+    waited_since: u64,
+    /// When access ends (no token yet, or it expires), and the close code it ends with.
+    access: Option<(Instant, CloseCode)>,
+    /// When the connection times out unless a frame comes first.
+    idle_at: Instant,
+    beat: Heartbeat,
+}
+
+impl State {
+    fn requests(&self) -> &Requests {
+        self.home.as_ref().expect("no request is pending")
+    }
+
+    /// The earlier of the idle timeout and the access deadline, with its close code.
+    fn timeout(&self) -> (Instant, CloseCode) {
+        match self.access {
+            Some((at, code)) if at < self.idle_at => (at, code),
+            _ => (self.idle_at, CloseCode::IdleTimeout),
+        }
+    }
+
+    /// When the session's one timer should next fire: a timeout or a ping.
+    fn wake_at(&self) -> Instant {
+        self.timeout().0.min(self.beat.next())
+    }
+}
+
+async fn serve(mut s: Box<State>) {
+    let hub = Arc::clone(s.requests().connection.hub());
+    let outbound = Arc::clone(s.requests().connection.outbound());
     let settings = &hub.settings;
     let max_size = settings.max_message_size;
-    let closed = pin!(outbound.closed());
+    let mut closed = pin!(outbound.closed());
     // A child token: polling the shared token would take the one lock every session shares.
     let shutdown_token = hub.shutdown.child_token();
-    let shutdown = pin!(shutdown_token.cancelled());
-    let (mut closed, mut shutdown) = (closed, shutdown);
-
-    // The request being answered holds the requests' state; it is home otherwise.
-    let mut access = access_deadline(&requests.connection);
-    let mut home = Some(requests);
-    let mut answering: Option<Pin<Box<dyn Future<Output = Requests> + Send>>> = None;
-    let mut read = pin!(next_frame(reader));
-    // False once the stream is mid-frame and unreadable (too large, not UTF-8).
-    let mut readable = true;
-    let mut fragments: Option<Vec<u8>> = None;
-    let mut batch: Vec<Bytes> = Vec::new();
-    // When the oldest data message not yet flushed was queued (0: none).
-    let mut waited_since = 0;
-
-    let mut last_seen = Instant::now();
-    let (at, mut timer_code) = next_timeout(last_seen + settings.idle_timeout, access);
-    let mut timer = pin!(sleep_until(at));
-    let mut beat = Heartbeat::new(
-        last_seen,
-        settings.ping_interval,
-        settings.app_ping_interval,
-    );
-    let mut heartbeat = pin!(sleep_until(beat.next()));
+    let mut shutdown = pin!(shutdown_token.cancelled());
+    // One timer for the timeouts and the pings.
+    let mut timer = pin!(sleep_until(s.wake_at()));
 
     let end = loop {
         tokio::select! {
@@ -137,54 +181,50 @@ async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: R
                 let code = CloseCode::GoingAway;
                 break End::Close { code, reason: code.reason().to_owned() };
             }
-            requests = poll_fn(|cx| match answering.as_mut() {
+            requests = poll_fn(|cx| match s.answering.as_mut() {
                 Some(answer) => answer.as_mut().poll(cx),
                 None => Poll::Pending,
             }) => {
-                answering = None;
-                let requests = home.insert(requests);
-                requests.write_replies(&mut out);
-                access = access_deadline(&requests.connection);
-                let at;
-                (at, timer_code) = next_timeout(last_seen + settings.idle_timeout, access);
-                timer.as_mut().reset(at);
+                s.answering = None;
+                let requests = s.home.insert(requests);
+                requests.write_replies(&mut s.out);
+                s.access = access_deadline(&requests.connection);
+                timer.as_mut().reset(s.wake_at());
             }
-            (reader, frame) = &mut read, if readable && home.is_some() && out.pending() < REPLY_AHEAD => {
+            (reader, frame) = &mut s.read, if s.readable && s.home.is_some() && s.out.pending() < REPLY_AHEAD => {
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(WebSocketError::FrameTooLarge) => {
-                        readable = false;
+                        s.readable = false;
                         outbound.close(CloseCode::TooBig);
                         continue;
                     }
                     // RFC 6455 8.1: a text frame that is not UTF-8 fails the connection, with 1007.
                     Err(WebSocketError::InvalidUTF8) => {
-                        readable = false;
+                        s.readable = false;
                         outbound.close(CloseCode::InvalidPayload);
                         continue;
                     }
                     Err(_) => break End::Broken,
                 };
-                read.set(next_frame(reader));
-                last_seen = Instant::now();
-                let at;
-                (at, timer_code) = next_timeout(last_seen + settings.idle_timeout, access);
-                timer.as_mut().reset(at);
-                let requests = home.as_mut().expect("frames are read only while no request is pending");
+                s.read = Box::pin(next_frame(reader));
+                s.idle_at = Instant::now() + settings.idle_timeout;
+                timer.as_mut().reset(s.wake_at());
+                let requests = s.home.as_mut().expect("frames are read only while no request is pending");
                 let message = match frame.opcode {
                     OpCode::Text if frame.fin => Some(frame.payload.freeze()),
                     OpCode::Text => {
-                        fragments = Some(frame.payload.to_vec());
+                        s.fragments = Some(frame.payload.to_vec());
                         None
                     }
-                    OpCode::Continuation => match fragments.as_mut() {
+                    OpCode::Continuation => match s.fragments.as_mut() {
                         Some(message) if message.len() + frame.payload.len() > max_size => {
                             outbound.close(CloseCode::TooBig);
                             None
                         }
                         Some(message) => {
                             message.extend_from_slice(&frame.payload);
-                            match fragments.take_if(|_| frame.fin) {
+                            match s.fragments.take_if(|_| frame.fin) {
                                 Some(message) if std::str::from_utf8(&message).is_err() => {
                                     requests.error(ErrorCode::InvalidMessage, "text is not valid UTF-8", None, None);
                                     None
@@ -205,44 +245,51 @@ async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: R
                         None
                     }
                     OpCode::Ping => {
-                        out.frame(Frame::pong(Payload::Borrowed(&frame.payload)));
+                        s.out.frame(Frame::pong(Payload::Borrowed(&frame.payload)));
                         None
                     }
                     OpCode::Pong => None,
                     OpCode::Close => break End::Echo(frame.payload),
                 };
-                requests.write_replies(&mut out);
+                requests.write_replies(&mut s.out);
                 if let Some(message) = message {
-                    let requests = home.take().expect("checked above");
+                    let requests = s.home.take().expect("checked above");
                     // Boxed: answering is the largest state of a session (a subscribe waits
                     // for the consumer task), and inline it would be held by every idle one.
-                    answering = Some(Box::pin(requests.answer(message)));
+                    s.answering = Some(Box::pin(requests.answer(message)));
                 }
             }
-            received = queue.recv_many(&mut batch, BATCH), if out.pending() < WRITE_AHEAD => {
+            received = s.queue.recv_many(&mut s.batch, BATCH), if s.out.pending() < WRITE_AHEAD => {
                 if received == 0 {
                     break End::Broken;
                 }
-                if waited_since == 0 {
-                    waited_since = queue.taken_oldest_at();
+                if s.waited_since == 0 {
+                    s.waited_since = s.queue.taken_oldest_at();
                 }
-                for message in batch.drain(..) {
-                    out.frame(Frame::text(Payload::Borrowed(&message)));
+                for message in s.batch.drain(..) {
+                    s.out.frame(Frame::text(Payload::Borrowed(&message)));
                 }
-                if received < BATCH {
-                    batch.shrink_to(RETAINED_BATCH);
+                // A few messages (the usual wake-up of a quiet connection) leave no list
+                // behind; a burst keeps some room for the next.
+                if received <= FEW {
+                    s.batch = Vec::new();
+                } else if received < BATCH {
+                    s.batch.shrink_to(RETAINED_BATCH);
                 }
             }
             // A client that does not read leaves this pending; the branches above still run.
-            flushed = out.flush(), if out.pending() > 0 => match flushed {
-                Ok(()) => hub.metrics.observe_write(&mut waited_since),
+            flushed = s.out.flush(), if s.out.pending() > 0 => match flushed {
+                Ok(()) => hub.metrics.observe_write(&mut s.waited_since),
                 Err(_) => break End::Broken,
             },
-            // The close switch ends the loop on the next turn.
-            _ = &mut timer => outbound.close(timer_code),
-            _ = &mut heartbeat => {
-                beat.beat(Instant::now(), &mut out);
-                heartbeat.as_mut().reset(beat.next());
+            _ = &mut timer => {
+                let now = Instant::now();
+                match s.timeout() {
+                    // The close switch ends the loop on the next turn.
+                    (at, code) if at <= now => outbound.close(code),
+                    _ => s.beat.beat(now, &mut s.out, settings),
+                }
+                timer.as_mut().reset(s.wake_at());
             }
         }
     };
@@ -252,9 +299,9 @@ async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: R
     if matches!(end, End::Broken) {
         outbound.close(CloseCode::GoingAway);
     }
-    let mut requests = match answering.take() {
+    let mut requests = match s.answering.take() {
         Some(answer) => tokio::time::timeout(CLOSE_TIMEOUT, answer).await.ok(),
-        None => home.take(),
+        None => s.home.take(),
     };
     if let Some(requests) = &mut requests {
         requests.connection.unsubscribe_all();
@@ -266,15 +313,16 @@ async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: R
                 .connections_closed
                 .with_label_values(&[&code.as_u16().to_string()])
                 .inc();
-            out.frame(Frame::close(code.as_u16(), close_reason(&reason)));
-            let flushed = matches!(timeout_at(deadline, out.flush()).await, Ok(Ok(())));
-            if flushed && readable {
+            s.out
+                .frame(Frame::close(code.as_u16(), close_reason(&reason)));
+            let flushed = matches!(timeout_at(deadline, s.out.flush()).await, Ok(Ok(())));
+            if flushed && s.readable {
                 // Read (and discard) until the client's close, so ours is not lost to a reset.
                 let _ = timeout_at(deadline, async {
                     loop {
-                        match read.as_mut().await {
+                        match (&mut s.read).await {
                             (reader, Ok(frame)) if frame.opcode != OpCode::Close => {
-                                read.set(next_frame(reader))
+                                s.read = Box::pin(next_frame(reader))
                             }
                             _ => break,
                         }
@@ -286,8 +334,8 @@ async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: R
             }
         }
         End::Echo(payload) => {
-            out.frame(Frame::close_raw(Payload::Bytes(payload)));
-            let _ = timeout_at(deadline, out.flush()).await;
+            s.out.frame(Frame::close_raw(Payload::Bytes(payload)));
+            let _ = timeout_at(deadline, s.out.flush()).await;
         }
         End::Broken => {}
     }
@@ -296,7 +344,7 @@ async fn serve(reader: Reader, mut out: Writer, mut queue: Receiver, requests: R
 }
 
 /// Reads the next frame; the reader comes back with it.
-async fn next_frame(mut reader: Reader) -> (Reader, Result<Inbound, WebSocketError>) {
+async fn next_frame(mut reader: Reader) -> (Reader, ReadResult) {
     // Automatic pongs and close replies are off: the session frames them itself.
     let mut obligations = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
     let frame = reader
@@ -322,49 +370,39 @@ fn access_deadline(connection: &Connection) -> Option<(Instant, CloseCode)> {
     })
 }
 
-/// The earlier of the idle timeout and the access deadline, with its close code.
-fn next_timeout(idle_at: Instant, access: Option<(Instant, CloseCode)>) -> (Instant, CloseCode) {
-    match access {
-        Some((at, code)) if at < idle_at => (at, code),
-        _ => (idle_at, CloseCode::IdleTimeout),
-    }
-}
-
 /// The gateway's pings: WebSocket pings every `--ping-interval`, and JSON `ping` messages
-/// every `--app-ping-interval` when set, on one timer.
+/// every `--app-ping-interval` when set.
 struct Heartbeat {
     ping_at: Instant,
-    ping_every: Duration,
-    app_ping: Option<(Instant, Duration)>,
+    app_ping_at: Option<Instant>,
 }
 
 impl Heartbeat {
-    fn new(now: Instant, ping_every: Duration, app_every: Option<Duration>) -> Self {
+    fn new(now: Instant, settings: &Settings) -> Self {
         Self {
-            ping_at: now + ping_every,
-            ping_every,
-            app_ping: app_every.map(|every| (now + every, every)),
+            ping_at: now + settings.ping_interval,
+            app_ping_at: settings.app_ping_interval.map(|every| now + every),
         }
     }
 
     fn next(&self) -> Instant {
-        match self.app_ping {
-            Some((at, _)) => at.min(self.ping_at),
+        match self.app_ping_at {
+            Some(at) => at.min(self.ping_at),
             None => self.ping_at,
         }
     }
 
     /// Frames the pings that are due.
-    fn beat(&mut self, now: Instant, out: &mut Writer) {
+    fn beat(&mut self, now: Instant, out: &mut Writer, settings: &Settings) {
         if now >= self.ping_at {
             out.frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])));
-            self.ping_at = now + self.ping_every;
+            self.ping_at = now + settings.ping_interval;
         }
-        if let Some((at, every)) = &mut self.app_ping {
+        if let (Some(at), Some(every)) = (&mut self.app_ping_at, settings.app_ping_interval) {
             if now >= *at {
                 let ping = reply::ping(crate::clock::now_millis());
                 out.frame(Frame::text(Payload::Owned(ping)));
-                *at = now + *every;
+                *at = now + every;
             }
         }
     }
