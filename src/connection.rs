@@ -296,7 +296,7 @@ impl Connection {
     /// Opens an admitted connection; returns it and the receiving end of its queue.
     pub fn open(hub: Arc<Hub>, admitted: Admitted) -> (Self, queue::Receiver) {
         let id = hub.next_connection_id();
-        let (outbound, queue) = Outbound::new(id, hub.settings.outbound_queue);
+        let (outbound, queue) = Outbound::closed_by(id, hub.settings.outbound_queue, &hub.shutdown);
         hub.metrics.connections_active.inc();
         hub.metrics.connections_total.inc();
         let connection = Connection {

@@ -39,13 +39,27 @@ pub(crate) fn elapsed_ms() -> i64 {
 
 impl Outbound {
     pub fn new(id: u64, capacity: usize) -> (Arc<Self>, queue::Receiver) {
+        Self::under(id, capacity, CancellationToken::new())
+    }
+
+    /// An outbound whose close switch is also thrown by `shutdown` (the code is then
+    /// `GoingAway`): a connection waits on one switch for both.
+    pub fn closed_by(
+        id: u64,
+        capacity: usize,
+        shutdown: &CancellationToken,
+    ) -> (Arc<Self>, queue::Receiver) {
+        Self::under(id, capacity, shutdown.child_token())
+    }
+
+    fn under(id: u64, capacity: usize, close: CancellationToken) -> (Arc<Self>, queue::Receiver) {
         let (queue, receiver) = queue::bounded(capacity);
         let outbound = Outbound {
             id,
             queue,
             full_since_ms: AtomicI64::new(0),
             taken_at_window: AtomicU64::new(0),
-            close: CancellationToken::new(),
+            close,
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
         };
@@ -87,10 +101,14 @@ impl Outbound {
             .unwrap_or_else(|| code.reason().to_owned())
     }
 
-    /// Resolves once [`Outbound::close`] was called; yields the code.
+    /// Resolves once [`Outbound::close`] was called, or the shutdown it was made under
+    /// began; yields the code.
     pub async fn closed(&self) -> CloseCode {
         self.close.cancelled().await;
-        CloseCode::from_u16(self.close_code.load(Ordering::Acquire))
+        match self.close_code.load(Ordering::Acquire) {
+            0 => CloseCode::GoingAway,
+            code => CloseCode::from_u16(code),
+        }
     }
 
     pub(crate) fn is_closing(&self) -> bool {

@@ -311,11 +311,10 @@ impl Stream {
     async fn pump(&mut self, queue: &mut queue::Receiver, chunks: &mpsc::Sender<Bytes>) {
         let hub = Arc::clone(self.connection.hub());
         let heartbeat_every = hub.settings.ping_interval.max(Duration::from_secs(1));
-        let shutdown_token = hub.shutdown.child_token();
         let outbound = Arc::clone(self.connection.outbound());
+        // Thrown by a close request and by shutdown alike (`Outbound::closed_by`).
         let closed = outbound.closed();
-        let shutdown = shutdown_token.cancelled();
-        tokio::pin!(closed, shutdown);
+        tokio::pin!(closed);
         let mut batch: Vec<Bytes> = Vec::new();
         // When the oldest data message of the chunk was queued (0: a heartbeat).
         let mut waited_since = 0;
@@ -323,7 +322,6 @@ impl Stream {
             let chunk = tokio::select! {
                 biased;
                 _ = &mut closed => return,
-                _ = &mut shutdown => return,
                 _ = chunks.closed() => return,
                 received = queue.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
@@ -347,7 +345,6 @@ impl Stream {
                     Ok(()) => hub.metrics.observe_write(&mut waited_since),
                 },
                 _ = &mut closed => return,
-                _ = &mut shutdown => return,
             }
         }
     }

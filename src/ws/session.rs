@@ -166,10 +166,10 @@ async fn serve(mut s: Box<State>) {
     let outbound = Arc::clone(s.requests().connection.outbound());
     let settings = &hub.settings;
     let max_size = settings.max_message_size;
+    // Thrown by a close request and by shutdown alike (`Outbound::closed_by`); one switch
+    // per connection, as polling the shared shutdown token would take the one lock every
+    // session shares.
     let mut closed = pin!(outbound.closed());
-    // A child token: polling the shared token would take the one lock every session shares.
-    let shutdown_token = hub.shutdown.child_token();
-    let mut shutdown = pin!(shutdown_token.cancelled());
     // One timer for the timeouts and the pings.
     let mut timer = pin!(sleep_until(s.wake_at()));
 
@@ -177,10 +177,6 @@ async fn serve(mut s: Box<State>) {
         tokio::select! {
             biased;
             code = &mut closed => break End::Close { code, reason: outbound.close_reason(code) },
-            _ = &mut shutdown => {
-                let code = CloseCode::GoingAway;
-                break End::Close { code, reason: code.reason().to_owned() };
-            }
             requests = poll_fn(|cx| match s.answering.as_mut() {
                 Some(answer) => answer.as_mut().poll(cx),
                 None => Poll::Pending,
