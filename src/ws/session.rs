@@ -611,8 +611,17 @@ impl TokenBucket {
 
 #[cfg(test)]
 mod tests {
-    use super::TokenBucket;
+    use super::{State, TokenBucket};
     use std::time::Duration;
+
+    /// Every idle connection holds one `State`: 496 bytes on x86-64, inside the allocator's
+    /// 512-byte class (BENCHMARKS.md, "Where idle memory goes"). A field that pushes it over
+    /// costs every connection the next class.
+    #[test]
+    fn a_sessions_state_stays_in_its_allocation_class() {
+        let size = std::mem::size_of::<State>();
+        assert!(size <= 512, "State grew to {size} bytes");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn token_bucket_allows_the_burst_then_the_rate() {
