@@ -178,6 +178,16 @@ impl Ingest {
                 self.count("duplicate");
                 continue;
             }
+            if *highest == i64::MIN || position.offset > *highest + 1 {
+                // Offsets may skip (compaction, transaction markers); logged to tell those
+                // from records a broker failed to hand over.
+                tracing::debug!(
+                    partition = %position.key(),
+                    after = *highest,
+                    offset = position.offset,
+                    "first record, or offsets skipped"
+                );
+            }
             *highest = position.offset;
             let record = RawRecord {
                 key: message.key(),
