@@ -241,7 +241,7 @@ async fn serve(mut s: Box<State>) {
                         None
                     }
                     OpCode::Ping => {
-                        s.out.frame(Frame::pong(Payload::Borrowed(&frame.payload)));
+                        s.out.frame(OpCode::Pong, frame.payload.freeze());
                         None
                     }
                     OpCode::Pong => None,
@@ -263,7 +263,7 @@ async fn serve(mut s: Box<State>) {
                     s.waited_since = s.queue.taken_oldest_at();
                 }
                 for message in s.batch.drain(..) {
-                    s.out.frame(Frame::text(Payload::Borrowed(&message)));
+                    s.out.text(message);
                 }
                 // A few messages (the usual wake-up of a quiet connection) leave no list
                 // behind; a burst keeps some room for the next.
@@ -309,8 +309,7 @@ async fn serve(mut s: Box<State>) {
                 .connections_closed
                 .with_label_values(&[&code.as_u16().to_string()])
                 .inc();
-            s.out
-                .frame(Frame::close(code.as_u16(), close_reason(&reason)));
+            s.out.close(code.as_u16(), close_reason(&reason));
             let flushed = matches!(timeout_at(deadline, s.out.flush()).await, Ok(Ok(())));
             if flushed && s.readable {
                 // Read (and discard) until the client's close, so ours is not lost to a reset.
@@ -330,7 +329,7 @@ async fn serve(mut s: Box<State>) {
             }
         }
         End::Echo(payload) => {
-            s.out.frame(Frame::close_raw(Payload::Bytes(payload)));
+            s.out.frame(OpCode::Close, payload.freeze());
             let _ = timeout_at(deadline, s.out.flush()).await;
         }
         End::Broken => {}
@@ -391,13 +390,13 @@ impl Heartbeat {
     /// Frames the pings that are due.
     fn beat(&mut self, now: Instant, out: &mut Writer, settings: &Settings) {
         if now >= self.ping_at {
-            out.frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])));
+            out.frame(OpCode::Ping, Bytes::new());
             self.ping_at = now + settings.ping_interval;
         }
         if let (Some(at), Some(every)) = (&mut self.app_ping_at, settings.app_ping_interval) {
             if now >= *at {
                 let ping = reply::ping(crate::clock::now_millis());
-                out.frame(Frame::text(Payload::Owned(ping)));
+                out.text(Bytes::from(ping));
                 *at = now + every;
             }
         }
@@ -422,7 +421,7 @@ impl Requests {
     /// Frames the replies, and frees their list: an idle connection keeps none.
     fn write_replies(&mut self, out: &mut Writer) {
         for reply in std::mem::take(&mut self.replies) {
-            out.frame(Frame::text(Payload::Owned(reply)));
+            out.text(Bytes::from(reply));
         }
     }
 
