@@ -613,8 +613,8 @@ mod tests {
     use super::{State, TokenBucket};
     use std::time::Duration;
 
-    /// Every idle connection holds one `State`: 496 bytes on x86-64, inside the allocator's
-    /// 512-byte class (BENCHMARKS.md, "Where idle memory goes"). A field that pushes it over
+    /// Every idle connection holds one `State`, inside the allocator's 512-byte class on
+    /// x86-64 (BENCHMARKS.md, "Where idle memory goes"). A field that pushes it over
     /// costs every connection the next class.
     #[test]
     fn a_sessions_state_stays_in_its_allocation_class() {

@@ -488,7 +488,7 @@ fn the_pod_runs_unprivileged_and_is_sized_for_its_limits() {
     assert!(uses_cpu, "the autoscaler does not scale on CPU");
 
     // What the settings the pod runs with need, from docs/operating.md's memory estimate: a
-    // base, librdkafka's prefetch queue, idle connections (BENCHMARKS.md (c): 3.9 KiB), the
+    // base, librdkafka's prefetch queue, idle connections (BENCHMARKS.md (c): 3.6 KiB), the
     // history budget, and the snapshot rows at 2 KiB each (a 1 KiB payload and its row text).
     // Messages in flight come on top.
     let pod = PodConfig::of(&manifests, &help);
@@ -514,7 +514,7 @@ fn the_pod_runs_unprivileged_and_is_sized_for_its_limits() {
         ("prefetch", prefetch_kib * 1024.0),
         (
             "connections",
-            number("CDC_GATEWAY_MAX_CONNECTIONS") * 3.9 * 1024.0,
+            number("CDC_GATEWAY_MAX_CONNECTIONS") * 3.6 * 1024.0,
         ),
         ("history", number("CDC_GATEWAY_HISTORY_BUDGET_MIB") * MIB),
         ("snapshot", number("CDC_GATEWAY_SNAPSHOT_ROWS") * 2048.0),
