@@ -46,6 +46,14 @@ pub enum IngestError {
 
 pub type GatewayConsumer = StreamConsumer<GatewayContext>;
 
+/// What a partition's first record should be ([`Ingest::starts_late`]).
+#[derive(Clone, Copy)]
+struct FirstRecord {
+    next: i64,
+    rewind: Option<i64>,
+    sent_back: bool,
+}
+
 /// The consumer side, built: ready to run.
 pub struct Ingest {
     consumer: Arc<GatewayConsumer>,
@@ -60,6 +68,12 @@ pub struct Ingest {
     warmup: Option<Warmup>,
     /// Highest offset dispatched per partition: anything at or below it is a repeat.
     highest: HashMap<Partition, i64>,
+    /// Partitions whose first record has not come yet: the offset it should have, where
+    /// the consumer may be sent back to if it starts later (the warm-up read from there),
+    /// and whether it was already.
+    first: HashMap<Partition, FirstRecord>,
+    /// Where the warm-up read each partition from.
+    warmed_from: HashMap<Partition, i64>,
     /// `events_consumed_total` by result, looked up once instead of per record.
     consumed: HashMap<&'static str, prometheus::IntCounter>,
 }
@@ -126,6 +140,8 @@ impl Ingest {
             metrics,
             warmup: Warmup::new(config),
             highest: HashMap::new(),
+            first: HashMap::new(),
+            warmed_from: HashMap::new(),
             consumed,
         })
     }
@@ -173,6 +189,15 @@ impl Ingest {
             };
             let position =
                 SourcePosition::new(message.topic(), message.partition(), message.offset());
+            if Self::starts_late(
+                &mut self.first,
+                &mut self.highest,
+                &self.consumer,
+                &self.fanout,
+                position,
+            ) {
+                continue;
+            }
             let highest = self.highest.entry(position.key()).or_insert(i64::MIN);
             if position.offset <= *highest {
                 self.count("duplicate");
@@ -275,7 +300,7 @@ impl Ingest {
 
     /// Reads back what came before each partition's start into the history and the snapshot
     /// cache, and tells both from where they hold every record.
-    async fn warm(&self, starts: &[Start]) {
+    async fn warm(&mut self, starts: &[Start]) {
         let history = self.fanout.history();
         let warmed = match &self.warmup {
             Some(warmup) => {
@@ -301,6 +326,7 @@ impl Ingest {
                 .and_then(|w| w.from.get(&start.partition).copied())
                 .unwrap_or(start.next);
             history.cover(start.partition, from);
+            self.warmed_from.insert(start.partition, from);
             if from > start.low {
                 // Rows changed before `from` are unknown to the cache.
                 self.fanout.last_values().mark_partial();
@@ -339,6 +365,15 @@ impl Ingest {
         for start in starts {
             self.fanout.dispatched().start(start.partition, start.next);
             self.fanout.history().cover(start.partition, start.next);
+            let rewind = self.warmed_from.remove(&start.partition);
+            self.first.insert(
+                start.partition,
+                FirstRecord {
+                    next: start.next,
+                    rewind: rewind.filter(|from| *from < start.next),
+                    sent_back: false,
+                },
+            );
         }
         let assigned =
             assignment::assignment(starts).and_then(|list| self.consumer.incremental_assign(&list));
@@ -362,6 +397,61 @@ impl Ingest {
             "source partitions assigned"
         );
         self.health.set_assignment(partitions);
+    }
+
+    /// Whether a partition's first record came after the offset the partition was assigned
+    /// at, and the consumer is sent back to read what it skipped (once; the record is then
+    /// dropped). tansu 0.6 does this when a replica restarts at an offset inside one of its
+    /// record batches (after its predecessor's last commit): it hands over the next batch.
+    /// The consumer goes back to where the warm-up started reading, which the broker did
+    /// serve, and everything before the assigned offset is dropped again as a repeat. Without
+    /// that, the records in between would be in no delivery, history or snapshot of this
+    /// replica while its position says they were dispatched. When the consumer still starts
+    /// late (the offsets are gone: compaction, retention; or there is no warm-up to go back
+    /// to), history and snapshots stop promising what they lack.
+    fn starts_late(
+        first: &mut HashMap<Partition, FirstRecord>,
+        highest: &mut HashMap<Partition, i64>,
+        consumer: &GatewayConsumer,
+        fanout: &FanOut,
+        at: SourcePosition,
+    ) -> bool {
+        let Some(expected) = first.remove(&at.key()) else {
+            return false;
+        };
+        let next = expected.next;
+        if at.offset <= next {
+            return false;
+        }
+        if let (Some(rewind), false) = (expected.rewind, expected.sent_back) {
+            let sought = consumer.seek(
+                at.topic.as_str(),
+                at.partition,
+                rdkafka::Offset::Offset(rewind),
+                Duration::from_secs(5),
+            );
+            match sought {
+                Ok(()) => {
+                    tracing::warn!(partition = %at.key(), expected = next, got = at.offset, rewind, "a partition's first record came after its start: reading it again from the warm-up's start");
+                    highest.insert(at.key(), next - 1);
+                    first.insert(
+                        at.key(),
+                        FirstRecord {
+                            sent_back: true,
+                            ..expected
+                        },
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %at.key(), "cannot seek back to {rewind}: {e}")
+                }
+            }
+        }
+        tracing::warn!(partition = %at.key(), expected = next, got = at.offset, "a partition's first record came after its start: history and snapshots lack the records between");
+        fanout.history().cover(at.key(), at.offset);
+        fanout.last_values().mark_partial();
+        false
     }
 
     /// One record's result, one of [`crate::metrics::CONSUMED_RESULTS`].

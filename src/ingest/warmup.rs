@@ -88,6 +88,10 @@ impl Warmup {
             }
         }
         let mut records = Vec::new();
+        // The first offset each partition actually handed over: a broker may start later
+        // than asked (tansu 0.6 does, asked for an offset inside a record batch), and
+        // history may only promise what was read.
+        let mut first_read: HashMap<Partition, i64> = HashMap::new();
         if pending.is_empty() {
             return Ok(Warmed { records, from });
         }
@@ -101,6 +105,9 @@ impl Warmup {
                     let Some(&(first, end)) = pending.get(&partition) else {
                         continue;
                     };
+                    let first = *first_read
+                        .entry(partition)
+                        .or_insert(message.offset().max(first));
                     if message.offset() < end {
                         records.push(Record {
                             partition,
@@ -128,6 +135,7 @@ impl Warmup {
                     for partition in done {
                         if reached_end(&reader, partition, pending[&partition].1) {
                             let (first, end) = pending.remove(&partition).expect("pending");
+                            let first = first_read.get(&partition).copied().unwrap_or(first);
                             from.insert(partition, first);
                             tracing::debug!(%partition, first, end, "warm-up read to the partition's end");
                         }
