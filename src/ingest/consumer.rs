@@ -416,6 +416,9 @@ impl Ingest {
         fanout: &FanOut,
         at: SourcePosition,
     ) -> bool {
+        if first.is_empty() {
+            return false;
+        }
         let Some(expected) = first.remove(&at.key()) else {
             return false;
         };
