@@ -72,8 +72,6 @@ pub struct Ingest {
     /// the consumer may be sent back to if it starts later (the warm-up read from there),
     /// and whether it was already.
     first: HashMap<Partition, FirstRecord>,
-    /// Where the warm-up read each partition from.
-    warmed_from: HashMap<Partition, i64>,
     /// `events_consumed_total` by result, looked up once instead of per record.
     consumed: HashMap<&'static str, prometheus::IntCounter>,
 }
@@ -141,7 +139,6 @@ impl Ingest {
             warmup: Warmup::new(config),
             highest: HashMap::new(),
             first: HashMap::new(),
-            warmed_from: HashMap::new(),
             consumed,
         })
     }
@@ -172,7 +169,7 @@ impl Ingest {
                     continue;
                 }
                 Some(starts) = discovered.recv() => {
-                    self.add(&starts);
+                    self.add(&starts, &HashMap::new());
                     continue;
                 }
                 message = self.consumer.recv() => message,
@@ -293,14 +290,15 @@ impl Ingest {
             }
             retry = (retry * 2).min(Duration::from_secs(5));
         };
-        self.warm(&starts).await;
-        self.add(&starts);
+        let warmed_from = self.warm(&starts).await;
+        self.add(&starts, &warmed_from);
         Some(known)
     }
 
     /// Reads back what came before each partition's start into the history and the snapshot
-    /// cache, and tells both from where they hold every record.
-    async fn warm(&mut self, starts: &[Start]) {
+    /// cache, and tells both from where they hold every record; returns that offset per
+    /// partition.
+    async fn warm(&self, starts: &[Start]) -> HashMap<Partition, i64> {
         let history = self.fanout.history();
         let warmed = match &self.warmup {
             Some(warmup) => {
@@ -320,13 +318,14 @@ impl Ingest {
             None => None,
         };
         let mut events = 0;
+        let mut warmed_from = HashMap::new();
         for start in starts {
             let from = warmed
                 .as_ref()
                 .and_then(|w| w.from.get(&start.partition).copied())
                 .unwrap_or(start.next);
             history.cover(start.partition, from);
-            self.warmed_from.insert(start.partition, from);
+            warmed_from.insert(start.partition, from);
             if from > start.low {
                 // Rows changed before `from` are unknown to the cache.
                 self.fanout.last_values().mark_partial();
@@ -355,17 +354,19 @@ impl Ingest {
                 "history warmed from Kafka"
             );
         }
+        warmed_from
     }
 
-    /// Starts reading `starts` (at start, or partitions discovery found).
-    fn add(&mut self, starts: &[Start]) {
+    /// Starts reading `starts` (at start, or partitions discovery found); `warmed_from` is where
+    /// the warm-up read each from, where a partition that starts late goes back to.
+    fn add(&mut self, starts: &[Start], warmed_from: &HashMap<Partition, i64>) {
         if starts.is_empty() {
             return;
         }
         for start in starts {
             self.fanout.dispatched().start(start.partition, start.next);
             self.fanout.history().cover(start.partition, start.next);
-            let rewind = self.warmed_from.remove(&start.partition);
+            let rewind = warmed_from.get(&start.partition).copied();
             self.first.insert(
                 start.partition,
                 FirstRecord {
