@@ -285,13 +285,24 @@ impl Producer {
         expected: usize,
     ) -> Vec<rdkafka::message::OwnedMessage> {
         use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        // Every partition assigned from its start: no group to join, nothing committed.
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("reader-{}", free_port()))
-            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            partitions
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&partitions).unwrap();
         let mut out = Vec::new();
         while out.len() < expected {
             let message = tokio::time::timeout(WAIT, consumer.recv())

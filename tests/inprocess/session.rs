@@ -669,7 +669,8 @@ async fn a_client_that_comes_back_with_its_position_gets_what_it_missed_then_liv
 /// three grace periods neither holds the consumer back (another client gets live events
 /// meanwhile) nor is closed as slow: later it reads every row, `synced`, then the live events.
 /// A WebSocket and an SSE stream, each behind a 4 KiB receive buffer and a 16-message queue
-/// (6 MB of rows: more than the kernel buffers between them and the gateway).
+/// (3 MB of rows: more than the kernel buffers between them and the gateway, and within the
+/// 5 MiB a mock cluster's partition keeps before it deletes the oldest records).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_read_late_holds_nobody_back_and_arrives_whole() {
     const ROWS: usize = 3000;
@@ -677,7 +678,7 @@ async fn a_snapshot_read_late_holds_nobody_back_and_arrives_whole() {
         start_stack(&["--outbound-queue", "16", "--slow-client-grace", "1s"]).await;
     let mut watcher = Client::connect(&gateway).await;
     watcher.subscribe("cdc.order", json!({})).await;
-    let pad = "x".repeat(2000);
+    let pad = "x".repeat(1000);
     let rows: Vec<String> = (0..ROWS)
         .map(|i| {
             order(

@@ -242,15 +242,18 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
 
 #[tokio::test]
 async fn a_stalled_stream_is_closed_and_holds_nobody_back() {
-    let (_tansu, gateway, producer, topic) =
+    let (tansu, gateway, producer, topic) =
         start_stack(&["--outbound-queue", "8", "--slow-client-grace", "1s"]).await;
     let mut stalled = SseClient::open_small_buffer(gateway.addr(), "/sse?topic=cdc.order").await;
     assert_eq!(stalled.next_event(WAIT).await.unwrap().0, "ack");
     let mut reader = Client::connect(&gateway).await;
     reader.subscribe("cdc.order", json!({})).await;
 
+    // 3000 records of about 1.1 KiB: far more than the stalled stream's socket buffers, and
+    // within the 5 MiB a mock cluster's partition keeps (more, and it deletes the oldest
+    // records before the gateway, held back by the stalled stream, reads them).
     const COUNT: usize = 3000;
-    let pad = "x".repeat(2048);
+    let pad = "x".repeat(1024);
     let events: Vec<String> = (0..COUNT)
         .map(|i| {
             json!({"entity_type": "order", "entity_id": (i % 500).to_string(),
@@ -259,8 +262,35 @@ async fn a_stalled_stream_is_closed_and_holds_nobody_back() {
         })
         .collect();
     producer.send_many(&topic, &events).await;
-    for seq in 0..COUNT as u64 {
-        assert_eq!(reader.data().await["payload"]["data"]["seq"], seq);
+    // Counted by offset against an independent read of the broker: every record once, in
+    // offset order, each with the broker's content at that offset.
+    let mut got = Vec::with_capacity(COUNT);
+    for _ in 0..COUNT {
+        let data = reader.data().await;
+        got.push((
+            data["offset"].as_i64().unwrap(),
+            data["payload"]["data"]["seq"].clone(),
+        ));
+    }
+    let stored: Vec<(i64, Value)> = producer
+        .consume_all(&tansu.brokers(), &topic, COUNT)
+        .await
+        .iter()
+        .map(|record| {
+            use rdkafka::Message;
+            let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+            (record.offset(), value["data"]["seq"].clone())
+        })
+        .collect();
+    assert_eq!(stored.len(), COUNT);
+    if let Some(at) = (0..COUNT).find(|&i| got[i] != stored[i]) {
+        panic!(
+            "the reader's message {at} is (offset, seq) {:?}, the broker's record is {:?}; \
+             the reader's first five: {:?}",
+            got[at],
+            stored[at],
+            &got[..5]
+        );
     }
     assert!(
         gateway
