@@ -124,6 +124,16 @@ impl History {
         self.lock().covered_from.entry(partition).or_insert(offset);
     }
 
+    /// Declares that records of `partition` before `next` may be missing here (the broker
+    /// deleted them before they were read, or a restart could not go back to them): from now
+    /// on only resumes from `next - 1` on are answered from history. Unlike [`History::cover`],
+    /// this raises a declaration already made.
+    pub fn lose(&self, partition: Partition, next: i64) {
+        let mut state = self.lock();
+        let from = state.covered_from.entry(partition).or_insert(next);
+        *from = (*from).max(next);
+    }
+
     /// Appends a dispatched event, then evicts what the limits no longer allow.
     pub fn record(&self, latest: &Arc<Latest>) {
         if !self.is_enabled() {
@@ -340,6 +350,41 @@ mod tests {
         assert_eq!(
             offsets(h.replay("customer", None, &position(&[(0, 12), (1, 7)]), &read)),
             Some(vec![])
+        );
+    }
+
+    #[test]
+    fn records_lost_end_the_coverage_before_them() {
+        let h = history(100, usize::MAX);
+        let p = Partition::new("t", 0);
+        h.cover(p, 0);
+        for offset in 0..5 {
+            h.record(&latest("order", "1", 0, offset));
+        }
+        // Offsets 5 to 9 were deleted before they were read; 10 came next.
+        h.lose(p, 10);
+        h.cover(p, 0);
+        h.record(&latest("order", "1", 0, 10));
+        let read = position(&[(0, 10)]);
+        for since in [0, 4, 8] {
+            assert_eq!(
+                h.replay("order", None, &position(&[(0, since)]), &read)
+                    .map(|_| ()),
+                None,
+                "from {since} the lost records would be skipped"
+            );
+        }
+        assert_eq!(
+            offsets(h.replay("order", None, &position(&[(0, 9)]), &read)),
+            Some(vec![10]),
+            "a client that had the lost records (from another replica) resumes"
+        );
+        h.lose(p, 3);
+        assert_eq!(
+            h.replay("order", None, &position(&[(0, 4)]), &read)
+                .map(|_| ()),
+            None,
+            "an earlier loss does not lower the coverage"
         );
     }
 

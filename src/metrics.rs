@@ -81,6 +81,8 @@ pub struct Metrics {
     pub events_consumed: IntCounterVec,
     pub decode_errors: IntCounterVec,
     pub dead_letter: IntCounterVec,
+    /// Source offsets skipped unread: the broker no longer had the records.
+    pub source_offsets_lost: IntCounter,
     pub deliveries: IntCounter,
     pub drops: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
@@ -221,6 +223,10 @@ impl Metrics {
                 "Undecodable records copied to the dead-letter topic, by result.",
                 "result",
                 &["written", "failed", "overflow"],
+            ),
+            source_offsets_lost: counter(
+                "cdc_gateway_source_offsets_lost_total",
+                "Source offsets the gateway skipped without reading them: the broker had deleted the records (retention) before the gateway read them, or did not hand them over at a start. No client received them; resumes from before them answer recovered: false.",
             ),
             deliveries: counter(
                 "cdc_gateway_deliveries_total",

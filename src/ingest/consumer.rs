@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -101,6 +101,12 @@ impl Ingest {
             },
             |_| true,
         );
+        let mut client = client;
+        // librdkafka's warnings reach the context whatever the log filter: one of them is how
+        // a position reset after deleted records is seen.
+        if (client.log_level as i32) < RDKafkaLogLevel::Warning as i32 {
+            client.set_log_level(RDKafkaLogLevel::Warning);
+        }
         let consumer: GatewayConsumer = client
             .create_with_context(GatewayContext::new(Arc::clone(&health)))
             .map_err(IngestError::Consumer)?;
@@ -191,6 +197,7 @@ impl Ingest {
                 &mut self.highest,
                 &self.consumer,
                 &self.fanout,
+                &self.metrics,
                 position,
             ) {
                 continue;
@@ -201,6 +208,9 @@ impl Ingest {
                 continue;
             }
             if *highest == i64::MIN || position.offset > *highest + 1 {
+                if *highest != i64::MIN && self.consumer.context().take_reset(&position.key()) {
+                    Self::lost(&self.fanout, &self.metrics, position, *highest + 1);
+                }
                 // Offsets may skip (compaction, transaction markers); logged to tell those
                 // from records a broker failed to hand over.
                 tracing::debug!(
@@ -415,6 +425,7 @@ impl Ingest {
         highest: &mut HashMap<Partition, i64>,
         consumer: &GatewayConsumer,
         fanout: &FanOut,
+        metrics: &Metrics,
         at: SourcePosition,
     ) -> bool {
         if first.is_empty() {
@@ -452,10 +463,26 @@ impl Ingest {
                 }
             }
         }
-        tracing::warn!(partition = %at.key(), expected = next, got = at.offset, "a partition's first record came after its start: history and snapshots lack the records between");
-        fanout.history().cover(at.key(), at.offset);
-        fanout.last_values().mark_partial();
+        consumer.context().take_reset(&at.key());
+        Self::lost(fanout, metrics, at, next);
         false
+    }
+
+    /// The records of `at`'s partition from offset `from` up to `at` were never read and
+    /// cannot be: no client gets them, history stops answering resumes from before them, and
+    /// snapshots say they may lack rows.
+    fn lost(fanout: &FanOut, metrics: &Metrics, at: SourcePosition, from: i64) {
+        tracing::warn!(
+            partition = %at.key(),
+            from,
+            to = at.offset - 1,
+            "source records skipped unread (the broker no longer has them, or did not hand them over): no client receives them, and resumes from before them answer recovered: false"
+        );
+        metrics
+            .source_offsets_lost
+            .inc_by(u64::try_from(at.offset - from).unwrap_or(0));
+        fanout.history().lose(at.key(), at.offset);
+        fanout.last_values().mark_partial();
     }
 
     /// One record's result, one of [`crate::metrics::CONSUMED_RESULTS`].

@@ -1,28 +1,90 @@
-//! librdkafka callbacks: statistics (broker state -> readiness, consumer lag -> metrics) and
-//! errors (all brokers down -> not ready at once).
+//! librdkafka callbacks: statistics (broker state -> readiness, consumer lag -> metrics),
+//! errors (all brokers down -> not ready at once), and its log, which is the only place
+//! librdkafka reports that it moved a partition's position because the broker no longer had
+//! the records there (retention deleted them before they were read).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::health::{Health, Partition};
+use crate::health::{Health, Partition as LagPartition};
+use crate::position::Partition;
 
 pub struct GatewayContext {
     health: Arc<Health>,
+    /// Partitions whose position librdkafka reset after the broker answered "offset out of
+    /// range", until the consumer sees the gap that left.
+    resets: Mutex<HashSet<Partition>>,
 }
 
 impl GatewayContext {
     pub fn new(health: Arc<Health>) -> Self {
-        Self { health }
+        Self {
+            health,
+            resets: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether librdkafka reset `partition`'s position after an out-of-range fetch since the
+    /// last call: the records between the last one read and the next were deleted unread.
+    pub fn take_reset(&self, partition: &Partition) -> bool {
+        self.resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(partition)
     }
 }
 
+/// The partition named by librdkafka's warning that it reset a position after an error,
+/// e.g. `[thrd:main]: orders [0]: offset reset (at offset 200 (leader epoch 0), broker 1) to
+/// cached BEGINNING offset offset 2104 (leader epoch -1): fetch failed due to requested
+/// offset not available on the broker: Broker: Offset out of range`
+/// (`rd_kafka_offset_reset`, librdkafka 2.12; the in-process test sees the real one). A reset
+/// without an error (no committed offset at start) is logged at debug level and is not one.
+fn reset_partition(level: RDKafkaLogLevel, facility: &str, message: &str) -> Option<Partition> {
+    if facility != "OFFSET" || level as i32 > RDKafkaLogLevel::Warning as i32 {
+        return None;
+    }
+    let (head, _) = message.split_once("]: offset reset (")?;
+    // After the thread's name, "[thrd:main]: " (topic names cannot hold "]" or spaces).
+    let head = head.rsplit_once("]: ").map_or(head, |(_, named)| named);
+    let (topic, partition) = head.rsplit_once(" [")?;
+    Some(Partition::new(topic, partition.parse().ok()?))
+}
+
 impl ClientContext for GatewayContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if let Some(partition) = reset_partition(level, facility, message) {
+            self.resets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(partition);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let connected = statistics
             .brokers
@@ -34,7 +96,7 @@ impl ClientContext for GatewayContext {
             for (id, partition) in &stats.partitions {
                 if *id >= 0 && partition.consumer_lag >= 0 {
                     lag.insert(
-                        Partition {
+                        LagPartition {
                             topic: topic.clone(),
                             partition: *id,
                         },
@@ -56,3 +118,46 @@ impl ClientContext for GatewayContext {
 
 /// The consumer assigns its partitions itself (no group rebalances): nothing to hook.
 impl ConsumerContext for GatewayContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_out_of_range_reset_names_its_partition() {
+        let warning = "[thrd:main]: shop.public.orders [3]: offset reset (at offset 200 \
+                       (leader epoch 0), broker 1) to cached BEGINNING offset offset 2104 \
+                       (leader epoch -1): fetch failed due to requested offset not available \
+                       on the broker: Broker: Offset out of range";
+        assert_eq!(
+            reset_partition(RDKafkaLogLevel::Warning, "OFFSET", warning),
+            Some(Partition::new("shop.public.orders", 3))
+        );
+        assert_eq!(
+            reset_partition(
+                RDKafkaLogLevel::Warning,
+                "OFFSET",
+                warning.trim_start_matches("[thrd:main]: ")
+            ),
+            Some(Partition::new("shop.public.orders", 3)),
+            "without the thread's name"
+        );
+        assert_eq!(
+            reset_partition(RDKafkaLogLevel::Debug, "OFFSET", warning),
+            None,
+            "a reset without an error (no committed offset) is logged at debug level"
+        );
+        assert_eq!(
+            reset_partition(RDKafkaLogLevel::Warning, "FETCH", warning),
+            None
+        );
+        assert_eq!(
+            reset_partition(
+                RDKafkaLogLevel::Warning,
+                "OFFSET",
+                "orders [x]: offset reset (at"
+            ),
+            None
+        );
+    }
+}

@@ -10,5 +10,6 @@ mod support;
 
 mod auth;
 mod hostile;
+mod retention;
 mod session;
 mod sse;
