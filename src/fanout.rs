@@ -17,7 +17,7 @@ use crate::index::filter::Redaction;
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::Outbound;
-use crate::position::{Dispatched, Position};
+use crate::position::{Dispatched, Partition, Position};
 use crate::protocol::close::CloseCode;
 use crate::protocol::data::{data_message, Kind};
 use crate::protocol::reply;
@@ -333,21 +333,7 @@ impl FanOut {
                 }
             }
         }
-        // Full queues are waited for together, not one after another: N stalled clients hold
-        // the consumer back for one grace period, not N.
-        if !stalled.is_empty() {
-            let waits = stalled.into_iter().map(|(outbound, messages)| async move {
-                let mut queued = 0;
-                for message in messages {
-                    queued += u64::from(self.offer(&outbound, message).await);
-                }
-                queued
-            });
-            delivered += futures_util::future::join_all(waits)
-                .await
-                .into_iter()
-                .sum::<u64>();
-        }
+        delivered += self.wait_for_stalled(stalled).await;
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
         let (position, kafka_timestamp_ms) = (event.position, event.kafka_timestamp_ms);
@@ -359,6 +345,54 @@ impl FanOut {
                 .enqueue_latency
                 .observe(latency_ms as f64 / 1000.0);
         }
+    }
+
+    /// Queues what full queues are owed, waiting for them together, not one after another: N
+    /// stalled clients hold the consumer back for one grace period, not N. Returns how many
+    /// messages were queued.
+    async fn wait_for_stalled(&self, stalled: Vec<(Arc<Outbound>, Vec<Item>)>) -> u64 {
+        if stalled.is_empty() {
+            return 0;
+        }
+        let waits = stalled.into_iter().map(|(outbound, messages)| async move {
+            let mut queued = 0;
+            for message in messages {
+                queued += u64::from(self.offer(&outbound, message).await);
+            }
+            queued
+        });
+        futures_util::future::join_all(waits)
+            .await
+            .into_iter()
+            .sum::<u64>()
+    }
+
+    /// Tells every subscription that records of `partition` from offset `from` to `to` were
+    /// skipped unread: a `reset` message (an extension of the protocol) queued like an event,
+    /// after what came before the gap and before what comes after it.
+    pub async fn reset_all(&self, partition: Partition, from: i64, to: i64) {
+        let mut stalled: Vec<(Arc<Outbound>, Vec<Item>)> = Vec::new();
+        for (topic, subscribers) in self.index.all() {
+            let message = Bytes::from(reply::reset(
+                &topic,
+                partition.topic.as_str(),
+                partition.partition,
+                from,
+                to,
+            ));
+            for subscriber in subscribers.iter() {
+                let outbound = &subscriber.outbound;
+                let item = Item::Message(message.clone());
+                if let Some(waiting) = stalled.iter_mut().find(|(o, _)| Arc::ptr_eq(o, outbound)) {
+                    waiting.1.push(item);
+                    continue;
+                }
+                if let Err(item) = self.try_offer(outbound, item) {
+                    stalled.push((Arc::clone(outbound), vec![item]));
+                }
+            }
+        }
+        self.wait_for_stalled(stalled).await;
     }
 
     /// Queues one message for one connection, waiting while its queue is full (see

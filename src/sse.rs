@@ -350,15 +350,18 @@ impl Stream {
     }
 
     /// Formats a batch of messages as SSE entries: data messages as `event: data` with the
-    /// position they raise, the others (acks, `synced`) as events of their type.
+    /// position they raise, the others (acks, `synced`, errors, `reset`) as events of their
+    /// type.
     fn events(&mut self, batch: &mut Vec<Bytes>) -> Bytes {
         let mut out = BytesMut::with_capacity(batch.iter().map(|m| m.len() + 64).sum());
         for message in batch.drain(..) {
-            let kind = [&b"ack"[..], b"synced", b"error"].into_iter().find(|kind| {
-                message.strip_prefix(br#"{"type":""#).is_some_and(|rest| {
-                    rest.starts_with(kind) && rest.get(kind.len()) == Some(&b'"')
-                })
-            });
+            let kind = [&b"ack"[..], b"synced", b"error", b"reset"]
+                .into_iter()
+                .find(|kind| {
+                    message.strip_prefix(br#"{"type":""#).is_some_and(|rest| {
+                        rest.starts_with(kind) && rest.get(kind.len()) == Some(&b'"')
+                    })
+                });
             if let Some(kind) = kind {
                 out.put_slice(b"event: ");
                 out.put_slice(kind);

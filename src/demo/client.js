@@ -329,6 +329,12 @@ export class Client {
             case "error":
                 this.failed(message);
                 break;
+            case "reset": {
+                const sub = this.subscriptions.get(message.topic);
+                if (sub)
+                    this.reset(sub, message);
+                break;
+            }
             case "ping":
                 this.send({ action: "pong" });
                 break;

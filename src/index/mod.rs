@@ -85,6 +85,15 @@ impl TopicIndex {
         self.topics.get(topic).map(|list| Arc::clone(&list))
     }
 
+    /// Every topic with its subscribers at this moment, for the rare message that goes to
+    /// every subscription; no lock is held once this returns.
+    pub fn all(&self) -> Vec<(Box<str>, Arc<Vec<Subscriber>>)> {
+        self.topics
+            .iter()
+            .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
+            .collect()
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }

@@ -46,12 +46,22 @@ pub enum IngestError {
 
 pub type GatewayConsumer = StreamConsumer<GatewayContext>;
 
-/// What a partition's first record should be ([`Ingest::starts_late`]).
+/// What a partition's first record should be ([`Ingest::check_start`]).
 #[derive(Clone, Copy)]
 struct FirstRecord {
     next: i64,
     rewind: Option<i64>,
     sent_back: bool,
+}
+
+/// The outcome of checking a record against its partition's start.
+enum FirstCheck {
+    /// Not a partition's first record, or it came where it should.
+    OnTime,
+    /// It came late and the consumer was sent back: the record is dropped.
+    SentBack,
+    /// It came late and could not be read again: the records from `from` are lost.
+    Late { from: i64 },
 }
 
 /// The consumer side, built: ready to run.
@@ -192,35 +202,33 @@ impl Ingest {
             };
             let position =
                 SourcePosition::new(message.topic(), message.partition(), message.offset());
-            if Self::starts_late(
-                &mut self.first,
-                &mut self.highest,
-                &self.consumer,
-                &self.fanout,
-                &self.metrics,
-                position,
-            ) {
-                continue;
+            // Where records this replica will never read begin, if they end at this one.
+            let mut lost_from = None;
+            match Self::check_start(&mut self.first, &mut self.highest, &self.consumer, position) {
+                FirstCheck::SentBack => continue,
+                FirstCheck::Late { from } => lost_from = Some(from),
+                FirstCheck::OnTime => {}
             }
             let highest = self.highest.entry(position.key()).or_insert(i64::MIN);
             if position.offset <= *highest {
                 self.count("duplicate");
                 continue;
             }
-            if *highest == i64::MIN || position.offset > *highest + 1 {
-                if *highest != i64::MIN && self.consumer.context().take_reset(&position.key()) {
-                    Self::lost(&self.fanout, &self.metrics, position, *highest + 1);
-                }
+            let previous = std::mem::replace(highest, position.offset);
+            if previous == i64::MIN || position.offset > previous + 1 {
                 // Offsets may skip (compaction, transaction markers); logged to tell those
-                // from records a broker failed to hand over.
+                // from records a broker failed to hand over. A skip after librdkafka reset
+                // the position past deleted records is a loss.
                 tracing::debug!(
                     partition = %position.key(),
-                    after = *highest,
+                    after = previous,
                     offset = position.offset,
                     "first record, or offsets skipped"
                 );
+                if previous != i64::MIN && self.consumer.context().take_reset(&position.key()) {
+                    lost_from = Some(previous + 1);
+                }
             }
-            *highest = position.offset;
             let record = RawRecord {
                 key: message.key(),
                 value: message.payload(),
@@ -237,6 +245,9 @@ impl Ingest {
                 Ok(_) => None,
             };
             drop(message);
+            if let Some(from) = lost_from {
+                self.lost(position, from).await;
+            }
             match decoded {
                 Ok(Decoded::Event(event)) => {
                     self.fanout.dispatch(*event).await;
@@ -411,7 +422,7 @@ impl Ingest {
     }
 
     /// Whether a partition's first record came after the offset the partition was assigned
-    /// at, and the consumer is sent back to read what it skipped (once; the record is then
+    /// at; if so the consumer is sent back once to read what it skipped (the record is then
     /// dropped). tansu 0.6 does this when a replica restarts at an offset inside one of its
     /// record batches (after its predecessor's last commit): it hands over the next batch.
     /// The consumer goes back to where the warm-up started reading, which the broker did
@@ -419,24 +430,22 @@ impl Ingest {
     /// that, the records in between would be in no delivery, history or snapshot of this
     /// replica while its position says they were dispatched. When the consumer still starts
     /// late (the offsets are gone: compaction, retention; or there is no warm-up to go back
-    /// to), history and snapshots stop promising what they lack.
-    fn starts_late(
+    /// to), the records in between are lost ([`Ingest::lost`]).
+    fn check_start(
         first: &mut HashMap<Partition, FirstRecord>,
         highest: &mut HashMap<Partition, i64>,
         consumer: &GatewayConsumer,
-        fanout: &FanOut,
-        metrics: &Metrics,
         at: SourcePosition,
-    ) -> bool {
+    ) -> FirstCheck {
         if first.is_empty() {
-            return false;
+            return FirstCheck::OnTime;
         }
         let Some(expected) = first.remove(&at.key()) else {
-            return false;
+            return FirstCheck::OnTime;
         };
         let next = expected.next;
         if at.offset <= next {
-            return false;
+            return FirstCheck::OnTime;
         }
         if let (Some(rewind), false) = (expected.rewind, expected.sent_back) {
             let sought = consumer.seek(
@@ -456,7 +465,7 @@ impl Ingest {
                             ..expected
                         },
                     );
-                    return true;
+                    return FirstCheck::SentBack;
                 }
                 Err(e) => {
                     tracing::warn!(partition = %at.key(), "cannot seek back to {rewind}: {e}")
@@ -464,25 +473,25 @@ impl Ingest {
             }
         }
         consumer.context().take_reset(&at.key());
-        Self::lost(fanout, metrics, at, next);
-        false
+        FirstCheck::Late { from: next }
     }
 
     /// The records of `at`'s partition from offset `from` up to `at` were never read and
-    /// cannot be: no client gets them, history stops answering resumes from before them, and
-    /// snapshots say they may lack rows.
-    fn lost(fanout: &FanOut, metrics: &Metrics, at: SourcePosition, from: i64) {
+    /// cannot be: no client gets them, every subscription is told (`reset`), history stops
+    /// answering resumes from before them, and snapshots say they may lack rows.
+    async fn lost(&self, at: SourcePosition, from: i64) {
         tracing::warn!(
             partition = %at.key(),
             from,
             to = at.offset - 1,
             "source records skipped unread (the broker no longer has them, or did not hand them over): no client receives them, and resumes from before them answer recovered: false"
         );
-        metrics
+        self.metrics
             .source_offsets_lost
             .inc_by(u64::try_from(at.offset - from).unwrap_or(0));
-        fanout.history().lose(at.key(), at.offset);
-        fanout.last_values().mark_partial();
+        self.fanout.history().lose(at.key(), at.offset);
+        self.fanout.last_values().mark_partial();
+        self.fanout.reset_all(at.key(), from, at.offset - 1).await;
     }
 
     /// One record's result, one of [`crate::metrics::CONSUMED_RESULTS`].

@@ -258,6 +258,25 @@ pub mod reply {
         )
     }
 
+    /// An extension (not in the contract): records of one source partition, offsets `from`
+    /// to `to`, were skipped unread (the broker no longer had them), so a subscription to
+    /// `topic` may have missed events. The client drops what it derived and reloads, as after
+    /// `recovered: false`.
+    pub fn reset(topic: &str, source: &str, partition: i32, from: i64, to: i64) -> Vec<u8> {
+        with_id(
+            object(&[
+                ("type", "reset".into()),
+                ("topic", topic.into()),
+                ("reason", "records_lost".into()),
+                ("source", source.into()),
+                ("partition", partition.into()),
+                ("from", from.into()),
+                ("to", to.into()),
+            ]),
+            None,
+        )
+    }
+
     pub fn pong(timestamp: Value, id: Option<&Value>) -> Vec<u8> {
         with_id(
             object(&[("type", "pong".into()), ("timestamp", timestamp)]),
@@ -391,5 +410,13 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&reply::synced("cdc.order")).unwrap();
         assert_eq!(v, json!({"type": "synced", "topic": "cdc.order"}));
+        let v: Value =
+            serde_json::from_slice(&reply::reset("cdc.order", "shop.orders", 2, 200, 2103))
+                .unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "reset", "topic": "cdc.order", "reason": "records_lost",
+                   "source": "shop.orders", "partition": 2, "from": 200, "to": 2103})
+        );
     }
 }

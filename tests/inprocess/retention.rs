@@ -2,7 +2,8 @@
 //! keeps 5 MiB per partition and deletes its oldest record batches past that, so a gateway
 //! held back by a stalled client while 8 MB arrive finds its next offset gone, and librdkafka
 //! moves it to the log's new start. Nothing can deliver those records any more; what the
-//! gateway must not do is hide it: the skipped offsets are counted, and a resume from before
+//! gateway must not do is hide it: the skipped offsets are counted, every subscription gets a
+//! `reset` message (an extension) where the records are missing, and a resume from before
 //! them is answered `recovered: false` (protocol section 7: `recovered: true` is a promise).
 
 use serde_json::{json, Value};
@@ -25,6 +26,10 @@ async fn records_deleted_unread_are_counted_and_never_claimed_as_recovered() {
     assert_eq!(stalled.next_event(WAIT).await.unwrap().0, "ack");
     let mut reader = Client::connect(&gateway).await;
     reader.subscribe("cdc.order", json!({})).await;
+    let mut row_reader = Client::connect(&gateway).await;
+    row_reader.subscribe("cdc.order.7", json!({})).await;
+    let mut dashboard = SseClient::open(gateway.addr(), "/sse?topic=cdc.order", &[]).await;
+    assert_eq!(dashboard.next_event(WAIT).await.unwrap().0, "ack");
 
     let pad = "x".repeat(2000);
     let event = |seq: usize| {
@@ -41,12 +46,19 @@ async fn records_deleted_unread_are_counted_and_never_claimed_as_recovered() {
     let rest: Vec<String> = (FIRST..COUNT).map(event).collect();
     producer.send_many(&topic, &rest).await;
 
-    // The reader gets what the gateway read, in order, up to the last record.
+    // The reader gets what the gateway read, in order, up to the last record, and a reset
+    // where records are missing.
     let mut offsets = Vec::new();
+    let mut resets = Vec::new();
     loop {
-        let data = reader.data().await;
-        offsets.push(data["offset"].as_i64().unwrap());
-        if data["payload"]["data"]["seq"] == json!(COUNT - 1) {
+        let message = reader.recv().await;
+        if message["type"] == "reset" {
+            resets.push((offsets.len(), message));
+            continue;
+        }
+        assert_eq!(message["type"], "data", "{message}");
+        offsets.push(message["offset"].as_i64().unwrap());
+        if message["payload"]["data"]["seq"] == json!(COUNT - 1) {
             break;
         }
     }
@@ -74,6 +86,52 @@ async fn records_deleted_unread_are_counted_and_never_claimed_as_recovered() {
         (after - before - 1) as f64,
         "every offset skipped unread is counted"
     );
+    let expected_reset = |subscribed: &str| {
+        json!({"type": "reset", "topic": subscribed, "reason": "records_lost", "source": topic,
+               "partition": 0, "from": before + 1, "to": after - 1})
+    };
+    let gap_at = offsets.iter().position(|o| *o == after).unwrap();
+    assert_eq!(
+        resets,
+        vec![(gap_at, expected_reset("cdc.order"))],
+        "one reset, between the last record before the gap and the first after it"
+    );
+    assert_valid_server_message(&resets[0].1);
+    // Every subscription is told, whatever its topic: a row topic's subscriber cannot know
+    // which rows the lost records changed.
+    let last_of_row = (0..COUNT).rev().find(|seq| seq % 50 == 7).unwrap();
+    let mut row_messages = Vec::new();
+    loop {
+        let message = row_reader.recv().await;
+        let last = message["payload"]["data"]["seq"] == json!(last_of_row);
+        row_messages.push(message);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(
+        row_messages
+            .iter()
+            .filter(|m| m["type"] == "reset")
+            .collect::<Vec<_>>(),
+        vec![&expected_reset("cdc.order.7")]
+    );
+    // And over SSE, as an event of its own.
+    loop {
+        let (event, _, message) = dashboard
+            .next_event(WAIT)
+            .await
+            .expect("the stream goes on");
+        if event == "reset" {
+            assert_eq!(message, expected_reset("cdc.order"));
+            break;
+        }
+        assert_eq!(event, "data");
+        assert!(
+            message["offset"].as_i64().unwrap() <= before,
+            "the reset comes first: {message}"
+        );
+    }
 
     // A resume from before the deleted records cannot be served whole, on any entity topic.
     for since in [before, (before + after) / 2] {
@@ -104,4 +162,19 @@ async fn records_deleted_unread_are_counted_and_never_claimed_as_recovered() {
     let ack = snapshot.recv().await;
     assert_eq!(ack["snapshot"]["complete"], false, "{ack}");
     drop(stalled);
+}
+
+/// The message against schemas/server-message.schema.json.
+fn assert_valid_server_message(message: &Value) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/server-message.schema.json"
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(message)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{message}: {errors:?}");
 }

@@ -14,6 +14,7 @@ import type {
   Filters,
   Position,
   RequestId,
+  ResetMessage,
   Row,
   ServerMessage,
   SubscribeAck,
@@ -69,9 +70,10 @@ export interface SubscribeOptions {
 
 export interface SubscriptionHandlers {
   /** The gateway could not resume from the kept position (an ack with `recovered: false`,
-   * or an error refusing the position): events may have been missed. State built from
-   * earlier events should be dropped; a snapshot subscription receives a fresh snapshot next. */
-  onReset?: (cause: SubscribeAck | GatewayError) => void;
+   * or an error refusing the position), or told a live subscription that records were lost
+   * (a `reset` message): events may have been missed. State built from earlier events should
+   * be dropped; a snapshot subscription receives a fresh snapshot next. */
+  onReset?: (cause: SubscribeAck | GatewayError | ResetMessage) => void;
   /** The subscription failed or ended (e.g. INVALID_FILTER, FORBIDDEN after a token
    * refresh); it is no longer active, except after RATE_LIMITED, which it retries. */
   onError?: (error: GatewayError) => void;
@@ -433,6 +435,11 @@ export class Client {
       case "error":
         this.failed(message);
         break;
+      case "reset": {
+        const sub = this.subscriptions.get(message.topic);
+        if (sub) this.reset(sub, message);
+        break;
+      }
       case "ping":
         this.send({ action: "pong" });
         break;
@@ -457,7 +464,7 @@ export class Client {
 
   /** The subscription cannot resume: the application drops its state, and a snapshot
    * subscription is replaced by one that sends the rows as they now stand, then `synced`. */
-  private reset(sub: SubscriptionState, cause: SubscribeAck | GatewayError): void {
+  private reset(sub: SubscriptionState, cause: SubscribeAck | GatewayError | ResetMessage): void {
     const refused = cause instanceof GatewayError;
     if (refused) sub.restart();
     this.call(() => sub.handlers.onReset?.(cause));

@@ -142,6 +142,20 @@ export interface PongMessage {
   id?: RequestId;
 }
 
+/** An extension of cdc-gateway: source records were skipped unread (the broker deleted them
+ * before the gateway read them), so the subscription to `topic` may have missed events. It
+ * comes after the events before the gap and before those after it. */
+export interface ResetMessage {
+  type: "reset";
+  topic: string;
+  reason: "records_lost";
+  /** Kafka topic, partition and offsets (inclusive) of the records skipped. */
+  source: string;
+  partition: number;
+  from: number;
+  to: number;
+}
+
 /** Every text frame the gateway sends on /ws. */
 export type ServerMessage =
   | DataMessage
@@ -149,7 +163,8 @@ export type ServerMessage =
   | Ack
   | ErrorMessage
   | PingMessage
-  | PongMessage;
+  | PongMessage
+  | ResetMessage;
 
 /** A value a filter compares with. */
 export type Scalar = string | number | boolean | null;

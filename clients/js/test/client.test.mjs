@@ -147,6 +147,37 @@ test("recovered:false resets and takes a fresh snapshot, whose rows pass despite
   client.close();
 });
 
+test("a reset message (records lost) resets live subscriptions; a snapshot one takes a fresh snapshot", async () => {
+  const client = await openClient();
+  const causes = [];
+  const seen = [];
+  client.subscribe("cdc.order", { snapshot: true }, (m) => seen.push(m.offset), { onReset: (c) => causes.push(c) });
+  client.subscribe("cdc.order.7", {}, (m) => seen.push(m.offset), { onReset: (c) => causes.push(c) });
+  const socket = FakeSocket.last();
+  socket.open();
+  const [entity, row] = socket.sent.filter((m) => m.action === "subscribe");
+  socket.deliver(ack("cdc.order", entity.id, { "cdc.events:0": 8 }, { snapshot: { rows: 0, complete: true } }));
+  socket.deliver({ type: "synced", topic: "cdc.order" });
+  socket.deliver(ack("cdc.order.7", row.id, { "cdc.events:0": 8 }));
+  socket.deliver(data(9));
+  const lost = (topic) => ({
+    type: "reset", topic, reason: "records_lost", source: "cdc.events", partition: 0, from: 10, to: 19,
+  });
+  socket.deliver(lost("cdc.order"));
+  socket.deliver(lost("cdc.order.7"));
+  assert.deepEqual(causes, [lost("cdc.order"), lost("cdc.order.7")]);
+  const again = socket.lastSent("subscribe");
+  assert.equal(again.topic, "cdc.order");
+  assert.equal(again.snapshot, true, "the snapshot subscription reloads its rows");
+  assert.equal(again.since, undefined);
+  assert.equal(
+    socket.sent.filter((m) => m.action === "subscribe").length,
+    3,
+    "the row subscription goes on as it is",
+  );
+  client.close();
+});
+
 test("a resume the gateway refuses outright is a reset too: onReset, then a fresh subscribe", async () => {
   const client = await openClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } });
   const causes = [];
