@@ -322,15 +322,8 @@ impl FanOut {
                         _ => data_message(topic, &redacted(event, redaction), event.position, kind),
                     })
                     .clone();
-                // A connection already waiting gets its next message after that one.
-                if let Some(waiting) = stalled.iter_mut().find(|(o, _)| Arc::ptr_eq(o, outbound)) {
-                    waiting.1.push(Item::Message(bytes));
-                    continue;
-                }
-                match self.try_offer(outbound, Item::Message(bytes)) {
-                    Ok(queued) => delivered += u64::from(queued),
-                    Err(bytes) => stalled.push((Arc::clone(outbound), vec![bytes])),
-                }
+                delivered +=
+                    u64::from(self.offer_or_stall(&mut stalled, outbound, Item::Message(bytes)));
             }
         }
         delivered += self.wait_for_stalled(stalled).await;
@@ -344,6 +337,29 @@ impl FanOut {
             self.metrics
                 .enqueue_latency
                 .observe(latency_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Queues `item` for `outbound` if its queue has room and nothing of it waits in
+    /// `stalled`; otherwise it waits there, after what the connection is already owed.
+    /// True when queued now.
+    #[inline]
+    fn offer_or_stall(
+        &self,
+        stalled: &mut Vec<(Arc<Outbound>, Vec<Item>)>,
+        outbound: &Arc<Outbound>,
+        item: Item,
+    ) -> bool {
+        if let Some(waiting) = stalled.iter_mut().find(|(o, _)| Arc::ptr_eq(o, outbound)) {
+            waiting.1.push(item);
+            return false;
+        }
+        match self.try_offer(outbound, item) {
+            Ok(queued) => queued,
+            Err(item) => {
+                stalled.push((Arc::clone(outbound), vec![item]));
+                false
+            }
         }
     }
 
@@ -381,15 +397,8 @@ impl FanOut {
                 to,
             ));
             for subscriber in subscribers.iter() {
-                let outbound = &subscriber.outbound;
                 let item = Item::Message(message.clone());
-                if let Some(waiting) = stalled.iter_mut().find(|(o, _)| Arc::ptr_eq(o, outbound)) {
-                    waiting.1.push(item);
-                    continue;
-                }
-                if let Err(item) = self.try_offer(outbound, item) {
-                    stalled.push((Arc::clone(outbound), vec![item]));
-                }
+                self.offer_or_stall(&mut stalled, &subscriber.outbound, item);
             }
         }
         self.wait_for_stalled(stalled).await;

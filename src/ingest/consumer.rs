@@ -93,7 +93,7 @@ impl Ingest {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IngestError> {
-        let client = kafka_client(
+        let mut client = kafka_client(
             config,
             |client| {
                 client
@@ -111,7 +111,6 @@ impl Ingest {
             },
             |_| true,
         );
-        let mut client = client;
         // librdkafka's warnings reach the context whatever the log filter: one of them is how
         // a position reset after deleted records is seen.
         if (client.log_level as i32) < RDKafkaLogLevel::Warning as i32 {
