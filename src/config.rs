@@ -47,6 +47,15 @@ pub enum InputFormat {
     Debezium,
 }
 
+/// How decoded Kafka Connect decimals (`numeric`, `decimal`) are written in `data`/`before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecimalFormat {
+    /// Exact JSON numbers (`1234.56`, every digit the database holds).
+    Number,
+    /// JSON strings (`"1234.56"`), for clients whose JSON parser rounds to a double.
+    String,
+}
+
 /// How clients prove who they are (protocol section 7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -122,6 +131,11 @@ pub struct Config {
     /// Envelope of the source records.
     #[arg(global = true, long, env = "CDC_GATEWAY_INPUT_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
     pub input_format: InputFormat,
+
+    /// How decimals decoded from a Kafka Connect schema are written: exact JSON numbers, or
+    /// strings for clients whose JSON parser rounds to a double.
+    #[arg(global = true, long, env = "CDC_GATEWAY_DECIMAL_FORMAT", value_enum, default_value_t = DecimalFormat::Number)]
+    pub decimal_format: DecimalFormat,
 
     /// Entity rename map, e.g. `orders=order,customers=customer`.
     #[arg(global = true, long, env = "CDC_GATEWAY_ENTITY_MAP", value_delimiter = ',', value_parser = parse_pair)]

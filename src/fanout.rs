@@ -249,8 +249,30 @@ impl FanOut {
 
     /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
     /// cache and the resume history.
-    pub fn remember(&self, event: ChangeEvent) {
+    pub fn remember(&self, mut event: ChangeEvent) {
+        self.complete(&mut event);
         self.record(event, None);
+    }
+
+    /// Judges the event against the row's last image where the source left it out (see
+    /// [`LastValues::complete`]), and counts what that found.
+    fn complete(&self, event: &mut ChangeEvent) {
+        let done = self.last_values.complete(event);
+        let count = |result: &str, n: u64| {
+            if n > 0 {
+                self.metrics
+                    .row_images
+                    .with_label_values(&[result])
+                    .inc_by(n);
+            }
+        };
+        match done.before {
+            Some(true) => count("before_known", 1),
+            Some(false) => count("before_unknown", 1),
+            None => {}
+        }
+        count("toast_filled", u64::from(done.toast_filled));
+        count("toast_unknown", u64::from(done.toast_unknown));
     }
 
     /// Keeps the event (moved, not copied: this runs once per record) for snapshots and
@@ -267,7 +289,8 @@ impl FanOut {
     /// Queues the event for every matching subscriber of its entity and row topics, and a
     /// leave event for every subscriber whose filter the row no longer passes. Returns once
     /// every recipient has it queued, was skipped under the policy, or is gone.
-    pub async fn dispatch(&self, owned: ChangeEvent) {
+    pub async fn dispatch(&self, mut owned: ChangeEvent) {
+        self.complete(&mut owned);
         let event = &owned;
         let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
@@ -552,7 +575,7 @@ fn split_topic(topic: &str) -> Option<(&str, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Operation, SourcePosition};
+    use crate::event::{Operation, Row, SourcePosition};
     use crate::protocol::data::data_message_position;
     use serde_json::{json, Value};
     use tokio::time::Instant;
@@ -797,6 +820,120 @@ mod tests {
         let ack: Value = serde_json::from_slice(&rx_other.recv().await.unwrap()).unwrap();
         assert_eq!(ack["recovered"], false);
         assert!(rx_other.try_recv().is_none(), "nothing replayed");
+    }
+
+    /// Postgres' default REPLICA IDENTITY: an update has no `before`, a delete's `before`
+    /// holds the key with defaults elsewhere, an unchanged TOASTed column is a placeholder.
+    #[tokio::test]
+    async fn row_state_stands_in_for_the_images_debezium_leaves_out() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 100);
+        let fanout = fanout.with_last_values(Arc::new(LastValues::new(100)));
+        let (acme, mut rx) = Outbound::new(1, 16);
+        let claim = Filter::compile(Some(&json!({"row.tenant": "acme"}))).unwrap();
+        index.subscribe(
+            "cdc.order",
+            &acme,
+            Arc::new(Filter::default().confined_by(&claim)),
+        );
+        let (big, mut rx_big) = Outbound::new(2, 16);
+        let over = Filter::compile(Some(&json!({"data.amount": {"gte": 500}}))).unwrap();
+        index.subscribe("cdc.order", &big, Arc::new(over));
+        let change = |id: &str, offset, operation, data: Option<Value>, before: Option<Value>| {
+            let mut e = event(id, offset);
+            e.operation = operation;
+            e.data = data.map(Row::from);
+            e.before = before.map(Row::from);
+            e
+        };
+        let note = "x".repeat(40);
+        fanout
+            .dispatch(change(
+                "7",
+                1,
+                Operation::Insert,
+                Some(json!({"id": 7, "tenant": "acme", "amount": 900, "note": note})),
+                None,
+            ))
+            .await;
+        fanout
+            .dispatch(change(
+                "8",
+                2,
+                Operation::Insert,
+                Some(json!({"id": 8, "tenant": "acme", "amount": 10, "note": "n"})),
+                None,
+            ))
+            .await;
+        for rx in [&mut rx, &mut rx_big] {
+            while rx.try_recv().is_some() {}
+        }
+        // Row 7 leaves the amount filter, TOASTed note unchanged: no before.
+        fanout
+            .dispatch(change("7", 3, Operation::Update,
+                Some(json!({"id": 7, "tenant": "acme", "amount": 5, "note": crate::event::UNAVAILABLE})), None))
+            .await;
+        let left: Value = serde_json::from_slice(&rx_big.recv().await.unwrap()).unwrap();
+        assert_eq!(left["leave"], true, "{left}");
+        assert_eq!(left["payload"]["before"]["amount"], 900);
+        let live: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(
+            live["payload"]["data"]["note"],
+            note.as_str(),
+            "the last known value"
+        );
+        // Row 7 moves to globex: the acme token's table must drop it.
+        fanout
+            .dispatch(change(
+                "7",
+                4,
+                Operation::Update,
+                Some(json!({"id": 7, "tenant": "globex", "amount": 5, "note": "secret"})),
+                None,
+            ))
+            .await;
+        let gone: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(gone["leave"], true, "{gone}");
+        assert_eq!(
+            gone["payload"]["data"],
+            Value::Null,
+            "globex's image stays hidden"
+        );
+        // Row 8 is deleted: its before is the key and defaults.
+        fanout
+            .dispatch(change(
+                "8",
+                5,
+                Operation::Delete,
+                None,
+                Some(json!({"id": 8, "tenant": "", "amount": 0, "note": ""})),
+            ))
+            .await;
+        let deleted: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(deleted["payload"]["operation"], "delete");
+        assert_eq!(deleted["payload"]["before"]["tenant"], "acme");
+        // A row the gateway never saw: nothing is guessed.
+        fanout
+            .dispatch(change("9", 6, Operation::Update,
+                Some(json!({"id": 9, "tenant": "acme", "amount": 1, "note": crate::event::UNAVAILABLE})), None))
+            .await;
+        let unknown: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(unknown["payload"]["before"], Value::Null);
+        assert_eq!(
+            unknown["payload"]["data"].get("note"),
+            None,
+            "a placeholder is never data"
+        );
+        let count = |result: &str| metrics.row_images.with_label_values(&[result]).get();
+        assert_eq!(
+            [
+                count("before_known"),
+                count("before_unknown"),
+                count("toast_filled"),
+                count("toast_unknown")
+            ],
+            [3, 1, 1, 1]
+        );
+        assert!(rx.try_recv().is_none() && rx_big.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -80,6 +80,11 @@ pub struct Metrics {
     pub topics_active: IntGauge,
     pub events_consumed: IntCounterVec,
     pub decode_errors: IntCounterVec,
+    /// Updates and deletes judged against the row's last image (or not: unknown), and
+    /// unchanged TOAST values filled from it (or left out).
+    pub row_images: IntCounterVec,
+    /// Records holding a logical type the decoder passes through as the converter wrote it.
+    pub decode_unknown_types: IntCounterVec,
     pub dead_letter: IntCounterVec,
     /// Source offsets skipped unread: the broker no longer had the records.
     pub source_offsets_lost: IntCounter,
@@ -216,6 +221,18 @@ impl Metrics {
                 "cdc_gateway_decode_errors_total",
                 "Records that could not be decoded, by reason.",
                 "reason",
+                &[],
+            ),
+            row_images: counter_vec(
+                "cdc_gateway_row_images_total",
+                "Row state at work: updates and deletes judged against the row's last image (before_known) or sent as the source wrote them because the gateway does not hold it (before_unknown); unchanged TOAST values filled from it (toast_filled) or left out of the row (toast_unknown).",
+                "result",
+                &["before_known", "before_unknown", "toast_filled", "toast_unknown"],
+            ),
+            decode_unknown_types: counter_vec(
+                "cdc_gateway_decode_unknown_types_total",
+                "Records with a value of a Kafka Connect logical type the gateway does not decode (passed through as written), by type name.",
+                "type",
                 &[],
             ),
             dead_letter: counter_vec(

@@ -16,8 +16,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Operation, Row, UNAVAILABLE, UNAVAILABLE_JSON};
 use crate::metrics::CacheMetrics;
+
+/// What row state did for one event ([`LastValues::complete`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// An update or delete judged against the row's last image (`Some(true)`), or one whose
+    /// last image the cache does not hold (`Some(false)`: its `before` stays as the source
+    /// wrote it).
+    pub before: Option<bool>,
+    /// Unchanged TOAST values replaced by the row's last known value.
+    pub toast_filled: u32,
+    /// Unchanged TOAST values whose last value is unknown: the field is left out of the row.
+    pub toast_unknown: u32,
+}
 
 /// One row's latest event, and its payload serialized once.
 pub struct Latest {
@@ -87,6 +100,65 @@ impl LastValues {
     /// Says that records before what the cache was fed exist: snapshots are incomplete.
     pub fn mark_partial(&self) {
         self.partial.store(true, Ordering::Relaxed);
+    }
+
+    /// Completes an event from the row's last image before it is matched and delivered
+    /// (protocol section 1, row state). An update or delete gets that image as its `before`:
+    /// under Postgres' default REPLICA IDENTITY, Debezium sends no `before` for an update and
+    /// only the key for a delete, and filters, claims and leave events need the row as it
+    /// was. Debezium's placeholder for an unchanged TOAST value is replaced by the last known
+    /// value, or the field is left out when none is known: a placeholder is never data.
+    /// An image is used only when it is older than the event (a warm-up may hold newer ones).
+    pub fn complete(&self, event: &mut ChangeEvent) -> Completion {
+        let mut done = Completion::default();
+        let Some(id) = event.entity_id.as_deref() else {
+            return done;
+        };
+        let needs_before = matches!(event.operation, Operation::Update | Operation::Delete);
+        let placeholder = |row: &Option<Row>| {
+            row.as_ref()
+                .is_some_and(|row| row.text().contains(UNAVAILABLE_JSON))
+        };
+        let (toast_data, toast_before) = (placeholder(&event.data), placeholder(&event.before));
+        if !needs_before && !toast_data && !toast_before {
+            return done;
+        }
+        let last: Option<Row> = if self.is_enabled() {
+            let state = self.lock();
+            state
+                .entities
+                .get(event.entity_type.as_str())
+                .and_then(|rows| rows.rows.get(id))
+                .map(|(_, held)| &held.event)
+                .filter(|held| {
+                    held.position.key() != event.position.key()
+                        || held.position.offset < event.position.offset
+                })
+                .filter(|held| held.operation != Operation::Delete)
+                .and_then(|held| held.data.clone())
+                .filter(|data| data.text() != "null")
+        } else {
+            None
+        };
+        if needs_before {
+            done.before = Some(last.is_some());
+            if let Some(image) = &last {
+                event.before = Some(image.clone());
+            }
+        }
+        if toast_data {
+            event.data = event
+                .data
+                .take()
+                .map(|row| fill(row, last.as_ref(), &mut done));
+        }
+        if placeholder(&event.before) {
+            event.before = event
+                .before
+                .take()
+                .map(|row| fill(row, last.as_ref(), &mut done));
+        }
+        done
     }
 
     /// Records the latest event of its row, evicting the least recently changed row when
@@ -182,6 +254,32 @@ impl LastValues {
         let complete = (id.is_some() && !found.is_empty()) || !(rows.incomplete || partial);
         (found, complete)
     }
+}
+
+/// The row with every top-level placeholder replaced by `last`'s value of the field, or the
+/// field left out when `last` has none.
+fn fill(row: Row, last: Option<&Row>, done: &mut Completion) -> Row {
+    let serde_json::Value::Object(mut fields) = row.value().clone() else {
+        return row;
+    };
+    let last = last.map(Row::value);
+    fields.retain(|name, value| {
+        if value.as_str() != Some(UNAVAILABLE) {
+            return true;
+        }
+        match last.and_then(|last| last.get(name)) {
+            Some(known) if known.as_str() != Some(UNAVAILABLE) => {
+                *value = known.clone();
+                done.toast_filled += 1;
+                true
+            }
+            _ => {
+                done.toast_unknown += 1;
+                false
+            }
+        }
+    });
+    Row::from(serde_json::Value::Object(fields))
 }
 
 #[cfg(test)]

@@ -12,6 +12,13 @@ pub use row::Row;
 
 pub use crate::position::SourcePosition;
 
+/// Debezium's stand-in for a value it did not read: a TOASTed column an update left unchanged.
+/// The decoder writes it as this JSON string whatever the column's type, and row state
+/// (`crate::snapshot`) puts the row's last known value in its place.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+/// [`UNAVAILABLE`] as JSON text.
+pub const UNAVAILABLE_JSON: &str = "\"__debezium_unavailable_value\"";
+
 /// Longest entity id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
 /// Longest entity name accepted, in bytes.

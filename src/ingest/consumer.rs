@@ -146,7 +146,9 @@ impl Ingest {
             sources,
             reset: config.auto_offset_reset,
             discovery_interval: config.partition_discovery_interval,
-            decoder: Decoder::new(config.input_format, config.entity_renames()),
+            decoder: Decoder::new(config.input_format, config.entity_renames())
+                .with_decimal_format(config.decimal_format)
+                .with_unknown_types(metrics.decode_unknown_types.clone()),
             dead_letter,
             fanout,
             health,

@@ -2,19 +2,21 @@
 //! the envelope (per record under `auto`), applies the entity rename map, and names every way
 //! a record can fail so that metrics count failures by reason and the consumer moves on.
 
+pub mod connect;
 mod debezium;
 mod key;
 mod simple;
 
 use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::config::InputFormat;
+use crate::config::{DecimalFormat, InputFormat};
 use crate::event::{is_valid_entity, is_valid_id, ChangeEvent, Row, SourcePosition};
 
 /// The parts of a Kafka record that decoding needs.
@@ -57,6 +59,10 @@ pub enum DecodeError {
     InvalidOperation(String),
     #[error("timestamp is neither RFC 3339 nor epoch milliseconds")]
     InvalidTimestamp,
+    #[error("the Kafka Connect schema cannot be read: {0}")]
+    InvalidSchema(String),
+    #[error("a value does not match its schema: {0}")]
+    InvalidValue(String),
 }
 
 impl DecodeError {
@@ -71,11 +77,13 @@ impl DecodeError {
             DecodeError::InvalidId => "invalid_id",
             DecodeError::InvalidOperation(_) => "invalid_operation",
             DecodeError::InvalidTimestamp => "invalid_timestamp",
+            DecodeError::InvalidSchema(_) => "invalid_schema",
+            DecodeError::InvalidValue(_) => "invalid_value",
         }
     }
 
     /// Every reason label, so metrics can show zeroes before the first failure.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 11] = [
         "invalid_json",
         "not_an_object",
         "unknown_envelope",
@@ -85,6 +93,8 @@ impl DecodeError {
         "invalid_id",
         "invalid_operation",
         "invalid_timestamp",
+        "invalid_schema",
+        "invalid_value",
     ];
 }
 
@@ -93,27 +103,59 @@ impl DecodeError {
 pub struct Decoder {
     format: InputFormat,
     renames: HashMap<String, String>,
+    /// The Kafka Connect schemas seen, each parsed once (shared by clones).
+    schemas: Arc<connect::Schemas>,
+    decimals: DecimalFormat,
+    /// Records with values of a logical type the gateway does not decode, by type name.
+    unknown_types: Option<prometheus::IntCounterVec>,
 }
 
 impl Decoder {
     pub fn new(format: InputFormat, renames: HashMap<String, String>) -> Self {
-        Self { format, renames }
+        Self {
+            format,
+            renames,
+            schemas: Arc::default(),
+            decimals: DecimalFormat::Number,
+            unknown_types: None,
+        }
+    }
+
+    /// Decimals as JSON numbers (exact text) or strings.
+    pub fn with_decimal_format(mut self, decimals: DecimalFormat) -> Self {
+        self.decimals = decimals;
+        self
+    }
+
+    /// Counts records carrying a logical type the decoder passes through, by type name.
+    pub fn with_unknown_types(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.unknown_types = Some(counter);
+        self
     }
 
     pub fn decode(&self, record: &RawRecord<'_>) -> Result<Decoded, DecodeError> {
         let Some(bytes) = record.value else {
             return Ok(Decoded::Tombstone);
         };
-        let mut object = parse_object(bytes)?;
-        if is_schema_wrapper(&object) {
-            let payload = object["payload"];
-            match payload.get() {
-                "null" => return Ok(Decoded::Tombstone),
-                text if text.starts_with('{') => object = parse_object(text.as_bytes())?,
-                _ => return Err(DecodeError::NotAnObject),
+        let (object, plan) = match self.schemas.split(bytes) {
+            Some((plan, payload)) => (parse_payload(payload)?, Some(plan)),
+            None => {
+                let object = parse_object(bytes)?;
+                if is_schema_wrapper(&object) {
+                    let plan = self.schemas.plan(object["schema"].get())?;
+                    (
+                        parse_payload(object["payload"].get().as_bytes())?,
+                        Some(plan),
+                    )
+                } else {
+                    (Some(object), None)
+                }
             }
-        }
-        let fields = match self.format {
+        };
+        let Some(object) = object else {
+            return Ok(Decoded::Tombstone);
+        };
+        let mut fields = match self.format {
             InputFormat::Simple => simple::decode(object, record)?,
             InputFormat::Debezium => debezium::decode(object, record)?,
             InputFormat::Auto if object.contains_key("op") => debezium::decode(object, record)?,
@@ -122,7 +164,36 @@ impl Decoder {
             }
             InputFormat::Auto => return Err(DecodeError::UnknownEnvelope),
         };
+        if let Some(plan) = plan {
+            self.apply(&plan, &mut fields)?;
+        }
         self.finish(fields, record)
+    }
+
+    /// Turns the rows' values into what the database holds, as the schema says.
+    fn apply(&self, plan: &connect::Plan, fields: &mut EventFields) -> Result<(), DecodeError> {
+        for (row, row_plan) in [
+            (&mut fields.data, &plan.after),
+            (&mut fields.before, &plan.before),
+        ] {
+            let (Some(current), Some(row_plan)) = (row.as_ref(), row_plan) else {
+                continue;
+            };
+            let changed = row_plan
+                .apply(current.text(), self.decimals)
+                .map_err(DecodeError::InvalidValue)?;
+            if let Some(text) = changed {
+                let raw = RawValue::from_string(text)
+                    .map_err(|e| DecodeError::InvalidValue(e.to_string()))?;
+                *row = Some(Row::from_raw(&raw));
+            }
+        }
+        if let Some(counter) = &self.unknown_types {
+            for name in &plan.unknown {
+                counter.with_label_values(&[name]).inc();
+            }
+        }
+        Ok(())
     }
 
     /// Applies the rename map and the rules every envelope shares.
@@ -181,6 +252,16 @@ struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 impl Borrow<str> for Key<'_> {
     fn borrow(&self) -> &str {
         &self.0
+    }
+}
+
+/// The wrapper's payload: an object, or `None` for a null (a tombstone).
+fn parse_payload(bytes: &[u8]) -> Result<Option<Object<'_>>, DecodeError> {
+    match bytes.trim_ascii() {
+        b"null" => Ok(None),
+        text if text.starts_with(b"{") => parse_object(text).map(Some),
+        [] => Err(DecodeError::InvalidJson("empty payload".to_owned())),
+        _ => Err(DecodeError::NotAnObject),
     }
 }
 
