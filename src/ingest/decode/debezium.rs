@@ -1,5 +1,6 @@
 //! Debezium's change envelope (`before`, `after`, `source`, `op`, `ts_ms`). The entity is
-//! `source.table`; the id comes from the record key, else from the row's `id` field.
+//! `source.table`; the id comes from the record key, else from the row's `id` field. The
+//! timestamp is the commit time (`source.ts_ms`), else the envelope's processing time.
 
 use serde_json::Value;
 
@@ -40,8 +41,10 @@ pub(super) fn decode(
         }
         None => return Err(DecodeError::MissingField("source.table")),
     };
-    let ts_ms = match field(&object, "ts_ms")? {
-        None => field(&source, "ts_ms")?,
+    // `source.ts_ms` is when the change was committed in the database; the envelope's
+    // `ts_ms` is when Debezium processed it (later, by the connector's lag).
+    let ts_ms = match field(&source, "ts_ms")? {
+        None | Some(Value::Null) => field(&object, "ts_ms")?,
         found => found,
     };
     let timestamp = match ts_ms {

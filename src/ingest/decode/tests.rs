@@ -41,6 +41,19 @@ fn debezium(op: &str, before: Value, after: Value) -> Value {
 }
 
 #[test]
+fn the_timestamp_is_the_commit_time_not_debeziums_processing_time() {
+    let mut value = debezium("c", Value::Null, json!({"id": 1}));
+    value["source"]["ts_ms"] = json!(1_763_805_500_000_i64);
+    let e = decode(None, value.clone()).unwrap();
+    assert_eq!(e.timestamp, "2025-11-22T09:58:20Z");
+    value["source"]["ts_ms"] = Value::Null;
+    assert_eq!(
+        decode(None, value).unwrap().timestamp,
+        "2025-11-22T10:00:00.123Z"
+    );
+}
+
+#[test]
 fn simple_envelope_decodes_every_field() {
     let e = decode(
         None,
@@ -244,4 +257,75 @@ fn rows_pass_through_as_written() {
     let payload: Value = serde_json::from_slice(&event.payload_json()).unwrap();
     assert_eq!(payload["data"]["n"]["deep"], true);
     assert!(!event.payload_json().contains(&b'\n'));
+}
+
+/// A Debezium record as Kafka Connect's JSON converter writes it with `schemas.enable=true`.
+fn wrapped(after: &str) -> String {
+    let row = r#"{"type":"struct","optional":true,"name":"dbz.public.orders.Value","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","version":1,"parameters":{"scale":"2","connect.decimal.precision":"12"},"field":"amount"},{"type":"int32","optional":true,"name":"io.debezium.time.Date","version":1,"field":"ship_date"},{"type":"string","optional":true,"name":"io.debezium.data.Json","version":1,"field":"meta"}]}"#;
+    let schema = format!(
+        r#"{{"type":"struct","fields":[{},{},{{"type":"struct","fields":[{{"type":"string","optional":false,"field":"table"}}],"optional":false,"name":"io.debezium.connector.postgresql.Source","field":"source"}},{{"type":"string","optional":false,"field":"op"}},{{"type":"int64","optional":true,"field":"ts_ms"}}],"optional":false,"name":"dbz.public.orders.Envelope","version":2}}"#,
+        row.replacen(r#""fields""#, r#""field":"before","fields""#, 1),
+        row.replacen(r#""fields""#, r#""field":"after","fields""#, 1),
+    );
+    format!(
+        r#"{{"schema":{schema},"payload":{{"before":null,"after":{after},"source":{{"table":"orders"}},"op":"c","ts_ms":1766570400000}}}}"#
+    )
+}
+
+#[test]
+fn schema_wrapped_values_are_what_the_database_holds() {
+    let decoder = decoder(InputFormat::Auto);
+    let value = wrapped(r#"{"id":1,"amount":"AeJA","ship_date":20811,"meta":"{\"vip\": true}"}"#);
+    let key = br#"{"schema":{"type":"struct","fields":[{"type":"int64","optional":false,"field":"id"}],"optional":false,"name":"dbz.public.orders.Key"},"payload":{"id":1}}"#;
+    // Twice: the second time the schema is known and not parsed again.
+    for _ in 0..2 {
+        let Decoded::Event(e) = decoder
+            .decode(&record(Some(key), Some(value.as_bytes())))
+            .unwrap()
+        else {
+            panic!("tombstone")
+        };
+        assert_eq!(e.entity_id.as_deref(), Some("1"));
+        assert_eq!(
+            e.data.as_ref().unwrap().text(),
+            r#"{"id":1,"amount":1234.56,"ship_date":"2026-12-24","meta":{"vip": true}}"#
+        );
+        assert_eq!(
+            e.data.as_ref().unwrap().value()["amount"].as_f64(),
+            Some(1234.56)
+        );
+    }
+    let strings = super::Decoder::new(InputFormat::Auto, HashMap::new())
+        .with_decimal_format(DecimalFormat::String);
+    let Decoded::Event(e) = strings
+        .decode(&record(Some(key), Some(value.as_bytes())))
+        .unwrap()
+    else {
+        panic!("tombstone")
+    };
+    assert_eq!(e.data.unwrap().value()["amount"], "1234.56");
+    // A wrapped tombstone, then bad values and a bad schema: errors, never panics.
+    let tombstone = br#"{"schema":null,"payload":null}"#;
+    assert_eq!(
+        decoder.decode(&record(Some(key), Some(tombstone))),
+        Ok(Decoded::Tombstone)
+    );
+    let bad = wrapped(r#"{"id":2,"amount":"%%%","ship_date":1,"meta":null}"#);
+    assert_eq!(
+        decoder
+            .decode(&record(Some(key), Some(bad.as_bytes())))
+            .unwrap_err()
+            .reason(),
+        "invalid_value"
+    );
+    let bad_schema = wrapped(r#"{"id":3}"#).replace(r#""scale":"2","#, "");
+    assert_eq!(
+        decoder
+            .decode(&record(Some(key), Some(bad_schema.as_bytes())))
+            .unwrap_err()
+            .reason(),
+        "invalid_schema"
+    );
+    let cut = &value[..value.len() - 1];
+    assert!(decoder.decode(&record(None, Some(cut.as_bytes()))).is_err());
 }
