@@ -48,7 +48,9 @@ COPY --from=build /src/target/release/cdc-gateway /usr/local/bin/cdc-gateway
 USER 10001:10001
 
 # Listen on every interface inside the container; override any other setting with
-# CDC_GATEWAY_* variables (CDC_GATEWAY_BROKERS, CDC_GATEWAY_SOURCE_TOPICS, ...).
+# CDC_GATEWAY_* variables (CDC_GATEWAY_BROKERS, CDC_GATEWAY_SOURCE_TOPICS, ...). On this
+# address the gateway starts only with CDC_GATEWAY_AUTH=jwt (and its key), or with
+# CDC_GATEWAY_ALLOW_UNAUTHENTICATED=true if every client may read every row.
 ENV CDC_GATEWAY_LISTEN=0.0.0.0:8080
 
 EXPOSE 8080

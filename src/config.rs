@@ -318,6 +318,19 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,
 
+    /// Serve every row to anyone who connects: --auth none on an address beyond loopback.
+    /// Without it, such a gateway refuses to start.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_ALLOW_UNAUTHENTICATED",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_unauthenticated: bool,
+
     /// Shared secret of HS256 tokens, under --auth jwt.
     #[arg(
         global = true,
@@ -462,6 +475,21 @@ impl Config {
                 return Err(ConfigError::new(flag, "must be greater than 0"));
             }
         }
+        if self.auth == AuthMode::None
+            && !self.listen.ip().is_loopback()
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::new(
+                "--auth",
+                format!(
+                    "is none while --listen {} reaches beyond this machine: anyone who connects \
+                     would read every row. Set --auth jwt, listen on 127.0.0.1, or say \
+                     --allow-unauthenticated (CDC_GATEWAY_ALLOW_UNAUTHENTICATED=true) if that \
+                     is what you want",
+                    self.listen
+                ),
+            ));
+        }
         if self.ping_interval >= self.idle_timeout {
             return Err(ConfigError::new(
                 "--ping-interval",
@@ -538,13 +566,47 @@ fn parse_pair(value: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
 
+    /// The arguments, on a gateway that may serve without authentication (what the other
+    /// checks are tested on).
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut all = vec!["--allow-unauthenticated"];
+        all.extend_from_slice(args);
+        parse_bare(&all)
+    }
+
+    fn parse_bare(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("cdc-gateway").chain(args.iter().copied()))
     }
 
     #[test]
-    fn defaults_are_valid() {
-        let cli = parse(&[]).unwrap();
+    fn defaults_are_valid_except_that_they_serve_everyone() {
+        let open = parse_bare(&[]).unwrap().config.validate().unwrap_err();
+        assert_eq!(open.flag, "--auth", "{open}");
+        assert!(
+            open.to_string().contains("--allow-unauthenticated"),
+            "{open}"
+        );
+        parse_bare(&["--listen", "127.0.0.1:8080"])
+            .unwrap()
+            .config
+            .validate()
+            .unwrap();
+        parse_bare(&["--listen", "[::1]:8080"])
+            .unwrap()
+            .config
+            .validate()
+            .unwrap();
+        parse_bare(&[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ])
+        .unwrap()
+        .config
+        .validate()
+        .unwrap();
+        let cli = parse_bare(&["--allow-unauthenticated"]).unwrap();
         cli.config.validate().unwrap();
         assert_eq!(cli.config.source_topics, vec!["cdc.events"]);
         assert_eq!(cli.config.slow_client_grace, Duration::from_secs(5));

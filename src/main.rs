@@ -14,7 +14,11 @@ use cdc_gateway::gateway::{self, Gateway, Pages};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The demo listens where its own --listen says: that is the address checked.
+    if let Some(Command::Demo(args)) = &cli.command {
+        cli.config.listen = args.listen;
+    }
     if let Err(e) = cli.config.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);

@@ -98,6 +98,13 @@ fn bad_values_fail_at_startup_naming_the_flag() {
             vec![],
             "--kafka-property",
         ),
+        (vec!["--listen", "0.0.0.0:0"], vec![], "--auth"),
+        (vec!["--listen", "[::]:0"], vec![], "--auth"),
+        (
+            vec!["--listen", "0.0.0.0:0"],
+            vec![("CDC_GATEWAY_ALLOW_UNAUTHENTICATED", "false")],
+            "--auth",
+        ),
         (vec!["--auth", "jwt"], vec![], "--auth"),
         (vec!["--jwt-secret", "s"], vec![], "--auth"),
         (
