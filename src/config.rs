@@ -145,9 +145,22 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
 
-    /// librdkafka property `key=value` (repeatable; SASL, TLS, fetch tuning ...).
-    #[arg(global = true, long = "kafka-property", env = "CDC_GATEWAY_KAFKA_PROPERTY", value_delimiter = ',', value_parser = parse_pair)]
+    /// librdkafka property `key=value` (repeatable; SASL, TLS, fetch tuning ...). A value is
+    /// taken whole, commas included (`debug=broker,topic`, a JAAS line); the variable holds
+    /// one property per line. Wins over --kafka-property-file.
+    #[arg(global = true, long = "kafka-property", env = "CDC_GATEWAY_KAFKA_PROPERTY", value_delimiter = '\n', value_parser = parse_pair)]
     pub kafka_properties: Vec<(String, String)>,
+
+    /// File of librdkafka properties, one `key=value` per line (`#` comments), read at
+    /// start: for secrets mounted from a Kubernetes Secret (`sasl.password=...`). Repeatable;
+    /// the variable holds one path per line.
+    #[arg(
+        global = true,
+        long = "kafka-property-file",
+        env = "CDC_GATEWAY_KAFKA_PROPERTY_FILE",
+        value_delimiter = '\n'
+    )]
+    pub kafka_property_files: Vec<std::path::PathBuf>,
 
     /// Where a group without committed offsets starts reading.
     #[arg(long, env = "CDC_GATEWAY_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Latest)]
@@ -401,6 +414,38 @@ pub struct Config {
 }
 
 impl Config {
+    /// Reads every --kafka-property-file and puts its properties before the --kafka-property
+    /// values (which therefore win). Called once at start; an unreadable file or a line that
+    /// is not `key=value` is a startup error naming the file and line (never the value).
+    pub fn load_kafka_property_files(&mut self) -> Result<(), ConfigError> {
+        let mut loaded = Vec::new();
+        for path in &self.kafka_property_files {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "--kafka-property-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                    continue;
+                }
+                let pair = parse_pair(line).map_err(|_| {
+                    ConfigError::new(
+                        "--kafka-property-file",
+                        format!("{} line {}: not key=value", path.display(), number + 1),
+                    )
+                })?;
+                loaded.push(pair);
+            }
+        }
+        loaded.append(&mut self.kafka_properties);
+        self.kafka_properties = loaded;
+        self.kafka_property_files.clear();
+        Ok(())
+    }
+
     /// Checks that clap's per-flag parsers cannot: relations between values and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.brokers.trim().is_empty() {
@@ -628,6 +673,56 @@ mod tests {
         assert_eq!(cli.config.source_topics, vec!["a", "b"]);
         assert_eq!(cli.config.entity_renames()["orders"], "order");
         assert_eq!(cli.config.kafka_properties.len(), 2);
+    }
+
+    #[test]
+    fn kafka_properties_keep_their_commas_and_secrets_come_from_files() {
+        let jaas = r#"sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="a,b" password="c=d";"#;
+        let dir = std::env::temp_dir().join(format!("cdc-gateway-props-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# from a Secret\nsasl.password = s3cr,et\n\ndebug=all\n",
+        )
+        .unwrap();
+        let mut cli = parse(&[
+            "--kafka-property",
+            "debug=broker,topic",
+            "--kafka-property",
+            jaas,
+            "--kafka-property-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        cli.config.load_kafka_property_files().unwrap();
+        let props = &cli.config.kafka_properties;
+        assert_eq!(
+            props,
+            &vec![
+                ("sasl.password".to_owned(), "s3cr,et".to_owned()),
+                ("debug".to_owned(), "all".to_owned()),
+                ("debug".to_owned(), "broker,topic".to_owned()),
+                (
+                    "sasl.jaas.config".to_owned(),
+                    jaas.split_once('=').unwrap().1.to_owned()
+                ),
+            ],
+            "files first, so the flags win; commas kept"
+        );
+        std::fs::write(&file, "sasl.password\n").unwrap();
+        let mut cli = parse(&["--kafka-property-file", file.to_str().unwrap()]).unwrap();
+        let e = cli.config.load_kafka_property_files().unwrap_err();
+        assert!(
+            e.to_string().contains("line 1") && !e.to_string().contains("sasl"),
+            "{e}"
+        );
+        let mut cli = parse(&["--kafka-property-file", "/nonexistent/kafka.properties"]).unwrap();
+        assert_eq!(
+            cli.config.load_kafka_property_files().unwrap_err().flag,
+            "--kafka-property-file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -19,7 +19,11 @@ fn main() -> ExitCode {
     if let Some(Command::Demo(args)) = &cli.command {
         cli.config.listen = args.listen;
     }
-    if let Err(e) = cli.config.validate() {
+    if let Err(e) = cli
+        .config
+        .load_kafka_property_files()
+        .and_then(|()| cli.config.validate())
+    {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
