@@ -133,6 +133,7 @@ impl Verifier {
             .map(|(pattern, filters)| {
                 let filter = Filter::compile(Some(filters))
                     .map_err(|e| AuthError::Claims(format!("filters for `{pattern}`: {e}")))?;
+                warn_if_deletes_escape(pattern, filters);
                 Ok((Pattern::new(pattern), filter))
             })
             .collect::<Result<_, AuthError>>()?;
@@ -241,6 +242,29 @@ impl Pattern {
     }
 }
 
+/// Whether a claim filter reads `data.` paths and never `row.`: a delete has `data: null`, so
+/// such a filter never matches one and a confined table keeps deleted rows.
+pub fn reads_data_only(filters: &Value) -> bool {
+    let Value::Object(fields) = filters else {
+        return false;
+    };
+    let keys = || fields.keys().filter(|k| !k.starts_with('$'));
+    keys().any(|k| k.starts_with("data.")) && !keys().any(|k| k.starts_with("row."))
+}
+
+/// Logs once per process the first claim filter that hides deletes from its holder.
+fn warn_if_deletes_escape(pattern: &str, filters: &Value) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if reads_data_only(filters) && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            pattern,
+            "a token's claim filter reads `data.` fields only: deletes (data null) never match \
+             it, so its holder's tables keep deleted rows. Issue `row.` filters instead \
+             (docs/security.md); this is logged once"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +324,16 @@ mod tests {
             .unwrap();
         assert!(all.allows("cdc.invoice.9") && all.allows("cdc.invoice"));
         assert!(grant.remaining() > Duration::from_secs(50));
+    }
+
+    #[test]
+    fn claim_filters_on_data_only_are_recognised() {
+        assert!(reads_data_only(&json!({"data.tenant": "acme"})));
+        assert!(!reads_data_only(&json!({"row.tenant": "acme"})));
+        assert!(!reads_data_only(
+            &json!({"data.tenant": "acme", "row.tenant": "acme"})
+        ));
+        assert!(!reads_data_only(&json!({"operation": {"ne": "truncate"}})));
     }
 
     #[test]
