@@ -47,6 +47,19 @@ pub enum InputFormat {
     Debezium,
 }
 
+/// What a Debezium record's entity is named after (protocol section 1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EntityNaming {
+    /// `source.table`: `orders`. Tables of the same name in different schemas or databases
+    /// share one entity (detected and counted: cdc_gateway_entity_collisions_total).
+    Table,
+    /// `<source.schema>-<source.table>`: `tenant_a-orders` (`<db>-<table>` where the source
+    /// has no schema, as MySQL).
+    Schema,
+    /// `<source.db>-<source.schema>-<source.table>`: `shop-tenant_a-orders`.
+    Database,
+}
+
 /// How decoded Kafka Connect decimals (`numeric`, `decimal`) are written in `data`/`before`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DecimalFormat {
@@ -136,6 +149,11 @@ pub struct Config {
     /// strings for clients whose JSON parser rounds to a double.
     #[arg(global = true, long, env = "CDC_GATEWAY_DECIMAL_FORMAT", value_enum, default_value_t = DecimalFormat::Number)]
     pub decimal_format: DecimalFormat,
+
+    /// What a Debezium record's entity is named after: its table, its schema and table, or
+    /// its database, schema and table (joined with `-`); the rename map applies to the name.
+    #[arg(global = true, long, env = "CDC_GATEWAY_ENTITY_NAMING", value_enum, default_value_t = EntityNaming::Table)]
+    pub entity_naming: EntityNaming,
 
     /// Entity rename map, e.g. `orders=order,customers=customer`.
     #[arg(global = true, long, env = "CDC_GATEWAY_ENTITY_MAP", value_delimiter = ',', value_parser = parse_pair)]

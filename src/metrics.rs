@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Updates and deletes judged against the row's last image (or not: unknown), and
     /// unchanged TOAST values filled from it (or left out).
     pub row_images: IntCounterVec,
+    /// Records whose source (db.schema.table) differs from the first seen under their entity.
+    pub entity_collisions: IntCounterVec,
     /// Records holding a logical type the decoder passes through as the converter wrote it.
     pub decode_unknown_types: IntCounterVec,
     pub dead_letter: IntCounterVec,
@@ -228,6 +230,12 @@ impl Metrics {
                 "Row state at work: updates and deletes judged against the row's last image (before_known) or sent as the source wrote them because the gateway does not hold it (before_unknown); unchanged TOAST values filled from it (toast_filled) or left out of the row (toast_unknown).",
                 "result",
                 &["before_known", "before_unknown", "toast_filled", "toast_unknown"],
+            ),
+            entity_collisions: counter_vec(
+                "cdc_gateway_entity_collisions_total",
+                "Records from a second source table (another schema or database) under an entity name already fed by a first one, by entity: their rows merge. See --entity-naming.",
+                "entity",
+                &[],
             ),
             decode_unknown_types: counter_vec(
                 "cdc_gateway_decode_unknown_types_total",

@@ -148,7 +148,9 @@ impl Ingest {
             discovery_interval: config.partition_discovery_interval,
             decoder: Decoder::new(config.input_format, config.entity_renames())
                 .with_decimal_format(config.decimal_format)
-                .with_unknown_types(metrics.decode_unknown_types.clone()),
+                .with_unknown_types(metrics.decode_unknown_types.clone())
+                .with_entity_naming(config.entity_naming)
+                .with_collisions(metrics.entity_collisions.clone()),
             dead_letter,
             fanout,
             health,

@@ -8,11 +8,13 @@ use super::{
     field, id_of, key, parse_object, take_row, timestamp_of, DecodeError, EventFields, Object,
     RawRecord,
 };
+use crate::config::EntityNaming;
 use crate::event::Operation;
 
 pub(super) fn decode(
     object: Object<'_>,
     record: &RawRecord<'_>,
+    naming: EntityNaming,
 ) -> Result<EventFields, DecodeError> {
     let operation = match field(&object, "op")? {
         Some(Value::String(op)) => {
@@ -31,7 +33,7 @@ pub(super) fn decode(
         }
         None => return Err(DecodeError::MissingField("source")),
     };
-    let entity = match field(&source, "table")? {
+    let table = match field(&source, "table")? {
         Some(Value::String(table)) => table,
         Some(_) => {
             return Err(DecodeError::InvalidField {
@@ -40,6 +42,30 @@ pub(super) fn decode(
             })
         }
         None => return Err(DecodeError::MissingField("source.table")),
+    };
+    let text = |name| -> Result<Option<String>, DecodeError> {
+        Ok(match field(&source, name)? {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        })
+    };
+    let (db, schema) = (text("db")?, text("schema")?);
+    let origin = [db.as_deref(), schema.as_deref(), Some(table.as_str())]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(".");
+    let entity = match naming {
+        EntityNaming::Table => table,
+        EntityNaming::Schema => match schema.or(db) {
+            Some(qualifier) => format!("{qualifier}-{table}"),
+            None => table,
+        },
+        EntityNaming::Database => [db.as_deref(), schema.as_deref(), Some(table.as_str())]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("-"),
     };
     // `source.ts_ms` is when the change was committed in the database; the envelope's
     // `ts_ms` is when Debezium processed it (later, by the connector's lag).
@@ -69,6 +95,7 @@ pub(super) fn decode(
     };
     Ok(EventFields {
         entity,
+        origin: Some(origin),
         entity_id,
         operation,
         data,

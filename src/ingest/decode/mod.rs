@@ -9,14 +9,14 @@ mod simple;
 
 use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::config::{DecimalFormat, InputFormat};
+use crate::config::{DecimalFormat, EntityNaming, InputFormat};
 use crate::event::{is_valid_entity, is_valid_id, ChangeEvent, Row, SourcePosition};
 
 /// The parts of a Kafka record that decoding needs.
@@ -108,7 +108,16 @@ pub struct Decoder {
     decimals: DecimalFormat,
     /// Records with values of a logical type the gateway does not decode, by type name.
     unknown_types: Option<prometheus::IntCounterVec>,
+    naming: EntityNaming,
+    /// The source each entity name was first seen from, to detect two tables merging into
+    /// one entity (shared by clones).
+    origins: Arc<Mutex<HashMap<String, String>>>,
+    /// Records whose source differs from the first one seen under their entity name.
+    collisions: Option<prometheus::IntCounterVec>,
 }
+
+/// Entities whose origin is kept for collision detection; beyond, new ones are not checked.
+const ORIGINS: usize = 10_000;
 
 impl Decoder {
     pub fn new(format: InputFormat, renames: HashMap<String, String>) -> Self {
@@ -118,7 +127,22 @@ impl Decoder {
             schemas: Arc::default(),
             decimals: DecimalFormat::Number,
             unknown_types: None,
+            naming: EntityNaming::Table,
+            origins: Arc::default(),
+            collisions: None,
         }
+    }
+
+    /// What Debezium entities are named after.
+    pub fn with_entity_naming(mut self, naming: EntityNaming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// Counts records from a second source under an entity name, by entity.
+    pub fn with_collisions(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.collisions = Some(counter);
+        self
     }
 
     /// Decimals as JSON numbers (exact text) or strings.
@@ -157,8 +181,10 @@ impl Decoder {
         };
         let mut fields = match self.format {
             InputFormat::Simple => simple::decode(object, record)?,
-            InputFormat::Debezium => debezium::decode(object, record)?,
-            InputFormat::Auto if object.contains_key("op") => debezium::decode(object, record)?,
+            InputFormat::Debezium => debezium::decode(object, record, self.naming)?,
+            InputFormat::Auto if object.contains_key("op") => {
+                debezium::decode(object, record, self.naming)?
+            }
             InputFormat::Auto if object.contains_key("entity_type") => {
                 simple::decode(object, record)?
             }
@@ -168,6 +194,35 @@ impl Decoder {
             self.apply(&plan, &mut fields)?;
         }
         self.finish(fields, record)
+    }
+
+    /// Detects two sources (tables of one name in two schemas or databases) merging into one
+    /// entity: counted per record, logged the first time.
+    fn check_origin(&self, entity: &str, origin: &str) {
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        match origins.get(entity) {
+            Some(first) if first == origin => {}
+            Some(first) => {
+                if let Some(counter) = &self.collisions {
+                    let counter = counter.with_label_values(&[entity]);
+                    if counter.get() == 0 {
+                        tracing::warn!(
+                            entity,
+                            first = first.as_str(),
+                            also = origin,
+                            "two sources share one entity: their rows, snapshots and history \
+                             merge. Set --entity-naming schema (or database), or rename one \
+                             with --entity-map"
+                        );
+                    }
+                    counter.inc();
+                }
+            }
+            None if origins.len() < ORIGINS => {
+                origins.insert(entity.to_owned(), origin.to_owned());
+            }
+            None => {}
+        }
     }
 
     /// Turns the rows' values into what the database holds, as the schema says.
@@ -206,6 +261,9 @@ impl Decoder {
         if !is_valid_entity(&entity_type) {
             return Err(DecodeError::InvalidEntity(entity_type));
         }
+        if let Some(origin) = &fields.origin {
+            self.check_origin(&entity_type, origin);
+        }
         if let Some(id) = &fields.entity_id {
             if !is_valid_id(id) {
                 return Err(DecodeError::InvalidId);
@@ -234,6 +292,9 @@ impl Decoder {
 /// What an envelope decoder extracts before the shared rules apply.
 struct EventFields {
     entity: String,
+    /// Where the source says the row lives (`db.schema.table`), to tell apart sources that
+    /// end up under one entity name.
+    origin: Option<String>,
     entity_id: Option<String>,
     operation: crate::event::Operation,
     data: Option<Row>,

@@ -38,6 +38,7 @@ pub(super) fn decode(
     };
     Ok(EventFields {
         entity,
+        origin: None,
         entity_id,
         operation,
         data: take_row(&object, "data")?,

@@ -329,3 +329,44 @@ fn schema_wrapped_values_are_what_the_database_holds() {
     let cut = &value[..value.len() - 1];
     assert!(decoder.decode(&record(None, Some(cut.as_bytes()))).is_err());
 }
+
+#[test]
+fn tables_of_one_name_in_two_schemas_are_kept_apart_or_reported() {
+    let in_schema = |schema: &str| {
+        let mut value = debezium("c", Value::Null, json!({"id": 1}));
+        value["source"]["schema"] = json!(schema);
+        serde_json::to_vec(&value).unwrap()
+    };
+    let (a, b) = (in_schema("tenant_a"), in_schema("tenant_b"));
+    let entity = |decoder: &Decoder, bytes: &[u8]| match decoder
+        .decode(&record(Some(b"1"), Some(bytes)))
+        .unwrap()
+    {
+        Decoded::Event(e) => e.entity_type,
+        Decoded::Tombstone => unreachable!(),
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let merged = Decoder::new(InputFormat::Auto, HashMap::new())
+        .with_collisions(metrics.entity_collisions.clone());
+    assert_eq!(entity(&merged, &a), "orders");
+    assert_eq!(entity(&merged, &a), "orders");
+    assert_eq!(entity(&merged, &b), "orders");
+    assert_eq!(
+        metrics
+            .entity_collisions
+            .with_label_values(&["orders"])
+            .get(),
+        1,
+        "the second source is counted"
+    );
+    let apart = Decoder::new(
+        InputFormat::Auto,
+        HashMap::from([("tenant_b-orders".to_string(), "orders_b".to_string())]),
+    )
+    .with_entity_naming(EntityNaming::Schema);
+    assert_eq!(entity(&apart, &a), "tenant_a-orders");
+    assert_eq!(entity(&apart, &b), "orders_b", "renamed after naming");
+    let full =
+        Decoder::new(InputFormat::Auto, HashMap::new()).with_entity_naming(EntityNaming::Database);
+    assert_eq!(entity(&full, &a), "shop-tenant_a-orders");
+}
