@@ -342,8 +342,9 @@ fn conv_of(schema: &Value, unknown: &mut Vec<String>) -> Result<Option<Conv>, De
             }
             Ok(Some(Conv::Struct(RowPlan { slots })))
         }
-        "int8" | "int16" | "int32" | "int64" | "float32" | "float64" | "boolean" | "string"
-        | "map" => Ok(None),
+        // The JSON converter's names (`float`, `double`) and Connect's (`float32`, `float64`).
+        "int8" | "int16" | "int32" | "int64" | "float" | "double" | "float32" | "float64"
+        | "boolean" | "string" | "map" => Ok(None),
         other => Err(DecodeError::InvalidSchema(format!("unknown type {other}"))),
     }
 }
@@ -792,7 +793,8 @@ mod tests {
              "fields": [{"field": "scale", "type": "int32"}, {"field": "value", "type": "bytes"}]}},
             {"field": "set", "type": "string", "name": "io.debezium.data.EnumSet"},
             {"field": "p", "type": "struct", "name": "io.debezium.data.geometry.Point",
-             "fields": [{"field": "x", "type": "float64"}, {"field": "y", "type": "float64"}]},
+             "fields": [{"field": "x", "type": "double"}, {"field": "y", "type": "float64"}]},
+            {"field": "f", "type": "float"},
             {"field": "blob", "type": "bytes"}
         ]));
         let row = r#"{"id":9007199254740993,"amount":"AeJA","d":20811,"t":36000500000,"ts":1766570400123456,"cts":1766570400000,"z":"2026-12-24T10:00:00Z","meta":"{\"a\": [1, {\"b\": null}]}","tags":["x"],"nums":[{"scale":1,"value":"Dw=="}],"set":"a,b","p":{"x":1.5,"y":-2.0,"wkb":"AQE=","srid":null},"blob":"AQID"}"#;
