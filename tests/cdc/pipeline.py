@@ -161,12 +161,14 @@ class Postgres:
         ])
         as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                      "-o", opts, "-w", "-t", "60", "start"])
-        # Stops the cluster when this process exits (or after max_seconds), even if we crash.
+        self.postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        # Stops the cluster when this process exits (or after max_seconds), even if we crash;
+        # by its pid if pg_ctl cannot (its data dir removed).
         watchdog = (
             f'end=$(( $(date +%s) + {int(max_seconds)} )); '
             f'while kill -0 {os.getpid()} 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 1; done; '
             f'runuser -u postgres -- {self.bin}/pg_ctl -D {self.data} stop -m fast -t 30 >/dev/null 2>&1 '
-            f'|| runuser -u postgres -- {self.bin}/pg_ctl -D {self.data} stop -m immediate >/dev/null 2>&1'
+            f'|| kill -QUIT {self.postmaster} 2>/dev/null'
         )
         self.watchdog = subprocess.Popen(["sh", "-c", watchdog], start_new_session=True,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -184,7 +186,10 @@ class Postgres:
                 as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "stop", "-m", "fast",
                              "-t", "30"])
             except RuntimeError:
-                pass
+                try:
+                    os.kill(self.postmaster, signal.SIGQUIT)  # immediate shutdown
+                except ProcessLookupError:
+                    pass
         if self.watchdog.poll() is None:
             self.watchdog.terminate()
 
