@@ -70,6 +70,48 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Real Debezium records (Postgres 15, Debezium 3.6.3, tests/fixtures/debezium/README.md),
+/// as Kafka Connect's JSON converter wrote them with and without the schema: the same SQL.
+fn fixture(name: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let path = format!(
+        "{}/tests/fixtures/debezium/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let bytes = |field: &str| record[field].as_str().map(|s| s.as_bytes().to_vec());
+            (bytes("key"), bytes("value"))
+        })
+        .filter(|(_, value)| value.is_some())
+        .collect()
+}
+
+fn decode_real(c: &mut Criterion) {
+    let decoder = Decoder::new(InputFormat::Auto, HashMap::new());
+    let mut group = c.benchmark_group("decode_real");
+    for (name, file) in [("schemas", "schemas.jsonl"), ("plain", "plain.jsonl")] {
+        let records = fixture(file);
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for (key, value) in &records {
+                    let raw = RawRecord {
+                        key: key.as_deref(),
+                        value: value.as_deref(),
+                        position: SourcePosition::new("shop.public.orders", 0, 1),
+                        timestamp_ms: Some(1),
+                    };
+                    criterion::black_box(decoder.decode(&raw).unwrap());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn event(id: u32) -> ChangeEvent {
     ChangeEvent {
         entity_type: "order".into(),
@@ -212,5 +254,13 @@ fn index(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, filters, serialize, fanout, index);
+criterion_group!(
+    benches,
+    decode,
+    decode_real,
+    filters,
+    serialize,
+    fanout,
+    index
+);
 criterion_main!(benches);
