@@ -3,7 +3,8 @@
 # end-to-end tests run against (cached outside the repo), runs every test target of the
 # workspace, the criterion benches in test mode, a short load-generator smoke run that fails
 # on any loss or error, then the JavaScript client's tests (unit, end to end against the
-# gateway binary and tansu, and the demo page in headless Chromium).
+# gateway binary and tansu, and the demo page in headless Chromium), and the real-CDC tests
+# (scripts/test-cdc.sh: PostgreSQL and Debezium, installed and cached outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CDC_GATEWAY_TANSU="$(bash scripts/install-tansu.sh)"
@@ -24,6 +25,8 @@ if [ "$node_major" -lt 20 ]; then
 fi
 cargo build --locked --bin cdc-gateway
 CDC_GATEWAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/cdc-gateway"
+# The real pipeline: Postgres -> Debezium -> tansu -> gateway -> clients, judged against SELECTs.
+CDC_GATEWAY_BIN="$CDC_GATEWAY_BIN" bash scripts/test-cdc.sh
 CDC_GATEWAY_CHROMIUM="$(bash scripts/install-browser.sh)"
 if [ -z "$CDC_GATEWAY_CHROMIUM" ]; then
   echo "SKIPPING the browser test of the demo page: Chromium cannot be installed on this machine" >&2
