@@ -70,9 +70,12 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// A Kafka record's key and value bytes.
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Real Debezium records (Postgres 15, Debezium 3.6.3, tests/fixtures/debezium/README.md),
 /// as Kafka Connect's JSON converter wrote them with and without the schema: the same SQL.
-fn fixture(name: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+fn fixture(name: &str) -> Vec<KeyValue> {
     let path = format!(
         "{}/tests/fixtures/debezium/{name}",
         env!("CARGO_MANIFEST_DIR")
@@ -125,6 +128,7 @@ fn event(id: u32) -> ChangeEvent {
         timestamp: "2026-11-22T10:00:00Z".into(),
         position: SourcePosition::new("cdc.events", 0, i64::from(id)),
         kafka_timestamp_ms: None,
+        source_lsn: None,
     }
 }
 

@@ -250,6 +250,10 @@ impl FanOut {
     /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
     /// cache and the resume history.
     pub fn remember(&self, mut event: ChangeEvent) {
+        if self.last_values.replayed(&event) {
+            self.metrics.source_replays.inc();
+            return;
+        }
         self.complete(&mut event);
         self.record(event, None);
     }
@@ -290,6 +294,13 @@ impl FanOut {
     /// leave event for every subscriber whose filter the row no longer passes. Returns once
     /// every recipient has it queued, was skipped under the policy, or is gone.
     pub async fn dispatch(&self, mut owned: ChangeEvent) {
+        // A change the row already went through (a connector re-sending after a restart)
+        // reaches nobody twice; its offset still counts as dispatched.
+        if self.last_values.replayed(&owned) {
+            self.metrics.source_replays.inc();
+            self.dispatched.record(owned.position);
+            return;
+        }
         self.complete(&mut owned);
         let event = &owned;
         let mut payload: Option<Bytes> = None;
@@ -590,6 +601,7 @@ mod tests {
             timestamp: "2026-11-22T10:00:00Z".into(),
             position: SourcePosition::new("cdc.events", 1, offset),
             kafka_timestamp_ms: None,
+            source_lsn: None,
         }
     }
 
@@ -820,6 +832,45 @@ mod tests {
         let ack: Value = serde_json::from_slice(&rx_other.recv().await.unwrap()).unwrap();
         assert_eq!(ack["recovered"], false);
         assert!(rx_other.try_recv().is_none(), "nothing replayed");
+    }
+
+    /// Debezium restarted after a crash sends what it had not committed again, as new Kafka
+    /// records with the same log positions.
+    #[tokio::test]
+    async fn a_change_the_connector_sends_again_reaches_nobody_twice() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 100);
+        let fanout = fanout.with_last_values(Arc::new(LastValues::new(100)));
+        let (client, mut rx) = Outbound::new(1, 16);
+        index.subscribe("cdc.order", &client, Arc::new(Filter::default()));
+        let change = |id: &str, offset, lsn| {
+            let mut e = event(id, offset);
+            e.operation = Operation::Update;
+            e.source_lsn = Some(lsn);
+            e
+        };
+        for (offset, lsn) in [(1, 100), (2, 200), (3, 300)] {
+            fanout.dispatch(change("7", offset, lsn)).await;
+        }
+        // The restart: offsets 4 and 5 repeat LSNs 200 and 300; 6 is new. Row 8 was never
+        // seen: its first change is delivered whatever its LSN.
+        for (id, offset, lsn) in [("7", 4, 200), ("7", 5, 300), ("8", 6, 50), ("7", 7, 301)] {
+            fanout.dispatch(change(id, offset, lsn)).await;
+        }
+        let mut got = Vec::new();
+        while let Some(m) = rx.try_recv() {
+            got.push(
+                serde_json::from_slice::<Value>(&m).unwrap()["offset"]
+                    .as_i64()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, vec![1, 2, 3, 6, 7]);
+        assert_eq!(metrics.source_replays.get(), 2);
+        assert_eq!(
+            fanout.dispatched.snapshot(),
+            Position::from([(crate::position::Partition::new("cdc.events", 1), 7)]),
+            "the replays' offsets count as dispatched"
+        );
     }
 
     /// Postgres' default REPLICA IDENTITY: an update has no `before`, a delete's `before`

@@ -275,6 +275,7 @@ mod tests {
                 timestamp: "2026-11-23T10:00:00Z".into(),
                 position: SourcePosition::new("t", partition, offset),
                 kafka_timestamp_ms: None,
+                source_lsn: None,
             },
             payload: Bytes::from(vec![b' '; 100]),
         })

@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Updates and deletes judged against the row's last image (or not: unknown), and
     /// unchanged TOAST values filled from it (or left out).
     pub row_images: IntCounterVec,
+    /// Changes a connector sent again (same place in the database's log), not delivered.
+    pub source_replays: IntCounter,
     /// Records whose source (db.schema.table) differs from the first seen under their entity.
     pub entity_collisions: IntCounterVec,
     /// Records holding a logical type the decoder passes through as the converter wrote it.
@@ -230,6 +232,10 @@ impl Metrics {
                 "Row state at work: updates and deletes judged against the row's last image (before_known) or sent as the source wrote them because the gateway does not hold it (before_unknown); unchanged TOAST values filled from it (toast_filled) or left out of the row (toast_unknown).",
                 "result",
                 &["before_known", "before_unknown", "toast_filled", "toast_unknown"],
+            ),
+            source_replays: counter(
+                "cdc_gateway_source_replays_total",
+                "Changes the source connector sent again after a restart (a Postgres LSN at or before the row's last change), skipped: no client gets a change twice.",
             ),
             entity_collisions: counter_vec(
                 "cdc_gateway_entity_collisions_total",

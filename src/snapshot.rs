@@ -161,6 +161,32 @@ impl LastValues {
         done
     }
 
+    /// Whether the event is a change the row already went through: a connector that
+    /// restarts (Debezium after a crash) sends what it had not committed again, as new Kafka
+    /// records. A change whose place in the database's log (`source_lsn`) is at or before
+    /// that of the row's last change is one. Rows the cache does not hold, and sources
+    /// without a log position, are never judged replays.
+    pub fn replayed(&self, event: &ChangeEvent) -> bool {
+        let (Some(lsn), Some(id)) = (event.source_lsn, event.entity_id.as_deref()) else {
+            return false;
+        };
+        if !self.is_enabled() {
+            return false;
+        }
+        let state = self.lock();
+        state
+            .entities
+            .get(event.entity_type.as_str())
+            .and_then(|rows| rows.rows.get(id))
+            .map(|(_, held)| &held.event)
+            .filter(|held| {
+                held.position.key() != event.position.key()
+                    || held.position.offset < event.position.offset
+            })
+            .and_then(|held| held.source_lsn)
+            .is_some_and(|held| lsn <= held)
+    }
+
     /// Records the latest event of its row, evicting the least recently changed row when
     /// full. A truncate empties its entity: none of the rows the cache held exist any more.
     pub fn record(&self, latest: &Arc<Latest>) {
@@ -297,6 +323,7 @@ mod tests {
             timestamp: "2026-11-23T10:00:00Z".into(),
             position: SourcePosition::new("cdc.events", 0, offset),
             kafka_timestamp_ms: None,
+            source_lsn: None,
         }
     }
 

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         timestamp: "2026-11-22T10:00:00Z".into(),
         position: SourcePosition::new("fuzz", 0, 0),
         kafka_timestamp_ms: None,
+        source_lsn: None,
     };
     let _ = filter.matches(&event);
     let _ = filter.matched_before(&event);

@@ -75,6 +75,11 @@ pub struct ChangeEvent {
     /// Kafka's record timestamp in epoch milliseconds, for latency measurement.
     #[serde(skip)]
     pub kafka_timestamp_ms: Option<i64>,
+    /// Where the change sits in the database's log (Postgres' `source.lsn`; `None` for a
+    /// snapshot read and for sources without one): a connector that restarts sends changes
+    /// again as new Kafka records, and row state recognises them by it.
+    #[serde(skip)]
+    pub source_lsn: Option<i64>,
 }
 
 impl ChangeEvent {
@@ -159,6 +164,7 @@ mod tests {
             timestamp: "2026-11-22T10:00:00Z".into(),
             position: SourcePosition::new("cdc.events", 0, 7),
             kafka_timestamp_ms: None,
+            source_lsn: None,
         }
     }
 

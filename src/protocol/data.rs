@@ -83,6 +83,7 @@ mod tests {
             timestamp: "2026-11-22T10:00:00Z".into(),
             position: SourcePosition::new("cdc.events", 1, 41),
             kafka_timestamp_ms: None,
+            source_lsn: None,
         };
         e.data = Some(
             json!({"partition": 99, "offset": 98, "source": "x", "note": ",\"source\":\"y\""})

@@ -870,6 +870,15 @@ async def run(args) -> int:
                     f"{label}): p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over "
                     f"{len(sample)} events")
         for g in gateways:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{g.port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                replays = [l for l in text.splitlines() if l.startswith("cdc_gateway_source_replays_total")]
+                images = [l for l in text.splitlines() if l.startswith("cdc_gateway_row_images_total")]
+                log(f"gateway {g.name} (started {g.starts}x): {' '.join(replays)}; {'; '.join(images)}")
+            except OSError as e:
+                log(f"gateway {g.name}: no metrics: {e}")
+        for g in gateways:
             g.stop()
         if problems:
             log(f"FAILED (seed {seed}, {mode}):")

@@ -20,6 +20,7 @@ fn event(operation: Operation, data: Value, before: Value) -> ChangeEvent {
         timestamp: "2026-11-22T10:00:00Z".into(),
         position: SourcePosition::new("cdc.events", 0, 1),
         kafka_timestamp_ms: None,
+        source_lsn: None,
     }
 }
 

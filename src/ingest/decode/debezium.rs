@@ -77,6 +77,13 @@ pub(super) fn decode(
         None | Some(Value::Null) => None,
         Some(ts) => Some(timestamp_of(&ts)?),
     };
+    // A streamed change's place in Postgres' log; a snapshot read (`op: r`, `snapshot` set)
+    // shares one LSN with every row of the snapshot, so it has none.
+    let source_lsn = match (operation, field(&source, "lsn")?) {
+        (Operation::Snapshot, _) => None,
+        (_, Some(Value::Number(lsn))) => lsn.as_i64(),
+        _ => None,
+    };
     let data = take_row(&object, "after")?;
     let before = take_row(&object, "before")?;
     let entity_id = if operation == Operation::Truncate {
@@ -96,6 +103,7 @@ pub(super) fn decode(
     Ok(EventFields {
         entity,
         origin: Some(origin),
+        source_lsn,
         entity_id,
         operation,
         data,

@@ -285,6 +285,7 @@ impl Decoder {
             timestamp,
             position: record.position,
             kafka_timestamp_ms: record.timestamp_ms,
+            source_lsn: fields.source_lsn,
         })))
     }
 }
@@ -295,6 +296,8 @@ struct EventFields {
     /// Where the source says the row lives (`db.schema.table`), to tell apart sources that
     /// end up under one entity name.
     origin: Option<String>,
+    /// The change's place in the database's log, when the source gives one.
+    source_lsn: Option<i64>,
     entity_id: Option<String>,
     operation: crate::event::Operation,
     data: Option<Row>,

@@ -39,6 +39,7 @@ pub(super) fn decode(
     Ok(EventFields {
         entity,
         origin: None,
+        source_lsn: None,
         entity_id,
         operation,
         data: take_row(&object, "data")?,

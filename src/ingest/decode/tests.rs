@@ -443,3 +443,17 @@ fn real_debezium_records_decode_to_what_postgres_holds() {
     let row = e.data.unwrap();
     assert!(row.text().contains(r#""amount":1234.56"#), "{}", row.text());
 }
+
+#[test]
+fn a_streamed_change_keeps_its_log_position_a_snapshot_read_does_not() {
+    let mut value = debezium("u", Value::Null, json!({"id": 1}));
+    value["source"]["lsn"] = json!(24_023_128_i64);
+    assert_eq!(
+        decode(None, value.clone()).unwrap().source_lsn,
+        Some(24_023_128)
+    );
+    value["op"] = json!("r");
+    assert_eq!(decode(None, value).unwrap().source_lsn, None);
+    let plain = debezium("u", Value::Null, json!({"id": 1}));
+    assert_eq!(decode(None, plain).unwrap().source_lsn, None);
+}
