@@ -330,6 +330,9 @@ impl Gateway {
         if !extra.contains(&"--group-id") {
             command.args(["--group-id", &format!("gw-test-{port}")]);
         }
+        if !extra.contains(&"--auto-offset-reset") {
+            command.args(["--auto-offset-reset", "earliest"]);
+        }
         command
             .args([
                 "--brokers",
@@ -340,8 +343,6 @@ impl Gateway {
                 &listen,
             ])
             .args([
-                "--auto-offset-reset",
-                "earliest",
                 "--stats-interval",
                 "1s",
                 "--log-level",
