@@ -839,6 +839,7 @@ async fn a_restart_with_the_same_group_snapshots_every_row_of_a_topic_with_tombs
             }
         }
     }
+    let log_end = log.last_offsets();
     let mut problems = Vec::new();
     for (id, (key, offset, deleted)) in &expected {
         match rows.get(id) {
@@ -855,7 +856,6 @@ async fn a_restart_with_the_same_group_snapshots_every_row_of_a_topic_with_tombs
             problems.push(format!("row {id} ({k}@{o}) is not in the topic"));
         }
     }
-    let log_end = log.last_offsets();
     if ack["snapshot"]["complete"] == true {
         assert!(
             problems.is_empty(),
@@ -864,6 +864,21 @@ async fn a_restart_with_the_same_group_snapshots_every_row_of_a_topic_with_tombs
     } else {
         eprintln!("the restarted gateway's snapshot said complete: false ({problems:?})");
     }
+    // Then every change after the ack's position, live: with the snapshot, the table as the
+    // topic holds it (nothing is produced any more).
+    let live: BTreeSet<Key> = after(&tansu.brokers(), &counts, &position)
+        .await
+        .into_iter()
+        .filter(|(_, partition, offset)| {
+            log.partitions[&format!("{topic}:{partition}")][offset].value != Value::Null
+        })
+        .collect();
+    let mut tally = Tally::default();
+    ws_collect(&mut ws, &mut tally, &live).await;
+    tally.assert_exactly(
+        &live,
+        &format!("after the snapshot at {position:?} (the log ends at {log_end:?})"),
+    );
 
     // A resume from inside the last batch of each partition: three records before its end.
     let since: Position = log_end
