@@ -67,6 +67,9 @@ enum FirstCheck {
 /// The consumer side, built: ready to run.
 pub struct Ingest {
     consumer: Arc<GatewayConsumer>,
+    /// The group-less reader that finds where a partition's log ends
+    /// ([`assignment::starts`]).
+    probe: ClientConfig,
     sources: Sources,
     reset: OffsetReset,
     discovery_interval: Duration,
@@ -119,6 +122,18 @@ impl Ingest {
         let consumer: GatewayConsumer = client
             .create_with_context(GatewayContext::new(Arc::clone(&health)))
             .map_err(IngestError::Consumer)?;
+        let probe = kafka_client(
+            config,
+            |probe| {
+                probe
+                    .set("group.id", format!("{}-probe", config.consumer_group()))
+                    .set("client.id", "cdc-gateway-probe")
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "true");
+            },
+            |_| true,
+        );
         let sources = Sources::new(&config.source_topics).map_err(IngestError::Pattern)?;
         // Every reason shows as 0 before the first failure.
         for reason in DecodeError::REASONS {
@@ -143,6 +158,7 @@ impl Ingest {
                 .collect();
         Ok(Self {
             consumer: Arc::new(consumer),
+            probe,
             sources,
             reset: config.auto_offset_reset,
             discovery_interval: config.partition_discovery_interval,
@@ -173,6 +189,7 @@ impl Ingest {
         let (found, mut discovered) = mpsc::channel(4);
         let discovery = tokio::spawn(discover(
             Arc::clone(&self.consumer),
+            self.probe.clone(),
             self.sources.clone(),
             known,
             self.discovery_interval,
@@ -293,11 +310,15 @@ impl Ingest {
     async fn start(&mut self, stop: &CancellationToken) -> Option<BTreeSet<Partition>> {
         let mut retry = Duration::from_millis(200);
         let (known, starts) = loop {
-            let (consumer, sources, reset) =
-                (Arc::clone(&self.consumer), self.sources.clone(), self.reset);
+            let (consumer, probe, sources, reset) = (
+                Arc::clone(&self.consumer),
+                self.probe.clone(),
+                self.sources.clone(),
+                self.reset,
+            );
             let found = tokio::task::spawn_blocking(move || {
                 let known = assignment::partitions(&consumer, &sources)?;
-                let starts = assignment::starts(&consumer, &known, reset)?;
+                let starts = assignment::starts(&consumer, &probe, &known, reset)?;
                 Ok::<_, KafkaError>((known, starts))
             });
             tokio::select! {
@@ -546,6 +567,7 @@ impl Ingest {
 /// each starting at its committed offset or else at its beginning (it is new).
 async fn discover(
     consumer: Arc<GatewayConsumer>,
+    probe: ClientConfig,
     sources: Sources,
     mut known: BTreeSet<Partition>,
     every: Duration,
@@ -556,11 +578,16 @@ async fn discover(
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (c, s, k) = (Arc::clone(&consumer), sources.clone(), known.clone());
+        let (c, p, s, k) = (
+            Arc::clone(&consumer),
+            probe.clone(),
+            sources.clone(),
+            known.clone(),
+        );
         let looked = tokio::task::spawn_blocking(move || {
             let now = assignment::partitions(&c, &s)?;
             let new: BTreeSet<Partition> = now.difference(&k).copied().collect();
-            let starts = assignment::starts(&c, &new, OffsetReset::Earliest)?;
+            let starts = assignment::starts(&c, &p, &new, OffsetReset::Earliest)?;
             Ok::<_, KafkaError>((new, starts))
         })
         .await;

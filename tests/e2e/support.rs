@@ -315,6 +315,14 @@ impl Producer {
     }
 }
 
+/// The gateway binary the tests start: this build's, or `CDC_TEST_GATEWAY_BINARY` (a copy
+/// kept aside, where several worktrees share one target directory).
+pub fn gateway_binary() -> PathBuf {
+    std::env::var_os("CDC_TEST_GATEWAY_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cdc-gateway")))
+}
+
 /// The gateway binary, started with the given flags.
 pub struct Gateway {
     pub port: u16,
@@ -326,9 +334,12 @@ impl Gateway {
     pub fn spawn(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-gateway"));
+        let mut command = Command::new(gateway_binary());
         if !extra.contains(&"--group-id") {
             command.args(["--group-id", &format!("gw-test-{port}")]);
+        }
+        if !extra.contains(&"--auto-offset-reset") {
+            command.args(["--auto-offset-reset", "earliest"]);
         }
         command
             .args([
@@ -340,8 +351,6 @@ impl Gateway {
                 &listen,
             ])
             .args([
-                "--auto-offset-reset",
-                "earliest",
                 "--stats-interval",
                 "1s",
                 "--log-level",
@@ -356,7 +365,7 @@ impl Gateway {
     /// `CDC_GATEWAY_LISTEN` replaced by a free loopback port.
     pub fn spawn_with_env(vars: &[(String, String)]) -> Self {
         let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-gateway"));
+        let mut command = Command::new(gateway_binary());
         for (name, _) in std::env::vars() {
             if name.starts_with("CDC_GATEWAY_") {
                 command.env_remove(name);
