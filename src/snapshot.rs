@@ -123,23 +123,12 @@ impl LastValues {
         if !needs_before && !toast_data && !toast_before {
             return done;
         }
-        let last: Option<Row> = if self.is_enabled() {
-            let state = self.lock();
-            state
-                .entities
-                .get(event.entity_type.as_str())
-                .and_then(|rows| rows.rows.get(id))
-                .map(|(_, held)| &held.event)
-                .filter(|held| {
-                    held.position.key() != event.position.key()
-                        || held.position.offset < event.position.offset
-                })
-                .filter(|held| held.operation != Operation::Delete)
-                .and_then(|held| held.data.clone())
+        let last: Option<Row> = self.before(event, id, |held| {
+            (held.operation != Operation::Delete)
+                .then(|| held.data.clone())
+                .flatten()
                 .filter(|data| data.text() != "null")
-        } else {
-            None
-        };
+        });
         if needs_before {
             done.before = Some(last.is_some());
             if let Some(image) = &last {
@@ -170,8 +159,20 @@ impl LastValues {
         let (Some(lsn), Some(id)) = (event.source_lsn, event.entity_id.as_deref()) else {
             return false;
         };
+        self.before(event, id, |held| held.source_lsn)
+            .is_some_and(|held| lsn <= held)
+    }
+
+    /// What `read` takes from the row's held event, when the cache holds one older than
+    /// `event` (a warm-up may hold newer ones).
+    fn before<T>(
+        &self,
+        event: &ChangeEvent,
+        id: &str,
+        read: impl FnOnce(&ChangeEvent) -> Option<T>,
+    ) -> Option<T> {
         if !self.is_enabled() {
-            return false;
+            return None;
         }
         let state = self.lock();
         state
@@ -183,8 +184,7 @@ impl LastValues {
                 held.position.key() != event.position.key()
                     || held.position.offset < event.position.offset
             })
-            .and_then(|held| held.source_lsn)
-            .is_some_and(|held| lsn <= held)
+            .and_then(read)
     }
 
     /// Records the latest event of its row, evicting the least recently changed row when
