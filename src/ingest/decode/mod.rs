@@ -179,6 +179,18 @@ impl Decoder {
         let Some(object) = object else {
             return Ok(Decoded::Tombstone);
         };
+        // A key in the schema wrapper: its payload, its schema read once like the value's.
+        let unwrapped;
+        let record = match record.key.and_then(|key| self.key_payload(key)) {
+            Some(payload) => {
+                unwrapped = RawRecord {
+                    key: Some(payload),
+                    ..*record
+                };
+                &unwrapped
+            }
+            None => record,
+        };
         let mut fields = match self.format {
             InputFormat::Simple => simple::decode(object, record)?,
             InputFormat::Debezium => debezium::decode(object, record, self.naming)?,
@@ -194,6 +206,28 @@ impl Decoder {
             self.apply(&plan, &mut fields)?;
         }
         self.finish(fields, record)
+    }
+
+    /// The payload of a key written in the JSON converter's schema wrapper, found without
+    /// parsing a schema seen recently; `None` for any other key (read as it is).
+    fn key_payload<'a>(&self, key: &'a [u8]) -> Option<&'a [u8]> {
+        if !key.starts_with(b"{\"schema\":") {
+            return None;
+        }
+        if let Some((_, payload)) = self.schemas.split(key) {
+            return Some(payload);
+        }
+        let object = parse_object(key).ok()?;
+        if !is_schema_wrapper(&object) {
+            return None;
+        }
+        // Remembered for the next key of this schema; a schema that cannot be planned still
+        // leaves the key readable as it is.
+        let _ = self.schemas.plan(object["schema"].get());
+        let payload = object["payload"].get();
+        // The payload's text is a slice of `key`: hand that slice on.
+        let start = payload.as_ptr() as usize - key.as_ptr() as usize;
+        Some(&key[start..start + payload.len()])
     }
 
     /// Detects two sources (tables of one name in two schemas or databases) merging into one
