@@ -93,15 +93,6 @@ pub enum OffsetReset {
     Latest,
 }
 
-impl OffsetReset {
-    pub fn as_kafka(self) -> &'static str {
-        match self {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -243,6 +234,13 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_SLOW_CLIENT_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub slow_client_grace: Duration,
 
+    /// The longest one client may hold ingestion back in one stall (its queue full, not yet
+    /// drained to half), however steadily it reads: grace windows renewed for a client above
+    /// --slow-client-min-rate end there. At least --slow-client-grace; the default, equal to
+    /// it, bounds every stall by the grace period alone (protocol section 3).
+    #[arg(global = true, long, env = "CDC_GATEWAY_SLOW_CLIENT_MAX_STALL", default_value = "5s", value_parser = parse_duration)]
+    pub slow_client_max_stall: Duration,
+
     /// Largest client message in bytes; a bigger one closes with 1009.
     #[arg(global = true, long, env = "CDC_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(128..))]
     pub max_message_size: u32,
@@ -311,6 +309,18 @@ pub struct Config {
         default_value_t = 100_000
     )]
     pub snapshot_rows: u32,
+
+    /// Snapshot rows and missed events one connection's unread backlogs may hold: a subscribe
+    /// that would owe more gets BACKLOG_FULL (nothing is subscribed). Bounds what a client
+    /// that re-subscribes with snapshots and never reads can make the gateway hold.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_MAX_BACKLOG_ROWS",
+        default_value_t = 250_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_backlog_rows: u32,
 
     /// Recent events kept per entity for `since` (resume); 0 turns history off (every resume
     /// answers `recovered: false`).

@@ -422,12 +422,21 @@ impl Connection {
             ));
         }
         let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
-        let Some(joined) = self
+        let first = names.first().cloned().unwrap_or_default();
+        let joined = match self
             .hub
             .join(topics, &self.outbound, since, snapshot, id)
             .await
-        else {
-            return Ok(None);
+        {
+            None => return Ok(None),
+            Some(Ok(joined)) => joined,
+            Some(Err(refused)) => {
+                return Err(SubscribeError::new(
+                    ErrorCode::BacklogFull,
+                    refused.to_string(),
+                    &first,
+                ))
+            }
         };
         for topic in names {
             if self.subscriptions.insert(topic) {

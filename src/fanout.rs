@@ -22,7 +22,7 @@ use crate::protocol::close::CloseCode;
 use crate::protocol::data::{data_message, Kind};
 use crate::protocol::reply;
 use crate::queue::{Item, TrySendError};
-use crate::snapshot::{LastValues, Latest};
+use crate::snapshot::{Held, LastValues, Latest};
 
 /// Hands events to the subscribers of their topics.
 pub struct FanOut {
@@ -33,8 +33,24 @@ pub struct FanOut {
     grace: Duration,
     /// Messages a second a stalled client must accept to keep its connection.
     min_drain_rate: f64,
+    /// The longest one stall may hold dispatch, renewed windows included (at least `grace`).
+    max_stall: Duration,
+    /// Rows one connection's backlogs may hold (`--max-backlog-rows`).
+    max_backlog_rows: usize,
     last_values: Arc<LastValues>,
     history: Arc<History>,
+}
+
+/// Why a join was not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefused {
+    /// The rows it owes would take the connection's backlog past its budget.
+    #[error("{rows} rows owed with {held} still unread: at most {budget} per connection (--max-backlog-rows)")]
+    BacklogFull {
+        rows: usize,
+        held: usize,
+        budget: usize,
+    },
 }
 
 /// What a join found: the ack of each topic says it, and the requester is told it.
@@ -63,8 +79,9 @@ pub struct Join {
     pub since: Option<Position>,
     pub snapshot: bool,
     pub ack: AckBuilder,
-    /// Told what the join found once the subscriptions are in the index.
-    pub done: tokio::sync::oneshot::Sender<Joined>,
+    /// Told what the join found once the subscriptions are in the index, or why it was not
+    /// served (nothing was queued or subscribed then).
+    pub done: tokio::sync::oneshot::Sender<Result<Joined, JoinRefused>>,
 }
 
 impl FanOut {
@@ -82,6 +99,8 @@ impl FanOut {
             policy,
             grace,
             min_drain_rate: 0.0,
+            max_stall: grace,
+            max_backlog_rows: usize::MAX,
             last_values: Arc::new(LastValues::new(0)),
             history: Arc::new(History::new(history::Limits {
                 per_entity: 0,
@@ -94,6 +113,19 @@ impl FanOut {
     /// Requires a stalled client to accept `rate` messages a second (default: any progress).
     pub fn with_min_drain_rate(mut self, rate: f64) -> Self {
         self.min_drain_rate = rate;
+        self
+    }
+
+    /// Lets a client that keeps accepting `--slow-client-min-rate` hold dispatch for up to
+    /// `max_stall` in one stall (never less than the grace period).
+    pub fn with_max_stall(mut self, max_stall: Duration) -> Self {
+        self.max_stall = max_stall.max(self.grace);
+        self
+    }
+
+    /// Bounds the rows one connection's unread snapshot and replay backlogs may hold.
+    pub fn with_max_backlog_rows(mut self, rows: usize) -> Self {
+        self.max_backlog_rows = rows;
         self
     }
 
@@ -155,88 +187,59 @@ impl FanOut {
             .into_iter()
             .map(|(topic, filter)| (Arc::from(topic), Arc::new(filter)))
             .collect();
-        // Everything the subscribe owes goes into one backlog, whose rows are rendered by the
-        // connection's writer as it writes them: the consumer task never waits for a client
-        // to read a snapshot or a replay, and a new connection's queue needs one slot.
-        let mut owed: Vec<Owed> = Vec::new();
-        let mut delivered = 0;
-        for (topic, filter) in &topics {
-            let snapshot = join.snapshot.then(|| {
-                let (entity, id) = split_topic(topic).unwrap_or_default();
-                let (rows, complete) = self.last_values.rows(entity, id);
-                let rows: Vec<_> = rows
-                    .into_iter()
-                    .filter(|row| filter.matches(&row.event))
-                    .collect();
-                (rows, complete)
-            });
-            let counts = snapshot.as_ref().map(|(rows, c)| (rows.len(), *c));
-            if let Some((_, complete)) = counts {
-                self.metrics
-                    .snapshots
-                    .with_label_values(&[if complete { "true" } else { "false" }])
-                    .inc();
-            }
-            tracing::debug!(
-                topic = &**topic,
-                position = %crate::position::to_event_id(&joined.position),
-                snapshot = ?counts,
-                recovered = ?joined.recovered,
-                "subscription joined"
-            );
-            owed.push(Owed::Ready(Bytes::from((join.ack)(topic, &joined, counts))));
-            if let Some((rows, _)) = snapshot {
-                delivered += rows.len() as u64;
-                owed.extend(rows.into_iter().map(|row| Owed::Shown {
-                    topic: Arc::clone(topic),
-                    filter: Arc::clone(filter),
-                    event: row,
-                    kind: Kind::Snapshot,
-                }));
-                owed.push(Owed::Ready(Bytes::from(reply::synced(topic))));
-            }
-        }
-        if let Some(replays) = &replays {
-            // What the client would have received live: the events its filter matches, and
-            // leave events where an update moved a row out of it.
-            let mut missed: Vec<Owed> = topics
+        // What the subscribe owes is gathered here, between two records (the rows and events
+        // as `Arc`s, nothing copied), and filtered, ordered and rendered by the connection's
+        // writer as it writes them ([`Owing`]): the consumer task never sorts or filters a
+        // table for one client, nor waits for it to read.
+        let snapshots: Option<Vec<(Vec<Held>, bool)>> = join.snapshot.then(|| {
+            topics
                 .iter()
-                .zip(replays)
-                .flat_map(|((topic, filter), events)| {
-                    events.iter().filter_map(move |e| {
-                        let kind = if filter.matches(&e.event) {
-                            Kind::Live
-                        } else if filter.matched_before(&e.event) {
-                            Kind::Leave
-                        } else {
-                            return None;
-                        };
-                        Some(Owed::Shown {
-                            topic: Arc::clone(topic),
-                            filter: Arc::clone(filter),
-                            event: Arc::clone(e),
-                            kind,
-                        })
-                    })
+                .map(|(topic, _)| {
+                    let (entity, id) = split_topic(topic).unwrap_or_default();
+                    self.last_values.rows(entity, id)
                 })
-                .collect();
-            missed.sort_by_key(Owed::order);
-            delivered += missed.len() as u64;
-            owed.extend(missed);
-        }
-        let item = match owed.len() {
-            1 => owed.pop().map(Owed::render).map(Item::Message),
-            _ => Some(Item::Backlog(Box::new(owed.into_iter().map(Owed::render)))),
+                .collect()
+        });
+        let rows = snapshots
+            .iter()
+            .flatten()
+            .map(|(rows, _)| rows.len())
+            .chain(replays.iter().flatten().map(Vec::len))
+            .sum::<usize>();
+        // What one connection may make the gateway hold for it is bounded: a subscribe whose
+        // rows would take its backlog past --max-backlog-rows is refused, not queued.
+        let reservation =
+            match Reservation::take(&join.outbound, rows, self.max_backlog_rows, &self.metrics) {
+                Ok(reservation) => reservation,
+                Err(refused) => {
+                    let _ = join.done.send(Err(refused));
+                    return;
+                }
+            };
+        let mut owing = Owing {
+            topics: topics.clone(),
+            joined: joined.clone(),
+            ack: join.ack,
+            snapshots,
+            replays,
+            metrics: Arc::clone(&self.metrics),
+            reservation,
         };
-        if let Some(item) = item {
-            if !self.offer(&join.outbound, item).await {
-                delivered = 0;
-            }
+        let item = match owing.single_ack() {
+            Some(ack) => Item::Message(ack),
+            None => Item::Backlog(Box::new(owing.into_backlog())),
+        };
+        if !self.offer(&join.outbound, item).await {
+            // Under the drop policy a full queue skips a message; a subscribe's ack and what
+            // it owes cannot be skipped without the client missing them unawares (issue
+            // 20.8): the connection is closed as a slow consumer instead, and nothing enters
+            // the index. It resumes from the position it kept.
+            join.outbound.close(CloseCode::SlowConsumer);
+            return;
         }
-        self.metrics.deliveries.inc_by(delivered);
         // After a replay, live events the client already has are refused (this replica may be
         // behind its position). Without one, live delivery simply starts: the client reloads.
-        let floor = join.since.take().filter(|_| replays.is_some());
+        let floor = join.since.take().filter(|_| joined.recovered == Some(true));
         for (topic, filter) in topics {
             let filter = match &floor {
                 Some(floor) => Arc::new(Arc::unwrap_or_clone(filter).above(floor.clone())),
@@ -244,7 +247,7 @@ impl FanOut {
             };
             self.index.subscribe(&topic, &join.outbound, filter);
         }
-        let _ = join.done.send(joined);
+        let _ = join.done.send(Ok(joined));
     }
 
     /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
@@ -465,14 +468,19 @@ impl FanOut {
 
     /// Waits for room in a full queue. The wait runs in windows of the grace period: a window
     /// in which the client accepted at least `--slow-client-min-rate` messages a second (and
-    /// at least one) opens another, so a slow but steady reader keeps up with a burst; a
-    /// window with less ends the client under the policy (closed with 4004, or this message
-    /// skipped and counted), so a client that reads one message now and then cannot hold the
-    /// consumer back for ever. A stall ends once the client drains its queue to half.
+    /// at least one) opens another while the stall has lasted less than `max_stall`; a window
+    /// with less, or a stall that reached `max_stall`, ends the client under the policy
+    /// (closed with 4004, or this message skipped and counted). However steadily a client
+    /// reads, it holds every other client back for `max_stall` at most (by default the grace
+    /// period: protocol section 3). A stall ends once the client drains its queue to half.
     async fn wait_offer(&self, outbound: &Outbound, mut message: Item) -> bool {
         let grace_ms = self.grace.as_millis() as i64;
         loop {
-            let remaining = outbound.full_since() + grace_ms - crate::outbound::elapsed_ms();
+            let window = match outbound.window_ms() {
+                0 => grace_ms,
+                shorter => shorter,
+            };
+            let remaining = outbound.full_since() + window - crate::outbound::elapsed_ms();
             if remaining > 0 {
                 let deadline =
                     tokio::time::Instant::now() + Duration::from_millis(remaining as u64);
@@ -492,8 +500,15 @@ impl FanOut {
                 }
             }
             let accepted = outbound.accepted_in_window();
-            if accepted > 0 && accepted as f64 >= self.min_drain_rate * self.grace.as_secs_f64() {
-                outbound.renew_window();
+            let stalled_for = crate::outbound::elapsed_ms() - outbound.stall_since();
+            let may_renew = stalled_for < self.max_stall.as_millis() as i64;
+            if may_renew
+                && accepted > 0
+                && accepted as f64 >= self.min_drain_rate * self.grace.as_secs_f64()
+            {
+                // The last window ends with the stall's bound, not past it.
+                let left = self.max_stall.as_millis() as i64 - stalled_for;
+                outbound.renew_window(left.min(grace_ms));
                 continue;
             }
             return match self.policy {
@@ -572,6 +587,184 @@ impl Owed {
                 (Some(at.key()), at.offset)
             }
         }
+    }
+}
+
+/// Rows a connection's backlogs hold, reserved against its budget when a subscribe is
+/// served and given back as they are written, filtered out, or dropped unwritten.
+pub struct Reservation {
+    held: Arc<std::sync::atomic::AtomicUsize>,
+    gauge: prometheus::IntGauge,
+    rows: usize,
+}
+
+impl Reservation {
+    fn take(
+        outbound: &Outbound,
+        rows: usize,
+        budget: usize,
+        metrics: &Metrics,
+    ) -> Result<Self, JoinRefused> {
+        use std::sync::atomic::Ordering;
+        let held = outbound.backlog_rows();
+        let mut now = held.load(Ordering::Acquire);
+        loop {
+            if rows > 0 && now.saturating_add(rows) > budget {
+                return Err(JoinRefused::BacklogFull {
+                    rows,
+                    held: now,
+                    budget,
+                });
+            }
+            match held.compare_exchange(now, now + rows, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(actual) => now = actual,
+            }
+        }
+        metrics.backlog_rows.add(rows as i64);
+        Ok(Self {
+            held: Arc::clone(held),
+            gauge: metrics.backlog_rows.clone(),
+            rows,
+        })
+    }
+
+    fn give_back(&mut self, rows: usize) {
+        let rows = rows.min(self.rows);
+        self.rows -= rows;
+        self.held
+            .fetch_sub(rows, std::sync::atomic::Ordering::AcqRel);
+        self.gauge.sub(rows as i64);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.give_back(self.rows);
+    }
+}
+
+/// What a subscribe owes, as gathered at its join: each topic's snapshot rows (unordered) or
+/// the missed events history holds. Filtered, ordered and rendered by the connection's writer
+/// ([`Owing::into_backlog`]), the acks first: a snapshot's ack says how many rows follow.
+struct Owing {
+    topics: Vec<(Arc<str>, Arc<Filter>)>,
+    joined: Joined,
+    ack: AckBuilder,
+    snapshots: Option<Vec<(Vec<Held>, bool)>>,
+    replays: Option<Vec<Vec<Arc<Latest>>>>,
+    metrics: Arc<Metrics>,
+    reservation: Reservation,
+}
+
+impl Owing {
+    /// The ack of a subscribe to one topic that owes nothing else: sent as it is.
+    fn single_ack(&mut self) -> Option<Bytes> {
+        if self.snapshots.is_some() || self.replays.is_some() || self.topics.len() != 1 {
+            return None;
+        }
+        let (topic, _) = &self.topics[0];
+        Some(Bytes::from((self.ack)(topic, &self.joined, None)))
+    }
+
+    /// The messages in order: per topic its ack, then with a snapshot its rows (least
+    /// recently changed first) and `synced`; then the missed events of every topic, in offset
+    /// order per partition. Runs when the writer first reads it.
+    fn into_backlog(self) -> impl Iterator<Item = Bytes> + Send {
+        let mut pending = Some(self);
+        let mut owed: std::vec::IntoIter<Owed> = Vec::new().into_iter();
+        let mut reservation: Option<Reservation> = None;
+        std::iter::from_fn(move || {
+            if let Some(owing) = pending.take() {
+                let (list, held) = owing.build();
+                owed = list.into_iter();
+                reservation = Some(held);
+            }
+            let next = owed.next()?;
+            if let (Owed::Shown { .. }, Some(held)) = (&next, reservation.as_mut()) {
+                held.give_back(1);
+            }
+            Some(next.render())
+        })
+    }
+
+    fn build(mut self) -> (Vec<Owed>, Reservation) {
+        let reserved = self.reservation.rows;
+        let mut owed: Vec<Owed> = Vec::new();
+        let mut snapshots = self.snapshots.take().map(Vec::into_iter);
+        for (topic, filter) in &self.topics {
+            let snapshot = snapshots.as_mut().and_then(Iterator::next);
+            let Some((mut rows, complete)) = snapshot else {
+                owed.push(Owed::Ready(Bytes::from((self.ack)(
+                    topic,
+                    &self.joined,
+                    None,
+                ))));
+                continue;
+            };
+            rows.retain(|(_, row)| filter.matches(&row.event));
+            rows.sort_unstable_by_key(|(changed, _)| *changed);
+            self.metrics
+                .snapshots
+                .with_label_values(&[if complete { "true" } else { "false" }])
+                .inc();
+            tracing::debug!(
+                topic = &**topic,
+                position = %crate::position::to_event_id(&self.joined.position),
+                rows = rows.len(),
+                complete,
+                "snapshot"
+            );
+            owed.push(Owed::Ready(Bytes::from((self.ack)(
+                topic,
+                &self.joined,
+                Some((rows.len(), complete)),
+            ))));
+            owed.extend(rows.into_iter().map(|(_, row)| Owed::Shown {
+                topic: Arc::clone(topic),
+                filter: Arc::clone(filter),
+                event: row,
+                kind: Kind::Snapshot,
+            }));
+            owed.push(Owed::Ready(Bytes::from(reply::synced(topic))));
+        }
+        if let Some(replays) = &self.replays {
+            // What the client would have received live: the events its filter matches, and
+            // leave events where an update moved a row out of it.
+            let mut missed: Vec<Owed> = self
+                .topics
+                .iter()
+                .zip(replays)
+                .flat_map(|((topic, filter), events)| {
+                    events.iter().filter_map(move |e| {
+                        let kind = if filter.matches(&e.event) {
+                            Kind::Live
+                        } else if filter.matched_before(&e.event) {
+                            Kind::Leave
+                        } else {
+                            return None;
+                        };
+                        Some(Owed::Shown {
+                            topic: Arc::clone(topic),
+                            filter: Arc::clone(filter),
+                            event: Arc::clone(e),
+                            kind,
+                        })
+                    })
+                })
+                .collect();
+            missed.sort_by_key(Owed::order);
+            owed.extend(missed);
+        }
+        let shown = owed
+            .iter()
+            .filter(|o| matches!(o, Owed::Shown { .. }))
+            .count();
+        self.metrics.deliveries.inc_by(shown as u64);
+        // What the filters left out is not held for the client.
+        let mut reservation = self.reservation;
+        reservation.give_back(reserved.saturating_sub(shown));
+        (owed, reservation)
     }
 }
 
@@ -733,6 +926,99 @@ mod tests {
         );
     }
 
+    /// Issue 20.8: under the drop policy, a subscribe's ack (and the replay behind it) once
+    /// could be skipped like any message, leaving a subscription the client never heard of
+    /// and a replay it silently lacked. The connection is closed instead.
+    #[tokio::test(start_paused = true)]
+    async fn under_the_drop_policy_a_subscribe_is_never_skipped_silently() {
+        let (fanout, index, metrics) = fanout(SlowClientPolicy::Drop, 100);
+        let (client, _rx) = Outbound::new(1, 1);
+        index.subscribe("cdc.other", &client, Arc::new(Filter::default()));
+        // Its one slot taken by a message it never reads.
+        assert!(client
+            .queue
+            .try_send(Item::Message(Bytes::from_static(b"{}")))
+            .is_ok());
+        let (join, joined) = join_of(&client, Some(Position::new()));
+        fanout.join(join).await;
+        assert_eq!(client.closed().await, CloseCode::SlowConsumer);
+        assert!(joined.await.is_err(), "no subscription was made");
+        assert!(index.filter("cdc.order", 1).is_none());
+        assert_eq!(metrics.drops.with_label_values(&["queue_full"]).get(), 1);
+    }
+
+    /// Issue 20.3: a connection that re-subscribes with snapshots and never reads once made
+    /// the gateway hold every backlog. Past the budget, a subscribe is refused and nothing is
+    /// queued; rows written, or filtered out, give their share back.
+    #[tokio::test]
+    async fn backlogs_are_bounded_per_connection() {
+        let (fanout, _index, metrics) = fanout(SlowClientPolicy::Close, 100);
+        let fanout = fanout
+            .with_last_values(Arc::new(LastValues::new(100)))
+            .with_max_backlog_rows(25);
+        for i in 0..10 {
+            fanout.remember(event(&i.to_string(), i));
+        }
+        let (client, mut rx) = Outbound::new(1, 16);
+        let snapshot = |filter: Filter| {
+            let (done, joined) = tokio::sync::oneshot::channel();
+            let join = Join {
+                topics: vec![("cdc.order".into(), filter)],
+                outbound: Arc::clone(&client),
+                since: None,
+                snapshot: true,
+                ack: Box::new(|topic, found, rows| {
+                    reply::subscribed(topic, &found.position, None, rows, None)
+                }),
+                done,
+            };
+            (join, joined)
+        };
+        for _ in 0..2 {
+            let (join, joined) = snapshot(Filter::default());
+            fanout.join(join).await;
+            assert!(joined.await.unwrap().is_ok());
+        }
+        assert_eq!(
+            metrics.backlog_rows.get(),
+            20,
+            "two snapshots of 10 rows owed"
+        );
+        let (join, joined) = snapshot(Filter::default());
+        fanout.join(join).await;
+        assert!(
+            matches!(
+                joined.await.unwrap(),
+                Err(JoinRefused::BacklogFull {
+                    rows: 10,
+                    held: 20,
+                    budget: 25
+                })
+            ),
+            "a third would hold 30 rows"
+        );
+        // Reading the first backlog (ack, 10 rows, synced) gives its rows back.
+        for _ in 0..12 {
+            rx.recv().await.unwrap();
+        }
+        assert_eq!(metrics.backlog_rows.get(), 10);
+        let selective = Filter::compile(Some(&serde_json::json!({"entity_id": "3"}))).unwrap();
+        let (join, joined) = snapshot(selective);
+        fanout.join(join).await;
+        assert!(joined.await.unwrap().is_ok(), "10 + 10 rows fit in 25");
+        // The second backlog read whole, then the selective one's ack: its 9 filtered-out
+        // rows are given back as it is built, its one row as it is written.
+        for _ in 0..13 {
+            rx.recv().await.unwrap();
+        }
+        assert_eq!(metrics.backlog_rows.get(), 1);
+        let row: serde_json::Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(row["payload"]["entity_id"], "3");
+        assert_eq!(metrics.backlog_rows.get(), 0);
+        drop(rx);
+        assert_eq!(metrics.backlog_rows.get(), 0);
+    }
+
     #[tokio::test]
     async fn an_update_that_moves_a_row_out_of_a_filter_is_a_leave_event() {
         let (fanout, index, _) = fanout(SlowClientPolicy::Close, 100);
@@ -762,7 +1048,10 @@ mod tests {
     fn join_of(
         outbound: &Arc<Outbound>,
         since: Option<Position>,
-    ) -> (Join, tokio::sync::oneshot::Receiver<Joined>) {
+    ) -> (
+        Join,
+        tokio::sync::oneshot::Receiver<Result<Joined, JoinRefused>>,
+    ) {
         let (done, joined) = tokio::sync::oneshot::channel();
         let join = Join {
             topics: vec![("cdc.order".into(), Filter::default())],
@@ -801,7 +1090,7 @@ mod tests {
         let since = Position::from([(p0, -1), (p1, 0)]);
         let (join, joined) = join_of(&client, Some(since));
         fanout.join(join).await;
-        let joined = joined.await.unwrap();
+        let joined = joined.await.unwrap().unwrap();
         assert_eq!(joined.recovered, Some(true));
         assert_eq!(joined.position, Position::from([(p0, -1), (p1, 2)]));
         let ack: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
@@ -825,7 +1114,7 @@ mod tests {
         let (join, joined) = join_of(&other, Some(Position::from([(p1, 0)])));
         fanout.join(join).await;
         assert_eq!(
-            joined.await.unwrap().recovered,
+            joined.await.unwrap().unwrap().recovered,
             Some(false),
             "partition 0 was not named: its missed events could not be proven absent"
         );
@@ -1044,7 +1333,7 @@ mod tests {
             Filter::compile(Some(&json!({"data.status": "new"}))).unwrap(),
         )];
         fanout.join(join).await;
-        assert_eq!(joined.await.unwrap().recovered, Some(true));
+        assert_eq!(joined.await.unwrap().unwrap().recovered, Some(true));
         rx.recv().await.unwrap();
         let missed: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
         assert_eq!(
@@ -1086,7 +1375,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reader_slower_than_the_minimum_rate_is_closed_a_steady_one_is_not() {
         let (fanout, index, _) = fanout(SlowClientPolicy::Close, 1000);
-        let fanout = fanout.with_min_drain_rate(10.0);
+        let fanout = fanout
+            .with_min_drain_rate(10.0)
+            .with_max_stall(Duration::from_secs(60));
         let reader = |every_ms: u64, mut rx: crate::queue::Receiver| {
             tokio::spawn(async move {
                 while rx.recv().await.is_some() {
@@ -1105,5 +1396,40 @@ mod tests {
         }
         assert_eq!(trickler.closed().await, CloseCode::SlowConsumer);
         assert!(!steady.is_closing(), "a steady reader rides out the burst");
+    }
+
+    /// Issue 20.7: renewed windows once let a reader just above the minimum rate pace every
+    /// dispatch to its own for as long as a burst lasted. One stall holds dispatch for
+    /// `max_stall` at most (by default the grace period), however steadily the client reads.
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_reader_holds_dispatch_no_longer_than_the_stall_bound() {
+        for (max_stall, bound) in [(None, 1000), (Some(3000), 3000)] {
+            let (fanout, index, _) = fanout(SlowClientPolicy::Close, 1000);
+            let mut fanout = fanout.with_min_drain_rate(10.0);
+            if let Some(ms) = max_stall {
+                fanout = fanout.with_max_stall(Duration::from_millis(ms));
+            }
+            let (steady, mut rx) = Outbound::new(1, 4);
+            index.subscribe("cdc.order", &steady, Arc::new(Filter::default()));
+            // 20 a second: above the minimum rate, far below the burst's.
+            let _reader = tokio::spawn(async move {
+                while rx.recv().await.is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            let started = Instant::now();
+            let mut i = 0;
+            while !steady.is_closing() {
+                fanout.dispatch(event(&i.to_string(), i)).await;
+                i += 1;
+                assert!(i < 10_000, "the steady reader was never closed");
+            }
+            let held = started.elapsed();
+            assert!(
+                held >= Duration::from_millis(bound) && held < Duration::from_millis(bound + 300),
+                "max stall {max_stall:?}: dispatch held {held:?}, bound {bound} ms"
+            );
+            assert_eq!(steady.closed().await, CloseCode::SlowConsumer);
+        }
     }
 }

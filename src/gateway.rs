@@ -80,6 +80,8 @@ impl Gateway {
             config.slow_client_grace,
         )
         .with_min_drain_rate(config.slow_client_min_rate)
+        .with_max_stall(config.slow_client_max_stall)
+        .with_max_backlog_rows(config.max_backlog_rows as usize)
         .with_last_values(Arc::new(
             LastValues::new(config.snapshot_rows as usize)
                 .with_metrics(metrics.snapshot_cache.clone()),

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Peer};
+use crate::hub::{HttpSlot, Hub, Peer};
 use crate::protocol::ErrorCode;
 
 /// Accepts connections until `stop` fires. Open keep-alive HTTP connections are then told to
@@ -50,14 +50,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _http_slot = http_slot;
+            let slot = HttpSlot::new(http_slot);
             let Some(tls) = shared.tls.clone() else {
-                return serve_connection(stream, peer, shared, stop).await;
+                return serve_connection(stream, peer, slot, shared, stop).await;
             };
             // The handshake is bounded like the request head that follows it.
             let timeout = shared.settings.header_read_timeout;
             match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(stream, peer, shared, stop).await,
+                Ok(Ok(stream)) => serve_connection(stream, peer, slot, shared, stop).await,
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -66,14 +66,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Hub>, stop: CancellationTo
 }
 
 /// Serves the HTTP requests of one connection (and hands it over when it upgrades).
-async fn serve_connection<S>(stream: S, peer: SocketAddr, shared: Arc<Hub>, stop: CancellationToken)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    slot: HttpSlot,
+    shared: Arc<Hub>,
+    stop: CancellationToken,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = shared.settings.header_read_timeout;
     let service = service_fn(move |mut request: Request<Incoming>| {
         let shared = Arc::clone(&shared);
         request.extensions_mut().insert(Peer(peer.ip()));
+        request.extensions_mut().insert(slot.clone());
         async move { Ok::<_, Infallible>(route(request, shared).await) }
     });
     // hyper reads no timer unless given one: without it a client that trickles its request

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::fanout::{Join, Joined};
+use crate::fanout::{Join, JoinRefused, Joined};
 use crate::health::Health;
 use crate::index::{Filter, TopicIndex};
 use crate::metrics::Metrics;
@@ -29,6 +29,23 @@ pub const JOIN_QUEUE: usize = 256;
 /// limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::IpAddr);
+
+/// The `--max-http-connections` permit of one socket, held until the connection ends or
+/// becomes a session or stream, which count against `--max-connections` instead: a socket
+/// holding an endless `/sse` response must not take the slot a health probe needs.
+#[derive(Clone)]
+pub struct HttpSlot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl HttpSlot {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(permit))))
+    }
+
+    /// Gives the permit back: the connection is a session or stream from now on.
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
 
 /// Per-connection limits and timers, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -98,7 +115,7 @@ impl Hub {
     /// ack (with the dispatched position), the snapshot rows or the missed events when asked
     /// (protocol sections 7.2 and 7.3), then enters the subscriptions into the index, between two
     /// records: no gap and no repeat between what the ack says and what follows. `None` when
-    /// the consumer task is gone (shutdown).
+    /// the consumer task is gone (shutdown); `Some(Err)` when the join was refused.
     pub async fn join(
         &self,
         topics: Vec<(String, Filter)>,
@@ -106,7 +123,7 @@ impl Hub {
         since: Option<Position>,
         snapshot: bool,
         id: Option<&Value>,
-    ) -> Option<Joined> {
+    ) -> Option<Result<Joined, JoinRefused>> {
         let (done, joined) = tokio::sync::oneshot::channel();
         let id = id.cloned();
         let join = Join {

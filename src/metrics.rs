@@ -110,6 +110,8 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     /// Subscribes with a snapshot, by whether it was complete.
     pub snapshots: IntCounterVec,
+    /// Snapshot rows and missed events queued for clients and not yet written.
+    pub backlog_rows: IntGauge,
 }
 
 impl Metrics {
@@ -327,6 +329,10 @@ impl Metrics {
                 "Subscribes with a snapshot, by whether the snapshot was complete.",
                 "complete",
                 &["true", "false"],
+            ),
+            backlog_rows: gauge(
+                "cdc_gateway_backlog_rows",
+                "Snapshot rows and missed events owed to clients and not yet written, over all connections (each bounded by --max-backlog-rows).",
             ),
             registry,
         }

@@ -3,7 +3,7 @@
 //! runs from there), and the switch that closes the connection with a reason. It knows
 //! nothing of WebSocket or SSE: a transport reads the queue and maps the close code.
 
-use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
@@ -20,6 +20,11 @@ pub struct Outbound {
     /// Milliseconds since `EPOCH` at which the current stall window began (the queue was found
     /// full); 0 while the queue is not stalled.
     full_since_ms: AtomicI64,
+    /// Milliseconds since `EPOCH` at which the current stall began (its first window);
+    /// windows renewed within it keep it. 0 while not stalled.
+    stall_since_ms: AtomicI64,
+    /// The length of the current window when a stall's bound cuts it short; 0: the grace.
+    window_ms: AtomicI64,
     /// Messages the writer had taken from the queue when the stall window began: the
     /// client's drain rate is measured from there (snapshot rows and replays included).
     taken_at_window: AtomicU64,
@@ -27,6 +32,8 @@ pub struct Outbound {
     close_code: AtomicU16,
     /// The close frame's reason, when the closer gave one other than the code's own.
     close_reason: OnceLock<String>,
+    /// Snapshot rows and missed events its queued backlogs still owe (`--max-backlog-rows`).
+    backlog_rows: Arc<AtomicUsize>,
 }
 
 /// Reference instant for `full_since_ms`.
@@ -58,16 +65,24 @@ impl Outbound {
             id,
             queue,
             full_since_ms: AtomicI64::new(0),
+            stall_since_ms: AtomicI64::new(0),
+            window_ms: AtomicI64::new(0),
             taken_at_window: AtomicU64::new(0),
             close,
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
+            backlog_rows: Arc::new(AtomicUsize::new(0)),
         };
         (Arc::new(outbound), receiver)
     }
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Rows its queued backlogs still owe.
+    pub(crate) fn backlog_rows(&self) -> &Arc<AtomicUsize> {
+        &self.backlog_rows
     }
 
     /// Asks the connection to close with `code`; the first request wins. It never waits:
@@ -131,6 +146,8 @@ impl Outbound {
             Ok(_) => {
                 self.taken_at_window
                     .store(self.queue.taken(), Ordering::Release);
+                self.stall_since_ms.store(now, Ordering::Release);
+                self.window_ms.store(0, Ordering::Release);
                 now
             }
             Err(earlier) => earlier,
@@ -142,6 +159,15 @@ impl Outbound {
     pub(crate) fn accepted(&self, held: usize, capacity: usize) {
         if held <= capacity / 2 && self.full_since_ms.load(Ordering::Relaxed) != 0 {
             self.full_since_ms.store(0, Ordering::Release);
+            self.stall_since_ms.store(0, Ordering::Release);
+        }
+    }
+
+    /// When the current stall began (milliseconds on this process's clock); now if none.
+    pub(crate) fn stall_since(&self) -> i64 {
+        match self.stall_since_ms.load(Ordering::Acquire) {
+            0 => elapsed_ms(),
+            since => since,
         }
     }
 
@@ -152,10 +178,18 @@ impl Outbound {
             .saturating_sub(self.taken_at_window.load(Ordering::Acquire))
     }
 
-    /// Starts a fresh stall window now (the last one showed enough progress).
-    pub(crate) fn renew_window(&self) {
+    /// Starts a fresh window of the stall (the last one showed enough progress), ending
+    /// `length_ms` from now where a grace period would run longer.
+    pub(crate) fn renew_window(&self, length_ms: i64) {
         self.taken_at_window
             .store(self.queue.taken(), Ordering::Release);
         self.full_since_ms.store(elapsed_ms(), Ordering::Release);
+        self.window_ms.store(length_ms, Ordering::Release);
+    }
+
+    /// How long the current window lasts, when shorter than a grace period (0: a grace
+    /// period).
+    pub(crate) fn window_ms(&self) -> i64 {
+        self.window_ms.load(Ordering::Acquire)
     }
 }

@@ -39,7 +39,7 @@ pub struct Latest {
 }
 
 /// A held row: when it last changed (over all rows), and its latest event.
-type Held = (u64, Arc<Latest>);
+pub type Held = (u64, Arc<Latest>);
 
 #[derive(Default)]
 struct EntityRows {
@@ -258,9 +258,10 @@ impl LastValues {
         }
     }
 
-    /// The rows of an entity (`id` None) or of one row, least recently changed first, and
+    /// The rows of an entity (`id` None) or of one row, each with its place in the order of
+    /// changes (unsorted: whoever sends them sorts, not the consumer task that asks), and
     /// whether that is all of them.
-    pub fn rows(&self, entity: &str, id: Option<&str>) -> (Vec<Arc<Latest>>, bool) {
+    pub fn rows(&self, entity: &str, id: Option<&str>) -> (Vec<Held>, bool) {
         if !self.is_enabled() {
             return (Vec::new(), false);
         }
@@ -269,12 +270,10 @@ impl LastValues {
         let Some(rows) = state.entities.get(entity) else {
             return (Vec::new(), !partial);
         };
-        let mut found: Vec<&Held> = match id {
-            Some(id) => rows.rows.get(id).into_iter().collect(),
-            None => rows.rows.values().collect(),
+        let found: Vec<Held> = match id {
+            Some(id) => rows.rows.get(id).into_iter().cloned().collect(),
+            None => rows.rows.values().cloned().collect(),
         };
-        found.sort_unstable_by_key(|(changed, _)| *changed);
-        let found: Vec<Arc<Latest>> = found.into_iter().map(|(_, l)| Arc::clone(l)).collect();
         // A row topic's snapshot is complete when its row is held, or when no row of the
         // entity can be missing.
         let complete = (id.is_some() && !found.is_empty()) || !(rows.incomplete || partial);
@@ -334,8 +333,11 @@ mod tests {
         })
     }
 
-    fn offsets(rows: &[Arc<Latest>]) -> Vec<i64> {
-        rows.iter().map(|r| r.event.position.offset).collect()
+    /// Offsets in the order the rows changed.
+    fn offsets(rows: &[Held]) -> Vec<i64> {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable_by_key(|(changed, _)| *changed);
+        rows.iter().map(|(_, r)| r.event.position.offset).collect()
     }
 
     #[test]

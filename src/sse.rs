@@ -133,6 +133,12 @@ pub async fn stream(
             return crate::protocol::json_response(refused.status, &body).map(|b| b.boxed());
         }
     };
+    // A stream counts against --max-connections (its admission took that slot), no longer
+    // against the sockets that are not a session or stream yet; the connection closes when
+    // the stream ends, so it never serves a request again without a slot.
+    if let Some(slot) = request.extensions().get::<crate::hub::HttpSlot>() {
+        slot.release();
+    }
     let (chunks, body) = mpsc::channel(CHUNKS);
     let tracker = hub.sessions.clone();
     tracker.spawn(run(
@@ -143,6 +149,7 @@ pub async fn stream(
     let mut response = Response::builder()
         .header(hyper::header::CONTENT_TYPE, "text/event-stream")
         .header(hyper::header::CACHE_CONTROL, "no-cache")
+        .header(hyper::header::CONNECTION, "close")
         .header("x-accel-buffering", "no");
     if let Some(origin) = cors_origin(request, &hub) {
         response = response.header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -266,7 +273,7 @@ async fn run(
         connection,
         position: Position::new(),
     };
-    if stream.open(request).await {
+    if stream.open(request, &chunks).await {
         let pump = stream.pump(&mut queue, &chunks);
         match expires_in {
             // The token's end is the stream's end; the client reconnects with a fresh one.
@@ -287,15 +294,35 @@ struct Stream {
 impl Stream {
     /// Joins every topic in one step through the consumer task: the acks, snapshot rows and
     /// missed events come through the queue, ahead of the live events.
-    async fn open(&mut self, request: StreamRequest) -> bool {
+    async fn open(&mut self, request: StreamRequest, chunks: &mpsc::Sender<Bytes>) -> bool {
         let since = request.since.clone();
         let joined = self
             .connection
             .subscribe(request.topics, request.since, request.snapshot, None)
             .await;
-        let Ok(Some(joined)) = joined else {
-            // Checked when the request was parsed; only a shutdown gets here.
-            return false;
+        let joined = match joined {
+            Ok(Some(joined)) => joined,
+            // Shutting down.
+            Ok(None) => return false,
+            // The request was checked when parsed; what remains is a snapshot or replay
+            // over the backlog budget: said as an error event, and the stream ends.
+            Err(refused) => {
+                self.connection
+                    .hub()
+                    .metrics
+                    .error_replies
+                    .with_label_values(&[refused.code.as_str()])
+                    .inc();
+                let reply = crate::protocol::reply::error(
+                    refused.code,
+                    &refused.message,
+                    refused.topic.as_deref(),
+                    None,
+                );
+                let mut batch = vec![Bytes::from(reply)];
+                let _ = chunks.send(self.events(&mut batch)).await;
+                return false;
+            }
         };
         // The position a WebSocket client would keep: where it resumed from when the missed
         // events follow, else the ack's.

@@ -209,6 +209,9 @@ pub enum Redaction {
 #[derive(Clone, Copy)]
 enum View {
     Current,
+    /// As the event leaves it, with the before-image the token's claims reject taken away:
+    /// what the holder's own clauses read then, since a message would show it as absent.
+    CurrentHidingBefore,
     Before,
 }
 
@@ -334,13 +337,31 @@ impl Filter {
                 return false;
             }
         }
-        self.clauses.iter().chain(&self.claims).all(|clause| {
+        let holds = |clause: &Clause, view| {
             let field = clause.path.resolve(event, view);
             clause
                 .conditions
                 .iter()
                 .all(|condition| condition.holds(field))
-        })
+        };
+        if !self.claims.iter().all(|clause| holds(clause, view)) {
+            return false;
+        }
+        // A client's own clauses see only what the token may see: a before-image its claims
+        // reject is absent for them, as it is in the message (issue 20.1: otherwise a filter
+        // on `before.*` reads another tenant's values one bound at a time).
+        let own = match view {
+            View::Current
+                if event.before.is_some()
+                    && !self.claims.is_empty()
+                    && self.clauses.iter().any(|c| c.path.reads_before())
+                    && !self.claims.iter().all(|clause| holds(clause, View::Before)) =>
+            {
+                View::CurrentHidingBefore
+            }
+            view => view,
+        };
+        self.clauses.iter().all(|clause| holds(clause, own))
     }
 }
 
@@ -384,6 +405,11 @@ impl Path {
         Ok(Path { root, rest })
     }
 
+    /// Whether the path can read the before-image in a message's view of the row.
+    fn reads_before(&self) -> bool {
+        matches!(self.root, Root::Before | Root::Row)
+    }
+
     fn resolve<'a>(&self, event: &'a ChangeEvent, view: View) -> Field<'a> {
         let start = match (self.root, view) {
             (Root::Operation, _) => return Field::Text(event.operation.as_str()),
@@ -395,6 +421,13 @@ impl Path {
             (Root::Data, View::Current) => event.data.as_ref().map(Row::value),
             (Root::Before, View::Current) => event.before.as_ref().map(Row::value),
             (Root::Row, View::Current) => event.row(),
+            (Root::Data, View::CurrentHidingBefore) => event.data.as_ref().map(Row::value),
+            (Root::Before, View::CurrentHidingBefore) => None,
+            (Root::Row, View::CurrentHidingBefore) => event
+                .data
+                .as_ref()
+                .filter(|d| d.text() != "null")
+                .map(Row::value),
             // The row as it was: its image before the change; what came before that is unknown.
             (Root::Data | Root::Row, View::Before) => event.before.as_ref().map(Row::value),
             (Root::Before, View::Before) => return Field::Missing,

@@ -69,6 +69,9 @@ pub struct Start {
     pub next: i64,
     /// The low watermark: nothing before it can be read back.
     pub low: i64,
+    /// The group's committed offset when it is below `low`: the records from it up to `low`
+    /// were deleted (retention) before this group read them, and are lost to its clients.
+    pub deleted_from: Option<i64>,
 }
 
 /// Every partition of the source topics the cluster has now. Topics that do not exist (yet)
@@ -135,6 +138,7 @@ pub fn starts(
                 partition,
                 next: next_offset(committed, low, end, reset),
                 low,
+                deleted_from: committed.filter(|offset| *offset < low),
             }
         })
         .collect())

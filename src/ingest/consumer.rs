@@ -105,7 +105,11 @@ impl Ingest {
                     .set("enable.auto.commit", "true")
                     .set("auto.commit.interval.ms", "1000")
                     .set("enable.auto.offset.store", "false")
-                    .set("auto.offset.reset", config.auto_offset_reset.as_kafka())
+                    // The gateway picks every start offset itself (assignment.rs, from
+                    // --auto-offset-reset); librdkafka resets only after an offset went out
+                    // of range (deleted by retention), and then the oldest records still
+                    // held are the next to deliver, never the end of the log.
+                    .set("auto.offset.reset", "earliest")
                     .set(
                         "statistics.interval.ms",
                         config.stats_interval.as_millis().to_string(),
@@ -206,6 +210,7 @@ impl Ingest {
                 }
                 Some(starts) = discovered.recv() => {
                     self.add(&starts, &HashMap::new());
+                    self.report_deleted(&starts).await;
                     continue;
                 }
                 message = self.consumer.recv() => message,
@@ -235,6 +240,10 @@ impl Ingest {
                 continue;
             }
             let previous = std::mem::replace(highest, position.offset);
+            // A reset librdkafka made after an out-of-range fetch is answered by the first
+            // record of its partition that follows, gap or not: a flag left standing would
+            // turn a later harmless skip into a reported loss.
+            let reset = self.consumer.context().take_reset(&position.key());
             if previous == i64::MIN || position.offset > previous + 1 {
                 // Offsets may skip (compaction, transaction markers); logged to tell those
                 // from records a broker failed to hand over. A skip after librdkafka reset
@@ -245,7 +254,7 @@ impl Ingest {
                     offset = position.offset,
                     "first record, or offsets skipped"
                 );
-                if previous != i64::MIN && self.consumer.context().take_reset(&position.key()) {
+                if previous != i64::MIN && reset {
                     lost_from = Some(previous + 1);
                 }
             }
@@ -337,7 +346,24 @@ impl Ingest {
         };
         let warmed_from = self.warm(&starts).await;
         self.add(&starts, &warmed_from);
+        self.report_deleted(&starts).await;
         Some(known)
+    }
+
+    /// A partition whose committed offset the broker no longer holds (an outage longer than
+    /// retention) starts at its low watermark: the records in between are lost like any
+    /// skipped unread, and said so ([`Ingest::lost`]), not clamped away in silence.
+    async fn report_deleted(&self, starts: &[Start]) {
+        for start in starts {
+            if let Some(from) = start.deleted_from {
+                let at = SourcePosition {
+                    topic: start.partition.topic,
+                    partition: start.partition.partition,
+                    offset: start.low,
+                };
+                self.lost(at, from).await;
+            }
+        }
     }
 
     /// Reads back what came before each partition's start into the history and the snapshot

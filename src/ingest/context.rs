@@ -21,6 +21,8 @@ pub struct GatewayContext {
     /// Partitions whose position librdkafka reset after the broker answered "offset out of
     /// range", until the consumer sees the gap that left.
     resets: Mutex<HashSet<Partition>>,
+    /// Whether `resets` holds any: read per record, so the set is locked only after a reset.
+    pending: std::sync::atomic::AtomicBool,
 }
 
 impl GatewayContext {
@@ -28,16 +30,21 @@ impl GatewayContext {
         Self {
             health,
             resets: Mutex::new(HashSet::new()),
+            pending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Whether librdkafka reset `partition`'s position after an out-of-range fetch since the
     /// last call: the records between the last one read and the next were deleted unread.
     pub fn take_reset(&self, partition: &Partition) -> bool {
-        self.resets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(partition)
+        if !self.pending.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let mut resets = self.resets.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = resets.remove(partition);
+        self.pending
+            .store(!resets.is_empty(), std::sync::atomic::Ordering::Release);
+        taken
     }
 }
 
@@ -65,6 +72,8 @@ impl ClientContext for GatewayContext {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(partition);
+            self.pending
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         match level {
             RDKafkaLogLevel::Emerg
@@ -159,5 +168,28 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// Issue 20.8: a reset is answered by its partition's next record, once. A flag left
+    /// standing (the reset left no gap, or came before the partition's first record) once
+    /// waited for the next harmless skip (compaction, a transaction marker) and made it a
+    /// reported loss.
+    #[test]
+    fn a_reset_is_taken_once_and_only_for_its_partition() {
+        let context = GatewayContext::new(Arc::new(Health::new(Arc::new(
+            crate::metrics::Metrics::new(),
+        ))));
+        let orders = Partition::new("shop.public.orders", 3);
+        let other = Partition::new("shop.public.orders", 4);
+        assert!(!context.take_reset(&orders), "nothing reset yet");
+        context.log(
+            RDKafkaLogLevel::Warning,
+            "OFFSET",
+            "[thrd:main]: shop.public.orders [3]: offset reset (at offset 200 (leader epoch 0), \
+             broker 1) to cached BEGINNING offset offset 2104 (leader epoch -1): fetch failed",
+        );
+        assert!(!context.take_reset(&other), "another partition's record");
+        assert!(context.take_reset(&orders), "the partition's next record");
+        assert!(!context.take_reset(&orders), "and only that one");
     }
 }

@@ -59,6 +59,10 @@ impl Warmup {
                     .set("client.id", "cdc-gateway-warmup")
                     .set("enable.auto.commit", "false")
                     .set("enable.auto.offset.store", "false")
+                    // An offset retention deleted between reading the low watermark and
+                    // fetching is an error, not a jump to the end (librdkafka's default):
+                    // the read fails and history promises nothing it did not read.
+                    .set("auto.offset.reset", "error")
                     .set("enable.partition.eof", "true");
             },
             |_| true,
@@ -172,4 +176,85 @@ fn reached_end(reader: &BaseConsumer, partition: Partition, end: i64) -> bool {
         tracing::debug!(%partition, ?at, end, "warm-up reader at the partition's end");
     }
     reached
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+
+    use super::*;
+    use crate::config::Cli;
+
+    /// Issue 20.8: retention deletes the warm-up's first offset after the starts were read
+    /// (here: the starts say the log begins at 0; the mock cluster kept only its last 5 MiB).
+    /// The reader once jumped to the end, read nothing, and claimed the partition as read
+    /// from 0: history would then answer `recovered: true` for records it never held.
+    #[test]
+    fn a_first_offset_deleted_under_the_reader_is_never_claimed_as_read() {
+        let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+        let topic = "warmup-retention";
+        cluster.create_topic(topic, 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        let pad = "x".repeat(2000);
+        for seq in 0..4500 {
+            let value = format!(
+                r#"{{"entity_type":"order","entity_id":"1","operation":"update","data":{{"seq":{seq},"pad":"{pad}"}}}}"#
+            );
+            loop {
+                match producer.send(BaseRecord::<(), _>::to(topic).payload(&value)) {
+                    Ok(()) => break,
+                    Err(_) => {
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        let (low, high) = probe
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            low > 0 && high == 4500,
+            "retention deleted the oldest records ({low}, {high})"
+        );
+
+        let cli = Cli::try_parse_from([
+            "cdc-gateway",
+            "--brokers",
+            &cluster.bootstrap_servers(),
+            "--source-topics",
+            topic,
+            "--history-warmup",
+            "100000",
+        ])
+        .unwrap();
+        let warmup = Warmup::new(&cli.config).unwrap();
+        let partition = Partition::new(topic, 0);
+        let stale = Start {
+            partition,
+            next: high,
+            low: 0,
+            deleted_from: None,
+        };
+        match warmup.read(&[stale]) {
+            Err(e) => eprintln!("the read failed, as it should: {e}"),
+            Ok(warmed) => {
+                let from = warmed.from[&partition];
+                let first = warmed.records.first().map(|r| r.offset);
+                assert!(
+                    from >= low && first.is_none_or(|first| first <= from),
+                    "claimed as read from {from}; the broker holds from {low}, the read began at {first:?}"
+                );
+            }
+        }
+    }
 }

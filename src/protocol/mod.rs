@@ -21,6 +21,9 @@ pub enum ErrorCode {
     Forbidden,
     TooManySubscriptions,
     RateLimited,
+    /// A subscribe whose snapshot rows or missed events would take the connection's unread
+    /// backlog past `--max-backlog-rows` (an extension).
+    BacklogFull,
     NotSubscribed,
     Unauthenticated,
     /// HTTP only: the gateway is draining (503).
@@ -32,7 +35,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UnknownAction,
         ErrorCode::InvalidTopic,
@@ -40,6 +43,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::TooManySubscriptions,
         ErrorCode::RateLimited,
+        ErrorCode::BacklogFull,
         ErrorCode::NotSubscribed,
         ErrorCode::Unauthenticated,
         ErrorCode::ShuttingDown,
@@ -56,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::BacklogFull => "BACKLOG_FULL",
             ErrorCode::NotSubscribed => "NOT_SUBSCRIBED",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::NotFound => "NOT_FOUND",

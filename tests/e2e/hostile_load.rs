@@ -176,3 +176,105 @@ async fn two_thousand_hostile_sockets_do_not_cost_honest_clients_an_event() {
         attacker.abort();
     }
 }
+
+/// Issue 20.3, as it was found: 4 clients that never read, each re-subscribing to
+/// `cdc.order` with `"snapshot": true` within the rate limit, over a snapshot of 20,000 rows,
+/// once took the gateway from 50 MiB to 2,862 MiB. Each connection's unread backlogs are
+/// bounded by `--max-backlog-rows`; past it a subscribe gets BACKLOG_FULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_resubscribe_with_snapshots_and_never_read_cannot_grow_memory() {
+    const ROWS: usize = 20_000;
+    const BUDGET: usize = 50_000;
+    let budget = BUDGET.to_string();
+    let (_tansu, gateway, producer, topic) = start_stack(&["--max-backlog-rows", &budget]).await;
+    let pad = "p".repeat(100);
+    let rows: Vec<String> = (0..ROWS)
+        .map(|n| {
+            order(
+                &n.to_string(),
+                "insert",
+                json!({"id": n.to_string(), "status": "new", "pad": pad}),
+                Value::Null,
+            )
+            .to_string()
+        })
+        .collect();
+    producer.send_many(&topic, &rows).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway.metric("cdc_gateway_snapshot_rows").await < ROWS as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the rows never reached the snapshot cache"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = gateway.rss_bytes();
+
+    const SUBSCRIBES: usize = 150;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = Client::connect_small_buffer(&gateway).await;
+        clients.push(tokio::spawn(async move {
+            // 25 a second: within the default rate limit of 50.
+            for n in 0..SUBSCRIBES {
+                client
+                    .send(json!({"action": "subscribe", "topic": "cdc.order", "snapshot": true, "id": n}))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            client
+        }));
+    }
+    let mut peak = before;
+    let mut held_rows = 0.0_f64;
+    while clients.iter().any(|c| !c.is_finished()) {
+        peak = peak.max(gateway.rss_bytes());
+        held_rows = held_rows.max(gateway.metric("cdc_gateway_backlog_rows").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut idle = Vec::new();
+    for client in clients {
+        idle.push(client.await.unwrap());
+    }
+    // Every subscribe was answered before the count is read.
+    let refused_series = r#"cdc_gateway_error_replies_total{code="BACKLOG_FULL"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0.0;
+    while Instant::now() < deadline {
+        refused = gateway.metric(refused_series).await;
+        peak = peak.max(gateway.rss_bytes());
+        if refused >= (4 * (SUBSCRIBES - BUDGET / ROWS)) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let growth_mib = (peak.saturating_sub(before)) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "RSS {:.1} MiB before, peak {:.1} MiB; backlog rows at most {held_rows}; {refused} subscribes refused",
+        before as f64 / (1 << 20) as f64,
+        peak as f64 / (1 << 20) as f64
+    );
+    assert_eq!(
+        refused,
+        (4 * (SUBSCRIBES - BUDGET / ROWS)) as f64,
+        "past two snapshots of 20,000 rows, every subscribe of each client is refused"
+    );
+    assert!(
+        held_rows <= (4 * BUDGET) as f64,
+        "{held_rows} backlog rows held, at most {BUDGET} per connection"
+    );
+    assert!(
+        growth_mib < 120.0,
+        "the gateway grew by {growth_mib:.1} MiB for 4 clients that never read"
+    );
+    // The connections gone, what they were owed goes too.
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gateway.metric("cdc_gateway_backlog_rows").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "backlog rows still held for closed connections"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -391,6 +391,22 @@ impl Gateway {
         }
     }
 
+    /// The process id, e.g. to read its memory in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Resident memory now (`VmRSS` of /proc/<pid>/status), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+            * 1024
+    }
+
     /// Spawns and waits until /readyz answers 200.
     pub async fn start(brokers: &str, source_topic: &str, extra: &[&str]) -> Self {
         let gateway = Self::spawn(brokers, source_topic, extra);

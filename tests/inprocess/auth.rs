@@ -440,3 +440,93 @@ async fn unauthenticated_flooders_that_never_read_do_not_outlive_the_auth_timeou
         flooder.abort();
     }
 }
+
+/// Issue 20.1, as the adversary ran it: a token confined to acme subscribes with a filter on
+/// `before.*`. Two rows move from globex into acme, one whose globex image had amount 5000,
+/// one with 10. The client's own filter once read the hidden before-image, so only the first
+/// arrived: bound by bound, another tenant's values could be read out. A client's filter sees
+/// what the token may see, wherever a filter runs: live, resumed from history, snapshot, SSE.
+#[tokio::test]
+async fn a_confined_tokens_own_filter_cannot_read_a_before_image_its_claims_hide() {
+    let (_tansu, gateway, producer, topic) = jwt_stack(&[]).await;
+    let acme_only = hs256(json!({"exp": now() + 600, "topics": ["cdc.*"],
+                                 "filters": {"cdc.order": {"data.tenant": "acme"}}}));
+    let probe = json!({"before.amount": {"gt": 1000}});
+    let absent = json!({"before.amount": {"exists": false}});
+    let mut live = connect_with(&gateway, Some(&acme_only), None).await;
+    let ack = live.subscribe("cdc.order", probe.clone()).await;
+    let start = ack["position"].clone();
+    let mut blind = connect_with(&gateway, Some(&acme_only), None).await;
+    blind.subscribe("cdc.order", absent.clone()).await;
+    let bearer = format!("Bearer {acme_only}");
+    let encoded = |filter: &Value| {
+        form_urlencoded::byte_serialize(filter.to_string().as_bytes()).collect::<String>()
+    };
+    let mut stream = SseClient::open(
+        gateway.addr(),
+        &format!("/sse?topic=cdc.order&filters={}", encoded(&probe)),
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.next_event(WAIT).await.unwrap().0, "ack");
+
+    let moved = |id: &str, amount: u64| {
+        order(
+            id,
+            "update",
+            json!({"id": id, "tenant": "acme", "amount": 1}),
+            json!({"id": id, "tenant": "globex", "amount": amount}),
+        )
+    };
+    producer.send_json(&topic, None, &moved("1", 5000)).await;
+    producer.send_json(&topic, None, &moved("2", 10)).await;
+    // A row of acme's own whose before-image the token may see: the probe matches it.
+    let sentinel = order(
+        "3",
+        "update",
+        json!({"id": "3", "tenant": "acme", "amount": 1}),
+        json!({"id": "3", "tenant": "acme", "amount": 5000}),
+    );
+    producer.send_json(&topic, None, &sentinel).await;
+
+    let first = live.data().await;
+    assert_eq!(
+        first["payload"]["entity_id"], "3",
+        "the probe matched a hidden before-image: {first}"
+    );
+    let (_, _, first) = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(first["payload"]["entity_id"], "3", "over SSE: {first}");
+    // Both moved rows look alike to the token: before-images absent.
+    for expected in ["1", "2"] {
+        let message = blind.data().await;
+        assert_eq!(message["payload"]["entity_id"], expected);
+        assert_eq!(message["payload"]["before"], Value::Null);
+    }
+    // Resumed from before the moves, history is filtered the same way.
+    let mut resumed = connect_with(&gateway, Some(&acme_only), None).await;
+    resumed
+        .send(
+            json!({"action": "subscribe", "topic": "cdc.order", "filters": probe, "since": start}),
+        )
+        .await;
+    let ack = resumed.recv().await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let replayed = resumed.data().await;
+    assert_eq!(replayed["payload"]["entity_id"], "3", "{replayed}");
+    // And a snapshot: the moved rows' before-images are not for this token's filter either.
+    let mut snapshot = connect_with(&gateway, Some(&acme_only), None).await;
+    snapshot
+        .send(json!({"action": "subscribe", "topic": "cdc.order", "filters": probe, "snapshot": true}))
+        .await;
+    let ack = snapshot.recv().await;
+    let rows = ack["snapshot"]["rows"].as_u64().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..rows {
+        ids.push(snapshot.data().await["payload"]["entity_id"].clone());
+    }
+    assert!(
+        !ids.contains(&json!("1")) && !ids.contains(&json!("2")),
+        "snapshot rows selected by a hidden before-image: {ids:?}"
+    );
+}

@@ -6,13 +6,30 @@
 //! `reset` message (an extension) where the records are missing, and a resume from before
 //! them is answered `recovered: false` (protocol section 7: `recovered: true` is a promise).
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_unread_are_counted_and_never_claimed_as_recovered() {
+    deleted_unread("earliest").await;
+}
+
+/// Issue 20.5: under the default `--auto-offset-reset latest`, librdkafka's own reset once
+/// jumped to the end of the log, and the records Kafka still held were counted as deleted and
+/// never delivered. The gateway picks its start offsets itself; librdkafka's reset is always
+/// `earliest`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_unread_under_the_default_reset_lose_only_what_is_deleted() {
+    deleted_unread("latest").await;
+}
+
+async fn deleted_unread(reset: &str) {
     let (_broker, gateway, producer, topic) = start_stack(&[
+        "--auto-offset-reset",
+        reset,
         "--outbound-queue",
         "8",
         "--slow-client-grace",
@@ -177,4 +194,94 @@ fn assert_valid_server_message(message: &Value) {
         .map(|e| e.to_string())
         .collect();
     assert!(errors.is_empty(), "{message}: {errors:?}");
+}
+
+/// Issue 20.6: a replica down for longer than retention restarts at a committed offset the
+/// broker no longer holds. It once started at the new low watermark in silence; the records
+/// in between are lost to its clients, and the gateway says so: counted at startup, and a
+/// resume from before them answers `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_an_outage_longer_than_retention_counts_what_it_lost() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = MockBroker::start();
+    let topic = unique("cdc-events");
+    broker.create_topic(&topic, 1);
+    let group = unique("gw-outage");
+    let producer = broker.producer();
+    let pad = "x".repeat(2000);
+    let event = |seq: usize| {
+        json!({"entity_type": "order", "entity_id": (seq % 50).to_string(),
+               "operation": "update", "data": {"seq": seq, "pad": pad}})
+        .to_string()
+    };
+    const READ: usize = 100;
+    const COUNT: usize = 4500;
+    let mut first = Gateway::start(&broker.brokers(), &topic, &["--group-id", &group]).await;
+    let mut reader = Client::connect(&first).await;
+    reader.subscribe("cdc.order", json!({})).await;
+    producer
+        .send_many(&topic, &(0..READ).map(event).collect::<Vec<_>>())
+        .await;
+    for seq in 0..READ {
+        let message = reader.data().await;
+        assert_eq!(message["payload"]["data"]["seq"], json!(seq));
+    }
+    // A graceful stop commits what was dispatched: offset READ is next.
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)), Some(0));
+    drop(reader);
+
+    // While it is down, 9 MB arrive: the mock cluster keeps 5 MiB, the oldest batches go.
+    producer
+        .send_many(&topic, &(READ..COUNT).map(event).collect::<Vec<_>>())
+        .await;
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let (low, high) = probe
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(high, COUNT as i64);
+    assert!(
+        low > READ as i64,
+        "retention deleted past the committed offset (low watermark {low})"
+    );
+    let mut committed = rdkafka::TopicPartitionList::new();
+    committed.add_partition(&topic, 0);
+    let committed = probe
+        .committed_offsets(committed, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        committed.find_partition(&topic, 0).unwrap().offset(),
+        rdkafka::Offset::Offset(READ as i64),
+        "the group committed what it dispatched"
+    );
+
+    let second = Gateway::start(&broker.brokers(), &topic, &["--group-id", &group]).await;
+    assert_eq!(
+        second.metric("cdc_gateway_source_offsets_lost_total").await,
+        (low - READ as i64) as f64,
+        "every offset deleted between the commit and the low watermark is counted"
+    );
+    let mut back = Client::connect(&second).await;
+    back.send(json!({"action": "subscribe", "topic": "cdc.order", "since": {"0": READ - 1}}))
+        .await;
+    let ack = back.recv().await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    // What the broker still holds is delivered: the last record reaches a live client.
+    let mut live = Client::connect(&second).await;
+    live.subscribe("cdc.order.7", json!({})).await;
+    let last = COUNT + 7 - COUNT % 50;
+    producer.send(&topic, None, Some(&event(last))).await;
+    // Records still being caught up on may come first; each is one the broker holds.
+    loop {
+        let message = live.data().await;
+        assert!(message["offset"].as_i64().unwrap() >= low, "{message}");
+        if message["payload"]["data"]["seq"] == json!(last) {
+            break;
+        }
+    }
 }

@@ -351,3 +351,61 @@ async fn a_reconnecting_event_source_resumes_from_last_event_id() {
         );
     }
 }
+
+/// Issue 20.2: endless streams once held a pre-session HTTP slot for their whole life, so 60
+/// of them under `--max-http-connections 50` left `/healthz` unanswered and new WebSocket
+/// sessions failing. Streams count against `--max-connections`, like sessions.
+#[tokio::test]
+async fn open_streams_leave_health_probes_and_sessions_their_sockets() {
+    let (_tansu, gateway, _producer, _topic) = start_stack(&[
+        "--max-http-connections",
+        "4",
+        "--max-connections",
+        "13",
+        "--max-connections-per-ip",
+        "0",
+    ])
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let mut sse = SseClient::open(gateway.addr(), "/sse?topic=cdc.order", &[]).await;
+        assert_eq!(sse.status, 200);
+        assert_eq!(sse.next_event(WAIT).await.unwrap().0, "ack");
+        streams.push(sse);
+    }
+    for _ in 0..6 {
+        let (status, _) = http_get(gateway.addr(), "/healthz").await.unwrap();
+        assert_eq!(
+            status, 200,
+            "12 streams over 4 HTTP slots: probes still answered"
+        );
+    }
+    let mut session = Client::connect(&gateway).await;
+    let ack = session.subscribe("cdc.order", json!({})).await;
+    assert_eq!(
+        ack["type"], "ack",
+        "the 13th connection is a session: {ack}"
+    );
+    // The 14th stream or session is over --max-connections, and says so.
+    let refused = SseClient::open(gateway.addr(), "/sse?topic=cdc.order", &[]).await;
+    assert_eq!(refused.status, 429);
+    let body = refused.error_body().await;
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    let (status, _) = http_get(gateway.addr(), "/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    // Closing a stream gives its slot back.
+    drop(streams.pop());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut sse = SseClient::open(gateway.addr(), "/sse?topic=cdc.order", &[]).await;
+        if sse.status == 200 {
+            assert_eq!(sse.next_event(WAIT).await.unwrap().0, "ack");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed stream's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -75,11 +75,12 @@ impl Gateway {
             source_topic,
             "--listen",
             "127.0.0.1:0",
-            "--auto-offset-reset",
-            "earliest",
             "--stats-interval",
             "1s",
         ];
+        if !extra.contains(&"--auto-offset-reset") {
+            args.extend(["--auto-offset-reset", "earliest"]);
+        }
         if !extra.contains(&"--group-id") {
             args.extend(["--group-id", &group]);
         }
