@@ -423,6 +423,13 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_PARTITION_DISCOVERY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub partition_discovery_interval: Duration,
 
+    /// How long a connected broker may leave requests unanswered before /health, the
+    /// metric `cdc_gateway_kafka_brokers_stalled` and the logs call it stalled (a hung broker
+    /// keeps its TCP connection up). Seen at --stats-interval granularity. Readiness is not
+    /// changed by it (docs/operating.md, "Health").
+    #[arg(global = true, long, env = "CDC_GATEWAY_KAFKA_STALL_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub kafka_stall_timeout: Duration,
+
     /// Interval of librdkafka statistics (consumer lag, broker state).
     #[arg(global = true, long, env = "CDC_GATEWAY_STATS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -538,6 +545,7 @@ impl Config {
             ("--ping-interval", self.ping_interval),
             ("--slow-client-grace", self.slow_client_grace),
             ("--stats-interval", self.stats_interval),
+            ("--kafka-stall-timeout", self.kafka_stall_timeout),
             (
                 "--partition-discovery-interval",
                 self.partition_discovery_interval,

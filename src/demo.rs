@@ -55,11 +55,13 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         gateway.run(listener, crate::shutdown::signal()).await
     }
     .await;
-    // The producer goes before the mock cluster, or librdkafka logs errors about the
-    // vanished broker after "shutdown complete" (and waits for its unsent records).
     generator.abort();
     let _ = generator.await;
-    drop(cluster);
+    // The mock cluster is never stopped: the process ends next. Dropped here, it went before
+    // some client whose last reference a finishing blocking task still held, and librdkafka
+    // logged errors about the vanished broker after "shutdown complete" (issue 20). Kept
+    // until the process exits, no client can see it go, in any order of events.
+    std::mem::forget(cluster);
     outcome
 }
 

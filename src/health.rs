@@ -17,8 +17,38 @@ pub struct Partition {
     pub partition: i32,
 }
 
+/// One broker as the consumer's statistics last saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Broker {
+    /// librdkafka's name for it, `host:port/id`.
+    pub broker: String,
+    /// librdkafka's connection state: `UP`, `DOWN`, `CONNECT`, ...
+    pub state: String,
+    /// Requests sent to it that await an answer.
+    pub awaiting_responses: i64,
+    /// Milliseconds since its connection last received anything (`None`: nothing yet).
+    pub receive_idle_ms: Option<i64>,
+    /// Up, with answers overdue past `--kafka-stall-timeout`: hung, not down.
+    pub stalled: bool,
+}
+
+impl Broker {
+    /// Whether a broker with these statistics is hung: connected, asked, and silent for
+    /// longer than `timeout_ms`. A broker nobody is waiting on (fetching paused while clients
+    /// pace the consumer) is idle, not hung.
+    pub fn is_stalled(
+        state: &str,
+        awaiting: i64,
+        receive_idle_ms: Option<i64>,
+        timeout_ms: i64,
+    ) -> bool {
+        state == "UP" && awaiting > 0 && receive_idle_ms.is_some_and(|idle| idle > timeout_ms)
+    }
+}
+
 pub struct Health {
     metrics: Arc<Metrics>,
+    brokers: Mutex<Vec<Broker>>,
     kafka_connected: AtomicBool,
     shutting_down: AtomicBool,
     assignment: Mutex<Vec<Partition>>,
@@ -28,6 +58,9 @@ pub struct Health {
 #[derive(Debug, Serialize)]
 pub struct KafkaStatus {
     pub connected: bool,
+    /// Some broker is up but has left requests unanswered past `--kafka-stall-timeout`.
+    pub stalled: bool,
+    pub brokers: Vec<Broker>,
     pub assigned_partitions: Vec<Partition>,
     /// `"topic/partition"` -> messages behind the high watermark.
     pub lag: BTreeMap<String, i64>,
@@ -37,6 +70,7 @@ impl Health {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
+            brokers: Mutex::default(),
             kafka_connected: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             assignment: Mutex::default(),
@@ -54,6 +88,35 @@ impl Health {
         }
         self.metrics.kafka_connected.set(i64::from(connected));
         self.refresh_ready();
+    }
+
+    /// The brokers as the latest statistics saw them; a change in which are stalled is
+    /// logged.
+    pub fn set_brokers(&self, brokers: Vec<Broker>) {
+        let mut held = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
+        for broker in &brokers {
+            let was = held
+                .iter()
+                .find(|b| b.broker == broker.broker)
+                .is_some_and(|b| b.stalled);
+            if broker.stalled && !was {
+                tracing::warn!(broker = broker.broker, awaiting = broker.awaiting_responses, idle_ms = ?broker.receive_idle_ms, "Kafka broker stalled: connected, but its answers are overdue (hung or overloaded broker, or a network path that drops packets); records from it wait, nothing is lost");
+            } else if was && !broker.stalled {
+                tracing::info!(broker = broker.broker, "Kafka broker answers again");
+            }
+            let waiting = match (broker.awaiting_responses, broker.receive_idle_ms) {
+                (n, Some(idle)) if n > 0 => idle as f64 / 1000.0,
+                _ => 0.0,
+            };
+            self.metrics
+                .broker_waiting
+                .with_label_values(&[&broker.broker])
+                .set(waiting);
+        }
+        self.metrics
+            .brokers_stalled
+            .set(brokers.iter().filter(|b| b.stalled).count() as i64);
+        *held = brokers;
     }
 
     pub fn set_assignment(&self, mut partitions: Vec<Partition>) {
@@ -103,8 +166,15 @@ impl Health {
     }
 
     pub fn kafka(&self) -> KafkaStatus {
+        let brokers = self
+            .brokers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         KafkaStatus {
             connected: self.kafka_connected.load(Ordering::Acquire),
+            stalled: brokers.iter().any(|b| b.stalled),
+            brokers,
             assigned_partitions: self
                 .assignment
                 .lock()
@@ -128,6 +198,38 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_is_stalled_when_up_asked_and_silent_past_the_timeout() {
+        assert!(Broker::is_stalled("UP", 2, Some(20_000), 15_000));
+        assert!(!Broker::is_stalled("UP", 2, Some(200), 15_000), "answering");
+        assert!(
+            !Broker::is_stalled("UP", 0, Some(60_000), 15_000),
+            "nobody waits on it: fetching paused, idle not hung"
+        );
+        assert!(
+            !Broker::is_stalled("DOWN", 2, Some(60_000), 15_000),
+            "down is down"
+        );
+        assert!(
+            !Broker::is_stalled("UP", 1, None, 15_000),
+            "nothing received yet"
+        );
+        let health = Health::new(Arc::new(Metrics::new()));
+        let broker = |stalled| Broker {
+            broker: "127.0.0.1:9092/1".into(),
+            state: "UP".into(),
+            awaiting_responses: 1,
+            receive_idle_ms: Some(20_000),
+            stalled,
+        };
+        health.set_brokers(vec![broker(true)]);
+        assert!(health.kafka().stalled);
+        assert_eq!(health.metrics.brokers_stalled.get(), 1);
+        health.set_brokers(vec![broker(false)]);
+        assert!(!health.kafka().stalled);
+        assert_eq!(health.metrics.brokers_stalled.get(), 0);
+    }
 
     #[test]
     fn ready_needs_kafka_an_assignment_and_no_shutdown() {

@@ -161,7 +161,11 @@ async fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
 }
 
 fn health(shared: &Hub) -> Response<Full<Bytes>> {
+    let kafka = shared.health.kafka();
     let status = match shared.health.readiness() {
+        // Ready, but some broker is hung: records from it wait (readiness stays, see
+        // docs/operating.md: every replica shares the brokers).
+        Ok(()) if kafka.stalled => "degraded",
         Ok(()) => "ok",
         Err(_) if shared.health.is_shutting_down() => "shutting_down",
         Err(_) => "degraded",
@@ -171,7 +175,7 @@ fn health(shared: &Hub) -> Response<Full<Bytes>> {
         "active_connections": shared.metrics.connections_active.get(),
         "subscriptions": shared.metrics.subscriptions_active.get(),
         "topics": shared.index.topic_count(),
-        "kafka": shared.health.kafka(),
+        "kafka": kafka,
     });
     crate::protocol::json_response(StatusCode::OK, &body)
 }

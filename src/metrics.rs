@@ -95,6 +95,11 @@ pub struct Metrics {
     pub deliveries: IntCounter,
     pub drops: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    /// Per broker: seconds since its connection last received anything (librdkafka's
+    /// `rxidle`), while requests to it await an answer; 0 otherwise.
+    pub broker_waiting: prometheus::GaugeVec,
+    /// Brokers whose answers are overdue past `--kafka-stall-timeout` (hung, not down).
+    pub brokers_stalled: IntGauge,
     pub kafka_connected: IntGauge,
     pub assigned_partitions: IntGauge,
     pub ready: IntGauge,
@@ -150,6 +155,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
+        let broker_waiting = prometheus::GaugeVec::new(
+            Opts::new(
+                "cdc_gateway_kafka_broker_waiting_seconds",
+                "Per broker: seconds since its connection last received anything while requests to it await an answer (0 when none do). A hung broker keeps its connection up and answers nothing.",
+            ),
+            &["broker"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(broker_waiting.clone()))
             .expect("unique metric");
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
@@ -272,6 +288,11 @@ impl Metrics {
                 &drop_labels,
             ),
             consumer_lag,
+            broker_waiting,
+            brokers_stalled: gauge(
+                "cdc_gateway_kafka_brokers_stalled",
+                "Brokers whose connection is up but whose answers are overdue past --kafka-stall-timeout (hung: stopped, overloaded, or a network path that drops packets).",
+            ),
             kafka_connected: gauge(
                 "cdc_gateway_kafka_connected",
                 "1 while a Kafka broker connection is up.",

@@ -124,7 +124,10 @@ impl Ingest {
             client.set_log_level(RDKafkaLogLevel::Warning);
         }
         let consumer: GatewayConsumer = client
-            .create_with_context(GatewayContext::new(Arc::clone(&health)))
+            .create_with_context(
+                GatewayContext::new(Arc::clone(&health))
+                    .with_stall_timeout(config.kafka_stall_timeout),
+            )
             .map_err(IngestError::Consumer)?;
         let probe = kafka_client(
             config,

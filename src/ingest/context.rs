@@ -18,6 +18,8 @@ use crate::position::Partition;
 
 pub struct GatewayContext {
     health: Arc<Health>,
+    /// `--kafka-stall-timeout`, in milliseconds.
+    stall_timeout_ms: i64,
     /// Partitions whose position librdkafka reset after the broker answered "offset out of
     /// range", until the consumer sees the gap that left.
     resets: Mutex<HashSet<Partition>>,
@@ -29,9 +31,16 @@ impl GatewayContext {
     pub fn new(health: Arc<Health>) -> Self {
         Self {
             health,
+            stall_timeout_ms: 15_000,
             resets: Mutex::new(HashSet::new()),
             pending: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Calls a broker stalled when it leaves requests unanswered for longer than `timeout`.
+    pub fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stall_timeout_ms = timeout.as_millis() as i64;
+        self
     }
 
     /// Whether librdkafka reset `partition`'s position after an out-of-range fetch since the
@@ -100,6 +109,29 @@ impl ClientContext for GatewayContext {
             .values()
             .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
         self.health.set_kafka_connected(connected);
+        // A hung broker keeps its connection UP and answers nothing: what shows it is how
+        // long requests have waited since anything was received.
+        let brokers = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.nodeid >= 0)
+            .map(|broker| {
+                let idle_ms = (broker.rxidle >= 0).then_some(broker.rxidle / 1000);
+                crate::health::Broker {
+                    broker: broker.name.clone(),
+                    state: broker.state.clone(),
+                    awaiting_responses: broker.waitresp_cnt,
+                    receive_idle_ms: idle_ms,
+                    stalled: crate::health::Broker::is_stalled(
+                        &broker.state,
+                        broker.waitresp_cnt,
+                        idle_ms,
+                        self.stall_timeout_ms,
+                    ),
+                }
+            })
+            .collect();
+        self.health.set_brokers(brokers);
         let mut lag = BTreeMap::new();
         for (topic, stats) in &statistics.topics {
             for (id, partition) in &stats.partitions {

@@ -218,3 +218,92 @@ async fn sigterm_turns_readyz_503_closes_clients_with_1001_and_exits_0() {
         "the listener is closed"
     );
 }
+
+/// Issue 22.8, as it was tried: tansu stopped (SIGSTOP) in the middle of a stream. The
+/// connections stay up, so `connected: true` and lag 0 said nothing; now /health says which
+/// broker is stalled, the metric counts it, and readiness stays (every replica shares the
+/// brokers: docs/operating.md). Nothing is lost or repeated across the hang.
+#[tokio::test]
+async fn a_hung_broker_shows_in_health_and_metrics_and_nothing_is_lost() {
+    let mut tansu = Tansu::start();
+    let topic = unique("hang");
+    tansu.create_topic(&topic, 1).await;
+    let gateway = Gateway::start(&tansu.brokers(), &topic, &["--kafka-stall-timeout", "2s"]).await;
+    let mut client = Client::connect(&gateway).await;
+    client.subscribe("cdc.order", json!({})).await;
+    let producer = tansu.producer();
+    for n in 0..5 {
+        producer
+            .update_order(&topic, &n.to_string(), json!({"id": n.to_string(), "n": n}))
+            .await;
+    }
+    let mut offsets = Vec::new();
+    for _ in 0..5 {
+        offsets.push(client.data().await["offset"].as_i64().unwrap());
+    }
+    let (_, health) = get_json(&gateway, "/health").await;
+    assert_eq!(health["kafka"]["stalled"], false, "{health}");
+
+    tansu.signal("STOP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let (_, health) = get_json(&gateway, "/health").await;
+        if health["kafka"]["stalled"] == true {
+            break health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a broker stopped for 30 s was never called stalled: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(health["status"], "degraded", "{health}");
+    let brokers = health["kafka"]["brokers"].as_array().unwrap();
+    assert!(
+        brokers
+            .iter()
+            .any(|b| b["stalled"] == true && b["awaiting_responses"].as_i64() > Some(0)),
+        "{health}"
+    );
+    assert_eq!(
+        gateway.metric("cdc_gateway_kafka_brokers_stalled").await,
+        1.0
+    );
+    assert_eq!(
+        get_json(&gateway, "/readyz").await.0,
+        200,
+        "a hang of the brokers every replica shares does not empty the load balancer"
+    );
+
+    tansu.signal("CONT");
+    for n in 5..10 {
+        producer
+            .update_order(&topic, &n.to_string(), json!({"id": n.to_string(), "n": n}))
+            .await;
+    }
+    for _ in 5..10 {
+        offsets.push(client.data().await["offset"].as_i64().unwrap());
+    }
+    assert_eq!(
+        offsets,
+        (0..10).collect::<Vec<i64>>(),
+        "each record once, in order"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = get_json(&gateway, "/health").await;
+        if health["kafka"]["stalled"] == false && health["status"] == "ok" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still stalled: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        gateway.metric("cdc_gateway_kafka_brokers_stalled").await,
+        0.0
+    );
+    tansu.stop();
+}

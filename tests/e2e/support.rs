@@ -95,6 +95,17 @@ impl Tansu {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the broker process: `STOP` hangs it with its
+    /// connections open, as an overloaded or frozen broker would.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Starts (again) on the current port. Memory storage starts empty.
     pub fn restart(&mut self) {
         self.stop();
