@@ -6,6 +6,7 @@
 //! verified token becomes a [`Grant`], which sessions and streams consult on every subscribe.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -16,14 +17,19 @@ use serde_json::Value;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::event::GatewayTopic;
 use crate::index::{Filter, FilterError};
+use crate::jwks::{Key, KeySet};
 
 /// The longest a token is honoured on a connection, whatever its `exp` says: a deadline
 /// further out would overflow the clock arithmetic of the connection's timers.
 const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Checks tokens against the configured key and claims.
+/// Checks tokens against the configured keys and claims.
 pub struct Verifier {
-    key: DecodingKey,
+    /// `--jwt-secret`, or the `--jwt-public-key` files.
+    keys: Vec<Key>,
+    /// `--jwt-jwks-url`: keys fetched from the identity provider.
+    jwks: Option<Arc<KeySet>>,
+    /// The standard claims' checks; the algorithm is set per key.
     validation: Validation,
 }
 
@@ -51,54 +57,57 @@ struct Claims {
 impl Verifier {
     /// `None` under `--auth none`.
     pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
-        match (config.auth, &config.jwt_secret, &config.jwt_public_key) {
-            (AuthMode::None, None, None) => Ok(None),
-            (AuthMode::None, _, _) => Err(ConfigError::new(
-                "--auth",
-                "--jwt-secret and --jwt-public-key need --auth jwt",
-            )),
-            (AuthMode::Jwt, None, None) => Err(ConfigError::new(
-                "--auth",
-                "jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256, ES256)",
-            )),
-            (AuthMode::Jwt, Some(_), Some(_)) => Err(ConfigError::new(
-                "--jwt-secret",
-                "give either --jwt-secret or --jwt-public-key, not both",
-            )),
-            (AuthMode::Jwt, Some(secret), None) if secret.is_empty() => {
-                Err(ConfigError::new("--jwt-secret", "must not be empty"))
+        let public = !config.jwt_public_key.is_empty();
+        let jwks = config.jwt_jwks_url.is_some();
+        match (config.auth, &config.jwt_secret) {
+            (AuthMode::None, None) if !public && !jwks => return Ok(None),
+            (AuthMode::None, _) => {
+                return Err(ConfigError::new(
+                    "--auth",
+                    "--jwt-secret, --jwt-public-key and --jwt-jwks-url need --auth jwt",
+                ))
             }
-            (AuthMode::Jwt, Some(secret), None) => Ok(Some(Self::new(
-                DecodingKey::from_secret(secret.as_bytes()),
-                Algorithm::HS256,
-                config,
-            ))),
-            (AuthMode::Jwt, None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError::new("--jwt-public-key", format!("{}: {e}", path.display()))
-                })?;
-                let (key, algorithm) = match DecodingKey::from_rsa_pem(&pem) {
-                    Ok(key) => (key, Algorithm::RS256),
-                    Err(_) => match DecodingKey::from_ec_pem(&pem) {
-                        Ok(key) => (key, Algorithm::ES256),
-                        Err(e) => {
-                            return Err(ConfigError::new(
-                                "--jwt-public-key",
-                                format!(
-                                    "{}: not an RSA or EC public key in PEM: {e}",
-                                    path.display()
-                                ),
-                            ))
-                        }
-                    },
-                };
-                Ok(Some(Self::new(key, algorithm, config)))
+            (AuthMode::Jwt, None) if !public && !jwks => {
+                return Err(ConfigError::new(
+                    "--auth",
+                    "jwt needs --jwt-secret (HS256), --jwt-public-key or --jwt-jwks-url (RS256, ES256)",
+                ))
             }
+            (AuthMode::Jwt, Some(_)) if public || jwks => {
+                return Err(ConfigError::new(
+                    "--jwt-secret",
+                    "give either --jwt-secret or public keys (--jwt-public-key, --jwt-jwks-url), not both",
+                ))
+            }
+            (AuthMode::Jwt, Some(secret)) if secret.is_empty() => {
+                return Err(ConfigError::new("--jwt-secret", "must not be empty"))
+            }
+            _ => {}
         }
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.jwt_secret {
+            keys.push(Key {
+                kid: None,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                algorithm: Algorithm::HS256,
+            });
+        }
+        for entry in &config.jwt_public_key {
+            keys.push(public_key(entry)?);
+        }
+        let jwks = match &config.jwt_jwks_url {
+            Some(url) => Some(Arc::new(KeySet::new(
+                url,
+                config.jwt_jwks_refresh,
+                config.jwt_jwks_ca_file.as_deref(),
+            )?)),
+            None => None,
+        };
+        Ok(Some(Self::new(keys, jwks, config)))
     }
 
-    fn new(key: DecodingKey, algorithm: Algorithm, config: &Config) -> Self {
-        let mut validation = Validation::new(algorithm);
+    fn new(keys: Vec<Key>, jwks: Option<Arc<KeySet>>, config: &Config) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.jwt_leeway.as_secs();
         validation.validate_nbf = true;
         // A configured issuer or audience is required, not only checked when present.
@@ -115,17 +124,83 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Self { key, validation }
+        Self {
+            keys,
+            jwks,
+            validation,
+        }
+    }
+
+    /// The key set fetched from `--jwt-jwks-url`, for the task that keeps it fresh.
+    pub fn key_set(&self) -> Option<&Arc<KeySet>> {
+        self.jwks.as_ref()
+    }
+
+    /// Before [`Verifier::verify`]: a token that names a `kid` no key has makes the key set
+    /// be fetched again (rate-limited: [`crate::jwks::MIN_REFETCH`]), so that a key the
+    /// identity provider just published verifies the first token signed with it.
+    pub async fn prepare(&self, token: &str) {
+        let Some(jwks) = &self.jwks else { return };
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        if let Some(kid) = header.kid {
+            if !self
+                .keys
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid.as_str()))
+            {
+                jwks.refetch_for(&kid).await;
+            }
+        }
     }
 
     /// Verifies the signature and the standard claims, then reads the gateway's claims.
+    /// The key is the one the token's `kid` names, or, for a token without one, any key of
+    /// its algorithm (tried in turn: static keys first).
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            },
-        )?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let fetched = self.jwks.as_ref().map(|set| set.keys());
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .chain(fetched.iter().flat_map(|keys| keys.iter()))
+            .filter(|key| key.algorithm == header.alg)
+            .filter(|key| match (&header.kid, &key.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                // A key without an id (a file given without `KID=`) is tried for any
+                // token; a token without one, against every key.
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::Invalid(match &header.kid {
+                Some(kid) => format!("no {:?} key with id `{kid}`", header.alg),
+                None => format!("no {:?} key", header.alg),
+            }));
+        }
+        let mut failure = None;
+        let mut data = None;
+        for key in candidates {
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![key.algorithm];
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(decoded) => {
+                    data = Some(decoded);
+                    break;
+                }
+                // Signed with this key, but expired: no other key changes that.
+                Err(e) if *e.kind() == ErrorKind::ExpiredSignature => {
+                    return Err(AuthError::Expired)
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        let Some(data) = data else {
+            let e = failure.expect("a key was tried");
+            return Err(AuthError::Invalid(e.to_string()));
+        };
         let claims = data.claims;
         let filters = claims
             .filters
@@ -149,6 +224,37 @@ impl Verifier {
             filters,
         })
     }
+}
+
+/// One `--jwt-public-key` entry, `PATH` or `KID=PATH`: an RSA (RS256) or EC P-256 (ES256)
+/// public key in PEM.
+fn public_key(entry: &str) -> Result<Key, ConfigError> {
+    // A path may itself hold `=`: an id is taken only where it leaves a file that exists.
+    let (kid, path) = match entry.split_once('=') {
+        Some((kid, path)) if !kid.is_empty() && !std::path::Path::new(entry).exists() => {
+            (Some(kid.to_owned()), path)
+        }
+        _ => (None, entry),
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new("--jwt-public-key", format!("{path}: {e}")))?;
+    let (key, algorithm) = match DecodingKey::from_rsa_pem(&pem) {
+        Ok(key) => (key, Algorithm::RS256),
+        Err(_) => match DecodingKey::from_ec_pem(&pem) {
+            Ok(key) => (key, Algorithm::ES256),
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "--jwt-public-key",
+                    format!("{path}: not an RSA or EC public key in PEM: {e}"),
+                ))
+            }
+        },
+    };
+    Ok(Key {
+        kid,
+        key,
+        algorithm,
+    })
 }
 
 /// The token of an HTTP request, first found wins: `Authorization: Bearer <token>`, then the

@@ -355,7 +355,8 @@ pub struct Config {
     )]
     pub history_budget_mib: u32,
 
-    /// Client authentication: none, or JWT bearer tokens (--jwt-secret or --jwt-public-key).
+    /// Client authentication: none, or JWT bearer tokens (--jwt-secret, --jwt-public-key or
+    /// --jwt-jwks-url).
     #[arg(global = true, long, env = "CDC_GATEWAY_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,
 
@@ -381,9 +382,32 @@ pub struct Config {
     )]
     pub jwt_secret: Option<String>,
 
-    /// PEM public key of RS256 (RSA) or ES256 (EC P-256) tokens, under --auth jwt.
-    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// PEM public key of RS256 (RSA) or ES256 (EC P-256) tokens, under --auth jwt, as
+    /// `PATH` or `KID=PATH`. Repeatable: a token whose header names a `kid` is checked
+    /// against the key of that id, one without against every key (rotation without a
+    /// restart: sign with the new key once every replica has it).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_JWT_PUBLIC_KEY",
+        value_delimiter = '\n'
+    )]
+    pub jwt_public_key: Vec<String>,
+
+    /// A JSON Web Key Set of RS256/ES256 keys (Auth0, Keycloak, Cognito, ...:
+    /// `https://issuer/.well-known/jwks.json`), under --auth jwt. Fetched at start and every
+    /// --jwt-jwks-refresh, and again (at most every 5 s) when a token names a `kid` it lacks.
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the key set is fetched again (keys removed there stop verifying by then).
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// PEM certificates to trust for an https:// --jwt-jwks-url, besides the Mozilla roots
+    /// (a private identity provider's CA).
+    #[arg(global = true, long, env = "CDC_GATEWAY_JWT_JWKS_CA_FILE")]
+    pub jwt_jwks_ca_file: Option<std::path::PathBuf>,
 
     /// Required `iss` claim; not checked when unset.
     #[arg(global = true, long, env = "CDC_GATEWAY_JWT_ISSUER")]
@@ -546,6 +570,7 @@ impl Config {
             ("--slow-client-grace", self.slow_client_grace),
             ("--stats-interval", self.stats_interval),
             ("--kafka-stall-timeout", self.kafka_stall_timeout),
+            ("--jwt-jwks-refresh", self.jwt_jwks_refresh),
             (
                 "--partition-discovery-interval",
                 self.partition_discovery_interval,

@@ -106,6 +106,11 @@ impl Gateway {
             env!("CARGO_PKG_VERSION")
         );
 
+        // The identity provider's keys, fetched now and kept fresh while the gateway runs.
+        let key_set = verifier.as_ref().and_then(|v| v.key_set()).map(|set| {
+            set.with_metrics(metrics.jwks_fetches.clone(), metrics.jwks_keys.clone());
+            tokio::spawn(Arc::clone(set).run())
+        });
         let hub = Arc::new(Hub {
             index,
             metrics,
@@ -144,6 +149,9 @@ impl Gateway {
             consumer,
         })
         .await;
+        if let Some(task) = key_set {
+            task.abort();
+        }
         Ok(())
     }
 }

@@ -134,7 +134,7 @@ async fn route(request: Request<Incoming>, shared: Arc<Hub>) -> Response<Body> {
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"code": ErrorCode::MethodNotAllowed, "message": "only GET is served"}),
         ),
-        "/ws" => crate::ws::upgrade(request, shared),
+        "/ws" => crate::ws::upgrade(request, shared).await,
         "/sse" => return crate::sse::stream(&request, shared).await,
         "/healthz" => crate::protocol::json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => match shared.health.readiness() {

@@ -30,6 +30,7 @@ pub(crate) mod http;
 pub(crate) mod hub;
 pub mod index;
 pub mod ingest;
+pub(crate) mod jwks;
 pub mod metrics;
 pub mod outbound;
 pub mod position;

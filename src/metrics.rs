@@ -117,6 +117,10 @@ pub struct Metrics {
     pub snapshots: IntCounterVec,
     /// Snapshot rows and missed events queued for clients and not yet written.
     pub backlog_rows: IntGauge,
+    /// Fetches of `--jwt-jwks-url`, by result (`ok`, `error`).
+    pub jwks_fetches: IntCounterVec,
+    /// Signing keys held from the key set.
+    pub jwks_keys: IntGauge,
 }
 
 impl Metrics {
@@ -354,6 +358,16 @@ impl Metrics {
             backlog_rows: gauge(
                 "cdc_gateway_backlog_rows",
                 "Snapshot rows and missed events owed to clients and not yet written, over all connections (each bounded by --max-backlog-rows).",
+            ),
+            jwks_fetches: counter_vec(
+                "cdc_gateway_jwks_fetches_total",
+                "Fetches of the JSON Web Key Set (--jwt-jwks-url), by result; after an error the keys fetched before stay in use.",
+                "result",
+                &["ok", "error"],
+            ),
+            jwks_keys: gauge(
+                "cdc_gateway_jwks_keys",
+                "Signing keys held from the JSON Web Key Set (--jwt-jwks-url).",
             ),
             registry,
         }

@@ -116,6 +116,9 @@ pub async fn stream(
     request: &Request<Incoming>,
     hub: Arc<Hub>,
 ) -> Response<BoxBody<Bytes, Infallible>> {
+    if let (Some(verifier), Some(token)) = (&hub.verifier, crate::auth::request_token(request)) {
+        verifier.prepare(&token).await;
+    }
     let opened = match admit(&hub, request, TokenLater::Refused) {
         Ok(admitted) => parse(request, &hub, &admitted)
             .await

@@ -23,7 +23,7 @@ use crate::protocol::close::CloseCode;
 use crate::protocol::ErrorCode;
 
 /// Answers `GET /ws`.
-pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<Bytes>> {
+pub async fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return crate::protocol::json_response(
             StatusCode::UPGRADE_REQUIRED,
@@ -32,6 +32,9 @@ pub fn upgrade(mut request: Request<Incoming>, hub: Arc<Hub>) -> Response<Full<B
     }
     // A token in the upgrade request is checked now; without one, the session waits for an
     // `auth` message (protocol section 7.1).
+    if let (Some(verifier), Some(token)) = (&hub.verifier, crate::auth::request_token(&request)) {
+        verifier.prepare(&token).await;
+    }
     let admitted = admit(&hub, &request, TokenLater::Allowed);
     if matches!(admitted, Err(Refusal::ShuttingDown)) {
         return crate::protocol::json_response(

@@ -473,7 +473,7 @@ impl Requests {
 
     async fn execute(&mut self, request: Request, id: Option<&Value>) {
         match request {
-            Request::Auth { token } => self.authenticate(token, id),
+            Request::Auth { token } => self.authenticate(token, id).await,
             // A pong answers the gateway's heartbeat: not an action to refuse.
             Request::Pong => {}
             _ if self.connection.is_pending() => self.error(
@@ -540,7 +540,7 @@ impl Requests {
 
     /// An `auth` message: the first token of a connection, or a fresh one that replaces the
     /// claims; subscriptions the fresh claims no longer cover end with `FORBIDDEN`.
-    fn authenticate(&mut self, token: Option<String>, id: Option<&Value>) {
+    async fn authenticate(&mut self, token: Option<String>, id: Option<&Value>) {
         if self.connection.hub().verifier.is_none() {
             return self.replies.push(reply::ack("auth", None, id));
         }
@@ -552,6 +552,9 @@ impl Requests {
                 id,
             );
         };
+        if let Some(verifier) = &self.connection.hub().verifier {
+            verifier.prepare(&token).await;
+        }
         let revoked = match self.connection.authorize(&token) {
             Ok(revoked) => revoked,
             Err(AuthError::Expired) => return self.close(CloseCode::TokenExpired),

@@ -530,3 +530,291 @@ async fn a_confined_tokens_own_filter_cannot_read_a_before_image_its_claims_hide
         "snapshot rows selected by a hidden before-image: {ids:?}"
     );
 }
+
+/// A token signed with `private` (a fixture), naming `kid` in its header when given.
+fn signed(algorithm: Algorithm, private: &str, kid: Option<&str>, claims: &Value) -> String {
+    let pem = std::fs::read(fixture(private)).unwrap();
+    let key = match algorithm {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+        _ => EncodingKey::from_ec_pem(&pem),
+    }
+    .unwrap();
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, &key).unwrap()
+}
+
+/// A stand-in for an identity provider's JWKS endpoint on loopback: answers every GET with
+/// the body set last, and counts the requests.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn serve(file: &str) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::read_to_string(fixture(file)).unwrap(),
+        ));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (body.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (served, counted) = (served.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    assert!(
+                        head.starts_with(b"GET /jwks HTTP/1.1\r\n"),
+                        "{}",
+                        String::from_utf8_lossy(&head)
+                    );
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = served.lock().unwrap().clone();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            body,
+            requests,
+            task,
+        }
+    }
+
+    fn publish(&self, file: &str) {
+        *self.body.lock().unwrap() = std::fs::read_to_string(fixture(file)).unwrap();
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 22.4: keys rotate at the identity provider while clients stay connected. The
+/// provider publishes a second key, then signs with it: the first token naming it makes the
+/// gateway fetch the set again; connected clients are untouched and refresh onto the new key
+/// with `auth`; a flood of made-up key ids costs the provider a fetch every few seconds at
+/// most; once the old key is withdrawn, its tokens are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_through_the_jwks_url_with_clients_connected() {
+    let idp = JwksServer::serve("jwks-rsa.json").await;
+    let url = idp.url();
+    let (_tansu, gateway, producer, topic) = start_stack(&[
+        "--auth",
+        "jwt",
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-jwks-refresh",
+        "1h",
+    ])
+    .await;
+    let old = |topics: &[&str]| {
+        signed(
+            Algorithm::RS256,
+            "rs256-private.pem",
+            Some("rsa-1"),
+            &claims(topics),
+        )
+    };
+    let new = |topics: &[&str]| {
+        signed(
+            Algorithm::ES256,
+            "es256-private.pem",
+            Some("ec-1"),
+            &claims(topics),
+        )
+    };
+    // The first fetch is made at start; a token may arrive before it ends.
+    let mut early = connect_with(&gateway, Some(&old(&["cdc.order"])), None).await;
+    early.subscribe("cdc.order", json!({})).await;
+    assert_eq!(gateway.metric("cdc_gateway_jwks_keys").await, 1.0);
+
+    let mut refused = connect_with(&gateway, Some(&new(&["cdc.order"])), None).await;
+    assert_eq!(refused.closed().await.0, 4001, "a key not published yet");
+    // The provider publishes the new key beside the old one. The next token naming it is let
+    // in as soon as the last fetch is 5 s old (cdc_gateway's MIN_REFETCH).
+    idp.publish("jwks-both.json");
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    let mut rotated = connect_with(&gateway, Some(&new(&["cdc.order"])), None).await;
+    rotated.subscribe("cdc.order", json!({})).await;
+    assert_eq!(gateway.metric("cdc_gateway_jwks_keys").await, 2.0);
+    producer
+        .update_order(&topic, "1", json!({"id": "1", "status": "paid"}))
+        .await;
+    assert_eq!(
+        early.data().await["payload"]["entity_id"],
+        "1",
+        "the old key's client stays"
+    );
+    assert_eq!(rotated.data().await["payload"]["entity_id"], "1");
+    // The old key's client refreshes onto the new key.
+    early
+        .send(json!({"action": "auth", "token": new(&["cdc.order"]), "id": "refresh"}))
+        .await;
+    let ack = early.recv().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_str()),
+        (Some("ack"), Some("refresh")),
+        "{ack}"
+    );
+
+    // Made-up key ids, many at once: at most one more fetch for all of them.
+    let before = idp.requests();
+    let mut floods = Vec::new();
+    for n in 0..20 {
+        let token = signed(
+            Algorithm::RS256,
+            "rs256-private.pem",
+            Some(&format!("made-up-{n}")),
+            &claims(&["cdc.order"]),
+        );
+        floods.push(connect_with(&gateway, Some(&token), None).await);
+    }
+    for mut flood in floods {
+        assert_eq!(flood.closed().await.0, 4001);
+    }
+    assert!(
+        idp.requests() - before <= 1,
+        "{} fetches for 20 unknown ids",
+        idp.requests() - before
+    );
+
+    // The provider withdraws the old key; the next unknown id (after 5 s) fetches the set.
+    idp.publish("jwks-ec.json");
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    let probe = signed(
+        Algorithm::ES256,
+        "es256-private.pem",
+        Some("ec-2"),
+        &claims(&["cdc.order"]),
+    );
+    assert_eq!(
+        connect_with(&gateway, Some(&probe), None)
+            .await
+            .closed()
+            .await
+            .0,
+        4001
+    );
+    let mut withdrawn = connect_with(&gateway, Some(&old(&["cdc.order"])), None).await;
+    assert_eq!(
+        withdrawn.closed().await.0,
+        4001,
+        "the withdrawn key no longer verifies"
+    );
+    assert_eq!(gateway.metric("cdc_gateway_jwks_keys").await, 1.0);
+    let mut still = connect_with(&gateway, Some(&new(&["cdc.order"])), None).await;
+    still.subscribe("cdc.order", json!({})).await;
+}
+
+/// Several static keys (`--jwt-public-key KID=PATH`, repeated): a token is checked against the
+/// key its `kid` names, one without a `kid` against every key of its algorithm, and a key is
+/// never used with another algorithm than its own.
+#[tokio::test]
+async fn static_keys_are_selected_by_kid() {
+    let rsa = format!("old={}", fixture("rs256-public.pem"));
+    let ec = format!("new={}", fixture("es256-public.pem"));
+    let (_tansu, gateway, _producer, _topic) = start_stack(&[
+        "--auth",
+        "jwt",
+        "--jwt-public-key",
+        &rsa,
+        "--jwt-public-key",
+        &ec,
+    ])
+    .await;
+    for (token, accepted, case) in [
+        (
+            signed(
+                Algorithm::RS256,
+                "rs256-private.pem",
+                Some("old"),
+                &claims(&["cdc.*"]),
+            ),
+            true,
+            "kid old, RS256",
+        ),
+        (
+            signed(
+                Algorithm::ES256,
+                "es256-private.pem",
+                Some("new"),
+                &claims(&["cdc.*"]),
+            ),
+            true,
+            "kid new, ES256",
+        ),
+        (
+            signed(
+                Algorithm::RS256,
+                "rs256-private.pem",
+                None,
+                &claims(&["cdc.*"]),
+            ),
+            true,
+            "no kid: every RS256 key",
+        ),
+        (
+            signed(
+                Algorithm::RS256,
+                "rs256-private.pem",
+                Some("new"),
+                &claims(&["cdc.*"]),
+            ),
+            false,
+            "kid new names an ES256 key",
+        ),
+        (
+            signed(
+                Algorithm::ES256,
+                "es256-private.pem",
+                Some("gone"),
+                &claims(&["cdc.*"]),
+            ),
+            false,
+            "unknown kid",
+        ),
+        (
+            hs256(claims(&["cdc.*"])),
+            false,
+            "HS256 with public keys configured",
+        ),
+    ] {
+        let mut client = connect_with(&gateway, Some(&token), None).await;
+        if accepted {
+            client.subscribe("cdc.order", json!({})).await;
+        } else {
+            assert_eq!(client.closed().await.0, 4001, "{case}");
+        }
+    }
+}
