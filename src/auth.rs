@@ -48,6 +48,9 @@ pub enum AuthError {
 #[derive(Deserialize)]
 struct Claims {
     exp: u64,
+    /// Who the token names: what presence shows of its holder.
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     topics: Vec<String>,
     #[serde(default)]
@@ -219,6 +222,7 @@ impl Verifier {
             ))
             .unwrap_or_else(|| SystemTime::now() + MAX_LIFETIME);
         Ok(Grant {
+            subject: claims.sub.as_deref().map(Box::from),
             expires_at,
             topics: claims.topics.iter().map(|t| Pattern::new(t)).collect(),
             filters,
@@ -280,12 +284,20 @@ pub fn request_token<B>(request: &hyper::Request<B>) -> Option<String> {
 /// What a verified token allows, until it expires.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// The token's `sub`. Boxed slices and strings: every connection holds a grant, inside
+    /// the session state's allocation class (ws/session.rs).
+    subject: Option<Box<str>>,
     expires_at: SystemTime,
-    topics: Vec<Pattern>,
-    filters: Vec<(Pattern, Filter)>,
+    topics: Box<[Pattern]>,
+    filters: Box<[(Pattern, Filter)]>,
 }
 
 impl Grant {
+    /// The token's `sub`, shown in presence.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
     /// Time left before the token expires (zero once it has).
     pub fn remaining(&self) -> Duration {
         self.expires_at

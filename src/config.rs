@@ -454,6 +454,22 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_KAFKA_STALL_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub kafka_stall_timeout: Duration,
 
+    /// The compacted Kafka topic through which replicas share presence (who watches which
+    /// topic): each publishes its own counts there and reads the others'. Default:
+    /// `<group-id>-presence` (the --group-id, without --instance), created (cleanup.policy=compact) when missing. An empty value
+    /// keeps presence to this replica's clients.
+    #[arg(global = true, long, env = "CDC_GATEWAY_PRESENCE_TOPIC")]
+    pub presence_topic: Option<String>,
+
+    /// How often presence is published and presence messages are sent (coalesced).
+    #[arg(global = true, long, env = "CDC_GATEWAY_PRESENCE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub presence_interval: Duration,
+
+    /// This replica's name in presence documents. Default: the host name (a pod's name on
+    /// Kubernetes) and the process id.
+    #[arg(global = true, long, env = "CDC_GATEWAY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
     /// Interval of librdkafka statistics (consumer lag, broker state).
     #[arg(global = true, long, env = "CDC_GATEWAY_STATS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -571,6 +587,7 @@ impl Config {
             ("--stats-interval", self.stats_interval),
             ("--kafka-stall-timeout", self.kafka_stall_timeout),
             ("--jwt-jwks-refresh", self.jwt_jwks_refresh),
+            ("--presence-interval", self.presence_interval),
             (
                 "--partition-discovery-interval",
                 self.partition_discovery_interval,
@@ -841,5 +858,19 @@ mod tests {
         .config
         .validate()
         .is_ok());
+    }
+}
+
+impl Config {
+    /// The presence topic replicas share (`--presence-topic`, or `<group-id>-presence`);
+    /// `None` when sharing is off (an empty `--presence-topic`).
+    pub fn presence_topic(&self) -> Option<String> {
+        match &self.presence_topic {
+            Some(topic) if topic.trim().is_empty() => None,
+            Some(topic) => Some(topic.clone()),
+            // The deployment's group id, not a replica's own (`--instance`): every replica
+            // of one deployment shares the topic.
+            None => Some(format!("{}-presence", self.group_id)),
+        }
     }
 }

@@ -438,13 +438,35 @@ impl Connection {
                 ))
             }
         };
+        let subject = match &self.access {
+            Access::Granted(grant) => grant.subject().map(str::to_owned),
+            _ => None,
+        };
         for topic in names {
-            if self.subscriptions.insert(topic) {
+            if self.subscriptions.insert(topic.clone()) {
                 self.hub.metrics.subscriptions_active.inc();
+                self.hub
+                    .presence
+                    .join(&topic, self.outbound.id(), subject.as_deref());
             }
         }
         self.count_topics();
         Ok(Some(joined))
+    }
+
+    /// Whether this connection may see `topic`'s presence: a topic its token may read (any
+    /// topic without auth). `Err` with the reply's code and text otherwise.
+    pub fn presence_allowed(&self, topic: &str) -> Result<(), SubscribeError> {
+        crate::event::GatewayTopic::parse(topic)
+            .map_err(|e| SubscribeError::new(ErrorCode::InvalidTopic, e, topic))?;
+        match &self.access {
+            Access::Granted(grant) if !grant.allows(topic) => Err(SubscribeError::new(
+                ErrorCode::Forbidden,
+                "the token's `topics` claim does not cover this topic",
+                topic,
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Ends the subscription to `topic`; false when there was none.
@@ -466,6 +488,7 @@ impl Connection {
         for topic in topics {
             self.hub.index.unsubscribe(&topic, self.outbound.id());
             self.hub.metrics.subscriptions_active.dec();
+            self.hub.presence.leave(&topic, self.outbound.id());
         }
         self.count_topics();
     }
@@ -481,6 +504,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.unsubscribe_all();
+        self.hub.presence.forget(self.outbound.id());
         self.hub.metrics.connections_active.dec();
     }
 }

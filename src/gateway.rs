@@ -111,7 +111,26 @@ impl Gateway {
             set.with_metrics(metrics.jwks_fetches.clone(), metrics.jwks_keys.clone());
             tokio::spawn(Arc::clone(set).run())
         });
+        let presence = Arc::new(crate::presence::Presence::new(
+            config
+                .replica_id
+                .clone()
+                .unwrap_or_else(crate::presence::default_replica_id),
+            config.presence_interval,
+            verifier.is_some(),
+            metrics.presence_replicas.clone(),
+        ));
+        let presence_tick = tokio::spawn(crate::presence::run(Arc::clone(&presence)));
+        let stop_presence = CancellationToken::new();
+        let presence_link = config.presence_topic().map(|topic| {
+            let (presence, config, stop) =
+                (Arc::clone(&presence), config.clone(), stop_presence.clone());
+            tokio::spawn(async move {
+                crate::ingest::presence::link(presence, &config, topic, stop).await
+            })
+        });
         let hub = Arc::new(Hub {
+            presence,
             index,
             metrics,
             dispatched,
@@ -151,6 +170,12 @@ impl Gateway {
         .await;
         if let Some(task) = key_set {
             task.abort();
+        }
+        presence_tick.abort();
+        // The tombstone that tells the other replicas this one is gone.
+        stop_presence.cancel();
+        if let Some(link) = presence_link {
+            let _ = tokio::time::timeout(Duration::from_secs(3), link).await;
         }
         Ok(())
     }

@@ -103,6 +103,8 @@ pub struct Hub {
     pub verifier: Option<Verifier>,
     /// Subscriptions, for the consumer task to serve between two records.
     pub joins: tokio::sync::mpsc::Sender<Join>,
+    /// Who watches which topic, over every replica.
+    pub presence: Arc<crate::presence::Presence>,
     pub(crate) next_connection_id: AtomicU64,
 }
 

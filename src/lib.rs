@@ -34,6 +34,7 @@ pub(crate) mod jwks;
 pub mod metrics;
 pub mod outbound;
 pub mod position;
+pub(crate) mod presence;
 pub mod protocol;
 pub(crate) mod queue;
 pub mod shutdown;

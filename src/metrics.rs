@@ -121,6 +121,8 @@ pub struct Metrics {
     pub jwks_fetches: IntCounterVec,
     /// Signing keys held from the key set.
     pub jwks_keys: IntGauge,
+    /// Replicas whose presence was heard recently, this one included.
+    pub presence_replicas: IntGauge,
 }
 
 impl Metrics {
@@ -368,6 +370,10 @@ impl Metrics {
             jwks_keys: gauge(
                 "cdc_gateway_jwks_keys",
                 "Signing keys held from the JSON Web Key Set (--jwt-jwks-url).",
+            ),
+            presence_replicas: gauge(
+                "cdc_gateway_presence_replicas",
+                "Replicas whose presence document was heard within its age limit, this one included (--presence-topic).",
             ),
             registry,
         }

@@ -131,7 +131,7 @@ impl DeadLetter {
     }
 }
 
-fn is_consumer_only(key: &str) -> bool {
+pub(super) fn is_consumer_only(key: &str) -> bool {
     key.starts_with("fetch.")
         || key.starts_with("auto.")
         || key.starts_with("enable.auto")

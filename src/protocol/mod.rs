@@ -84,6 +84,12 @@ pub enum Request {
         /// gateway reads by the session ([`crate::position::Resolver`]).
         since: Option<Value>,
         snapshot: bool,
+        /// Asks for `presence` messages while subscribed (an extension).
+        presence: bool,
+    },
+    /// Who watches a topic, over every replica (an extension).
+    Presence {
+        topic: String,
     },
     Unsubscribe {
         topic: String,
@@ -150,13 +156,23 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Value>), Rejection> {
                 Some(Value::Bool(flag)) => flag,
                 Some(_) => return Err(invalid("`snapshot` must be true or false", id)),
             };
+            let presence = match object.remove("presence") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(flag)) => flag,
+                Some(_) => return Err(invalid("`presence` must be true or false", id)),
+            };
             Request::Subscribe {
                 topic,
                 filters: object.remove("filters"),
                 since,
                 snapshot,
+                presence,
             }
         }
+        "presence" => match take_topic(&mut object) {
+            Ok(topic) => Request::Presence { topic },
+            Err(message) => return Err(invalid(message, id)),
+        },
         "unsubscribe" => match take_topic(&mut object) {
             Ok(topic) => Request::Unsubscribe { topic },
             Err(message) => return Err(invalid(message, id)),
@@ -169,7 +185,7 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Value>), Rejection> {
             return Err(Rejection {
                 code: ErrorCode::UnknownAction,
                 message: format!(
-                    "unknown action `{other}` (auth, subscribe, unsubscribe, ping, pong)"
+                    "unknown action `{other}` (auth, subscribe, unsubscribe, presence, ping, pong)"
                 ),
                 id,
             })
@@ -333,7 +349,16 @@ mod tests {
                 topic: "cdc.order".into(),
                 filters: Some(json!({"operation": "insert"})),
                 since: Some(json!({"0": 12})),
-                snapshot: true
+                snapshot: true,
+                presence: false,
+            }
+        );
+        assert_eq!(
+            parse_value(json!({"action": "presence", "topic": "cdc.order"}))
+                .unwrap()
+                .0,
+            Request::Presence {
+                topic: "cdc.order".into()
             }
         );
         assert_eq!(

@@ -486,11 +486,22 @@ impl Requests {
                 let timestamp = timestamp.unwrap_or_else(|| crate::clock::now_millis().into());
                 self.replies.push(reply::pong(timestamp, id));
             }
+            Request::Presence { topic } => match self.connection.presence_allowed(&topic) {
+                Ok(()) => {
+                    let hub = self.connection.hub();
+                    let counts = hub.presence.counts(&topic);
+                    let named = hub.verifier.is_some();
+                    self.replies
+                        .push(crate::presence::message(&topic, &counts, named, None, id));
+                }
+                Err(e) => self.error(e.code, &e.message, Some(&topic), id),
+            },
             Request::Subscribe {
                 topic,
                 filters,
                 since,
                 snapshot,
+                presence,
             } => {
                 let subscribed = match self.connection.filter(&topic, filters.as_ref()) {
                     Ok(filter) => {
@@ -512,7 +523,11 @@ impl Requests {
                     Err(e) => Err(e),
                 };
                 // On success the ack (and what follows it) came through the connection's
-                // queue.
+                // queue; presence messages follow from the next tick on.
+                if presence && matches!(subscribed, Ok(Some(_))) {
+                    let hub = Arc::clone(self.connection.hub());
+                    hub.presence.watch(&topic, self.connection.outbound());
+                }
                 if let Err(e) = subscribed {
                     self.error(
                         e.code,

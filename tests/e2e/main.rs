@@ -10,5 +10,6 @@ mod delivery;
 mod hostile_load;
 mod http;
 mod ingest;
+mod presence;
 mod schemas;
 mod support;
