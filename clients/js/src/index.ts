@@ -71,9 +71,10 @@ export interface SubscribeOptions {
 export interface SubscriptionHandlers {
   /** The gateway could not resume from the kept position (an ack with `recovered: false`,
    * or an error refusing the position), or told a live subscription that records were lost
-   * (a `reset` message): events may have been missed. State built from earlier events should
-   * be dropped; a snapshot subscription receives a fresh snapshot next. */
-  onReset?: (cause: SubscribeAck | GatewayError | ResetMessage) => void;
+   * (a `reset` message), or a reconnect cut a snapshot short (`SnapshotInterrupted`): events
+   * may have been missed. State built from earlier events should be dropped; a snapshot
+   * subscription receives a fresh snapshot next. */
+  onReset?: (cause: ResetCause) => void;
   /** The subscription failed or ended (e.g. INVALID_FILTER, FORBIDDEN after a token
    * refresh); it is no longer active, except after RATE_LIMITED, which it retries. */
   onError?: (error: GatewayError) => void;
@@ -85,7 +86,9 @@ export interface SubscriptionHandlers {
 
 export interface Subscription {
   readonly topic: string;
-  /** Position of the last event received per partition: where a resume starts. A copy. */
+  /** Position of the last event received per partition: where a resume starts. A copy. A
+   * snapshot subscription keeps none (`{}`) until its `synced`: a position taken before every
+   * snapshot row arrived would resume past the rows still to come. */
   readonly position: Position;
   /** Data messages dropped because they were at or below the kept position. */
   readonly duplicatesDropped: number;
@@ -107,6 +110,25 @@ export class GatewayError extends Error {
     this.requestId = message.id;
   }
 }
+
+/** The connection ended after some rows of a snapshot and before its `synced`: the rows
+ * received are part of the table only, and the rows still to come cannot be resumed (the
+ * snapshot is as of the ack's position, not a stream of records after it). `onReset` gets this,
+ * and a fresh snapshot follows on the next connection. */
+export class SnapshotInterrupted extends Error {
+  readonly topic: string;
+  /** Snapshot rows that reached the callback before the connection ended. */
+  readonly rowsReceived: number;
+  constructor(topic: string, rowsReceived: number) {
+    super(`the snapshot of ${topic} was cut short by a reconnect after ${rowsReceived} rows`);
+    this.name = "SnapshotInterrupted";
+    this.topic = topic;
+    this.rowsReceived = rowsReceived;
+  }
+}
+
+/** Why a subscription starts over (`onReset`). */
+export type ResetCause = SubscribeAck | GatewayError | ResetMessage | SnapshotInterrupted;
 
 /** The gateway closed the connection for a reason reconnecting cannot cure (4001 or 4002
  * with a fixed token), or the token could not be obtained. */
@@ -173,8 +195,16 @@ type Pending =
   | { kind: "other" };
 
 class SubscriptionState implements Subscription {
-  /** Set once the first ack arrived: from then on a subscribe carries `since`. */
+  /** Set once the first ack arrived (for a snapshot, once `synced` came): from then on a
+   * subscribe carries `since`. */
   private kept: Position | undefined;
+  /** The ack's position of a snapshot whose `synced` has not come yet: it becomes the kept
+   * position only when every row is in. */
+  private snapshotPosition: Position | undefined;
+  /** Snapshot rows handed to the application since that ack. */
+  private snapshotRows = 0;
+  /** The subscribe in flight asked for a snapshot. */
+  private snapshotAsked = false;
   duplicatesDropped = 0;
   active = true;
   /** The request id of the subscribe this connection is waiting on, if any. */
@@ -204,10 +234,21 @@ class SubscriptionState implements Subscription {
     const message: SubscribeRequest = { action: "subscribe", topic: this.topic, id };
     if (this.options.filters) message.filters = this.options.filters;
     this.resuming = this.kept !== undefined;
+    this.snapshotAsked = !this.resuming && this.options.snapshot === true;
+    this.snapshotPosition = undefined;
     if (this.kept !== undefined) message.since = { ...this.kept };
-    else if (this.options.snapshot) message.snapshot = true;
+    else if (this.snapshotAsked) message.snapshot = true;
     this.awaiting = id;
     return message;
+  }
+
+  /** A connection ended: how many rows of an unfinished snapshot the application holds (0 when
+   * no snapshot was under way). The next subscribe takes the snapshot again. */
+  interrupted(): number {
+    const rows = this.snapshotPosition !== undefined ? this.snapshotRows : 0;
+    this.snapshotPosition = undefined;
+    this.snapshotRows = 0;
+    return rows;
   }
 
   /** Takes the ack's position; true when the subscription must start over. */
@@ -223,13 +264,35 @@ class SubscriptionState implements Subscription {
       this.kept = { ...ack.position };
       return true;
     }
+    if (this.snapshotAsked) {
+      // The rows are as of this position; resuming from it before they have all arrived
+      // would skip the rest of them.
+      this.snapshotPosition = { ...ack.position };
+      this.snapshotRows = 0;
+      return false;
+    }
     this.kept = { ...ack.position };
     return false;
+  }
+
+  /** True when the `synced` belongs to this subscription; the snapshot's position is kept. */
+  synced(): boolean {
+    // A `synced` that arrives while a fresh subscribe waits for its ack ends the snapshot of
+    // the subscription being replaced.
+    if (this.awaiting !== undefined && !this.resuming) return false;
+    if (this.snapshotPosition !== undefined) {
+      this.kept = { ...this.snapshotPosition, ...this.kept };
+      this.snapshotPosition = undefined;
+      this.snapshotRows = 0;
+    }
+    return true;
   }
 
   /** Forget the position, so the next subscribe takes a fresh snapshot. */
   restart(): void {
     this.kept = undefined;
+    this.snapshotPosition = undefined;
+    this.snapshotRows = 0;
   }
 
   /** True when the message is new; raises the kept position. */
@@ -238,7 +301,10 @@ class SubscriptionState implements Subscription {
     // fresh subscribe waits for its ack belongs to the subscription it replaces (an earlier
     // one of the topic, with other filters, or the one a reset re-snapshots).
     if (this.awaiting !== undefined && !this.resuming) return false;
-    if (message.snapshot) return true;
+    if (message.snapshot) {
+      this.snapshotRows += 1;
+      return true;
+    }
     const kept = (this.kept ??= {});
     const qualified = message.source === undefined ? undefined : `${message.source}:${message.partition}`;
     const bare = String(message.partition);
@@ -399,7 +465,15 @@ export class Client {
   private ready(): void {
     this.everOpened = true;
     this.setState("open");
-    for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
+    for (const sub of [...this.subscriptions.values()]) {
+      const rows = sub.interrupted();
+      if (rows > 0) {
+        // The application holds part of a snapshot: it starts over with the fresh one.
+        this.call(() => sub.handlers.onReset?.(new SnapshotInterrupted(sub.topic, rows)));
+        if (!sub.active || this.subscriptions.get(sub.topic) !== sub) continue;
+      }
+      this.sendSubscribe(sub);
+    }
   }
 
   private sendSubscribe(sub: SubscriptionState): void {
@@ -424,7 +498,7 @@ export class Client {
       }
       case "synced": {
         const sub = this.subscriptions.get(message.topic);
-        if (sub) this.call(() => sub.handlers.onSynced?.(message));
+        if (sub && sub.synced()) this.call(() => sub.handlers.onSynced?.(message));
         break;
       }
       case "ack":
@@ -464,7 +538,7 @@ export class Client {
 
   /** The subscription cannot resume: the application drops its state, and a snapshot
    * subscription is replaced by one that sends the rows as they now stand, then `synced`. */
-  private reset(sub: SubscriptionState, cause: SubscribeAck | GatewayError | ResetMessage): void {
+  private reset(sub: SubscriptionState, cause: ResetCause): void {
     const refused = cause instanceof GatewayError;
     if (refused) sub.restart();
     this.call(() => sub.handlers.onReset?.(cause));
