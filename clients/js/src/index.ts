@@ -717,7 +717,11 @@ export interface EventSourceLike {
 
 export type EventSourceConstructor = new (url: string) => EventSourceLike;
 
-export interface EventStreamOptions extends SubscriptionHandlers {
+export interface EventStreamOptions extends Omit<SubscriptionHandlers, "onError"> {
+  /** The stream was refused for good (400, 403, or 401 with a fixed token: a `GatewayError`
+   * with the gateway's code), the gateway sent an `error` event, or a token could not be
+   * obtained. */
+  onError?: (error: Error) => void;
   /** Every data message of the stream, once, in order per partition, across reconnects. */
   onEvent: (message: DataMessage) => void;
   /** Gateway topics of the stream (protocol section 8). */
@@ -916,7 +920,7 @@ class EventStreamState implements EventStream {
     }
     const error = body ? new GatewayError(body) : new Error(`the gateway refused the stream: HTTP ${status}`);
     this.setState("closed");
-    this.call(() => (this.options.onError ? this.options.onError(error as GatewayError) : this.report(error)));
+    this.call(() => (this.options.onError ? this.options.onError(error) : this.report(error)));
   }
 
   private drop(): void {
@@ -953,7 +957,7 @@ class EventStreamState implements EventStream {
   }
 
   private report(error: Error): void {
-    if (this.options.onError) this.options.onError(error as GatewayError);
+    if (this.options.onError) this.options.onError(error);
     else console.error(error);
   }
 
