@@ -17,6 +17,21 @@ export class GatewayError extends Error {
         this.requestId = message.id;
     }
 }
+/** The connection ended after some rows of a snapshot and before its `synced`: the rows
+ * received are part of the table only, and the rows still to come cannot be resumed (the
+ * snapshot is as of the ack's position, not a stream of records after it). `onReset` gets this,
+ * and a fresh snapshot follows on the next connection. */
+export class SnapshotInterrupted extends Error {
+    topic;
+    /** Snapshot rows that reached the callback before the connection ended. */
+    rowsReceived;
+    constructor(topic, rowsReceived) {
+        super(`the snapshot of ${topic} was cut short by a reconnect after ${rowsReceived} rows`);
+        this.name = "SnapshotInterrupted";
+        this.topic = topic;
+        this.rowsReceived = rowsReceived;
+    }
+}
 /** The gateway closed the connection for a reason reconnecting cannot cure (4001 or 4002
  * with a fixed token), or the token could not be obtained. */
 export class ConnectionError extends Error {
@@ -69,8 +84,16 @@ class SubscriptionState {
     onEvent;
     handlers;
     client;
-    /** Set once the first ack arrived: from then on a subscribe carries `since`. */
+    /** Set once the first ack arrived (for a snapshot, once `synced` came): from then on a
+     * subscribe carries `since`. */
     kept;
+    /** The ack's position of a snapshot whose `synced` has not come yet: it becomes the kept
+     * position only when every row is in. */
+    snapshotPosition;
+    /** Snapshot rows handed to the application since that ack. */
+    snapshotRows = 0;
+    /** The subscribe in flight asked for a snapshot. */
+    snapshotAsked = false;
     duplicatesDropped = 0;
     active = true;
     /** The request id of the subscribe this connection is waiting on, if any. */
@@ -98,12 +121,22 @@ class SubscriptionState {
         if (this.options.filters)
             message.filters = this.options.filters;
         this.resuming = this.kept !== undefined;
+        this.snapshotAsked = !this.resuming && this.options.snapshot === true;
+        this.snapshotPosition = undefined;
         if (this.kept !== undefined)
             message.since = { ...this.kept };
-        else if (this.options.snapshot)
+        else if (this.snapshotAsked)
             message.snapshot = true;
         this.awaiting = id;
         return message;
+    }
+    /** A connection ended: how many rows of an unfinished snapshot the application holds (0 when
+     * no snapshot was under way). The next subscribe takes the snapshot again. */
+    interrupted() {
+        const rows = this.snapshotPosition !== undefined ? this.snapshotRows : 0;
+        this.snapshotPosition = undefined;
+        this.snapshotRows = 0;
+        return rows;
     }
     /** Takes the ack's position; true when the subscription must start over. */
     acked(ack) {
@@ -118,12 +151,34 @@ class SubscriptionState {
             this.kept = { ...ack.position };
             return true;
         }
+        if (this.snapshotAsked) {
+            // The rows are as of this position; resuming from it before they have all arrived
+            // would skip the rest of them.
+            this.snapshotPosition = { ...ack.position };
+            this.snapshotRows = 0;
+            return false;
+        }
         this.kept = { ...ack.position };
         return false;
+    }
+    /** True when the `synced` belongs to this subscription; the snapshot's position is kept. */
+    synced() {
+        // A `synced` that arrives while a fresh subscribe waits for its ack ends the snapshot of
+        // the subscription being replaced.
+        if (this.awaiting !== undefined && !this.resuming)
+            return false;
+        if (this.snapshotPosition !== undefined) {
+            this.kept = { ...this.snapshotPosition, ...this.kept };
+            this.snapshotPosition = undefined;
+            this.snapshotRows = 0;
+        }
+        return true;
     }
     /** Forget the position, so the next subscribe takes a fresh snapshot. */
     restart() {
         this.kept = undefined;
+        this.snapshotPosition = undefined;
+        this.snapshotRows = 0;
     }
     /** True when the message is new; raises the kept position. */
     admit(message) {
@@ -132,8 +187,10 @@ class SubscriptionState {
         // one of the topic, with other filters, or the one a reset re-snapshots).
         if (this.awaiting !== undefined && !this.resuming)
             return false;
-        if (message.snapshot)
+        if (message.snapshot) {
+            this.snapshotRows += 1;
             return true;
+        }
         const kept = (this.kept ??= {});
         const qualified = message.source === undefined ? undefined : `${message.source}:${message.partition}`;
         const bare = String(message.partition);
@@ -288,8 +345,16 @@ export class Client {
     ready() {
         this.everOpened = true;
         this.setState("open");
-        for (const sub of this.subscriptions.values())
+        for (const sub of [...this.subscriptions.values()]) {
+            const rows = sub.interrupted();
+            if (rows > 0) {
+                // The application holds part of a snapshot: it starts over with the fresh one.
+                this.call(() => sub.handlers.onReset?.(new SnapshotInterrupted(sub.topic, rows)));
+                if (!sub.active || this.subscriptions.get(sub.topic) !== sub)
+                    continue;
+            }
             this.sendSubscribe(sub);
+        }
     }
     sendSubscribe(sub) {
         this.send(sub.request(this.request({ kind: "subscribe", topic: sub.topic })));
@@ -314,7 +379,7 @@ export class Client {
             }
             case "synced": {
                 const sub = this.subscriptions.get(message.topic);
-                if (sub)
+                if (sub && sub.synced())
                     this.call(() => sub.handlers.onSynced?.(message));
                 break;
             }
@@ -526,6 +591,237 @@ export class Client {
         }
         catch (e) {
             this.emitError(e instanceof Error ? e : new Error(String(e)));
+        }
+    }
+}
+/** Opens an SSE stream (`/sse`) that resumes after every drop with nothing missed: each
+ * reconnect is a new EventSource with a fresh token and the last event id as `since` (the
+ * browser's own reconnect would reuse the first URL, expired token included, get 401 and stop).
+ * A refused stream is retried when a retry can cure it (401 with a token function, 429, 503)
+ * and ends with `onError` otherwise (400, 403). Error values never carry the URL. */
+export function openEventStream(url, options) {
+    return new EventStreamState(url, options);
+}
+const EVENT_SOURCE_CLOSED = 2;
+class EventStreamState {
+    url;
+    options;
+    state = "connecting";
+    lastEventId = "";
+    topics;
+    EventSourceImpl;
+    source = null;
+    attempt = 0;
+    everOpened = false;
+    timer;
+    /** The open stream is a snapshot whose topics have not all said `synced` yet. */
+    unsynced = 0;
+    /** The id of the last event while the snapshot is still arriving: kept once it is whole. */
+    snapshotEventId = "";
+    snapshotRows = 0;
+    constructor(url, options) {
+        this.url = url;
+        this.options = options;
+        this.topics = typeof options.topics === "string" ? [options.topics] : options.topics;
+        const impl = options.EventSource ?? globalThis.EventSource;
+        if (!impl)
+            throw new TypeError("no EventSource implementation: pass one as options.EventSource");
+        this.EventSourceImpl = impl;
+        void this.open();
+    }
+    reconnect(delayMs = 0) {
+        if (this.state === "closed")
+            return;
+        this.drop();
+        this.schedule(delayMs);
+    }
+    close() {
+        if (this.state === "closed")
+            return;
+        clearTimeout(this.timer);
+        this.drop();
+        this.setState("closed");
+    }
+    async open() {
+        const source = this.options.token;
+        let token;
+        try {
+            token = typeof source === "function" ? await source() : source;
+        }
+        catch (e) {
+            this.report(e instanceof Error ? e : new Error(String(e)));
+            this.schedule();
+            return;
+        }
+        if (this.state === "closed" || this.source)
+            return;
+        const params = new URLSearchParams();
+        for (const topic of this.topics)
+            params.append("topic", topic);
+        if (this.options.filters)
+            params.set("filters", JSON.stringify(this.options.filters));
+        const resuming = this.lastEventId !== "";
+        if (resuming)
+            params.set("since", this.lastEventId);
+        else if (this.options.snapshot)
+            params.set("snapshot", "1");
+        if (token !== undefined)
+            params.set("token", token);
+        const target = `${this.url}${this.url.includes("?") ? "&" : "?"}${params}`;
+        const es = new this.EventSourceImpl(target);
+        this.source = es;
+        this.unsynced = !resuming && this.options.snapshot ? this.topics.length : 0;
+        this.snapshotEventId = "";
+        this.snapshotRows = 0;
+        let opened = false;
+        let reset = false;
+        es.onopen = () => {
+            opened = true;
+            this.everOpened = true;
+            this.setState("open");
+        };
+        es.addEventListener("error", (event) => {
+            if (this.source !== es)
+                return;
+            if (typeof event.data === "string") {
+                // The gateway's `error` event: a message about the stream, which goes on.
+                this.report(new GatewayError(JSON.parse(event.data)));
+                return;
+            }
+            // The stream failed or ended (a drop, the token's expiry, a refusal): never let the
+            // EventSource reconnect by itself with this URL.
+            const refused = !opened && es.readyState === EVENT_SOURCE_CLOSED;
+            this.drop();
+            if (refused)
+                void this.refused(target, typeof source === "function");
+            else
+                this.schedule();
+        });
+        es.addEventListener("ack", (event) => {
+            const ack = JSON.parse(event.data);
+            this.call(() => this.options.onAck?.(ack));
+            // One reset for the stream, however many of its topics could not resume.
+            if (resuming && ack.recovered === false && !reset) {
+                reset = true;
+                this.restart(ack);
+            }
+        });
+        es.addEventListener("synced", (event) => {
+            const message = JSON.parse(event.data);
+            if (this.unsynced > 0 && --this.unsynced === 0 && this.snapshotEventId)
+                this.lastEventId = this.snapshotEventId;
+            this.call(() => this.options.onSynced?.(message));
+        });
+        es.addEventListener("reset", (event) => this.restart(JSON.parse(event.data)));
+        es.addEventListener("data", (event) => {
+            if (this.source !== es)
+                return;
+            const message = JSON.parse(event.data);
+            const id = event.lastEventId ?? "";
+            if (this.unsynced > 0) {
+                // The snapshot's rows carry the ack's position: a resume from it would skip the rows
+                // still to come.
+                if (message.snapshot)
+                    this.snapshotRows += 1;
+                if (id)
+                    this.snapshotEventId = id;
+            }
+            else if (id) {
+                this.lastEventId = id;
+            }
+            this.call(() => this.options.onEvent(message));
+        });
+    }
+    /** The stream cannot go on from its position: the application drops its state, and a
+     * snapshot stream opens again with a fresh snapshot. */
+    restart(cause) {
+        this.call(() => this.options.onReset?.(cause));
+        if (this.state === "closed" || !this.options.snapshot)
+            return;
+        this.lastEventId = "";
+        this.unsynced = 0;
+        this.drop();
+        this.schedule(0);
+    }
+    /** EventSource does not say why a stream was refused; one plain request does. */
+    async refused(target, freshToken) {
+        const doFetch = this.options.fetch ?? globalThis.fetch;
+        let status = 0;
+        let body;
+        if (doFetch) {
+            const abort = new AbortController();
+            try {
+                const response = await doFetch(target, { signal: abort.signal, headers: { accept: "text/event-stream" } });
+                status = response.status;
+                if (!response.ok) {
+                    const json = (await response.json());
+                    if (json.code)
+                        body = { type: "error", code: json.code, message: json.message ?? "" };
+                }
+            }
+            catch {
+                // Unreachable: retried below like any drop.
+            }
+            finally {
+                abort.abort();
+            }
+        }
+        if (this.state === "closed")
+            return;
+        const curable = status === 0 || status === 200 || status === 429 || status >= 500 || (status === 401 && freshToken);
+        if (curable) {
+            this.schedule();
+            return;
+        }
+        const error = body ? new GatewayError(body) : new Error(`the gateway refused the stream: HTTP ${status}`);
+        this.setState("closed");
+        this.call(() => (this.options.onError ? this.options.onError(error) : this.report(error)));
+    }
+    drop() {
+        const es = this.source;
+        if (!es)
+            return;
+        this.source = null;
+        es.onopen = null;
+        es.close();
+        if (this.unsynced > 0 && this.snapshotRows > 0) {
+            const rows = this.snapshotRows;
+            const topic = this.topics.join(",");
+            this.unsynced = 0;
+            this.snapshotRows = 0;
+            // The next stream takes the snapshot again (lastEventId was not raised): the
+            // application drops the rows it holds first.
+            this.call(() => this.options.onReset?.(new SnapshotInterrupted(topic, rows)));
+        }
+    }
+    schedule(delay) {
+        if (this.state === "closed")
+            return;
+        clearTimeout(this.timer);
+        const wait = delay ?? backoffDelay(this.attempt++, this.options.reconnect?.minDelayMs ?? 500, this.options.reconnect?.maxDelayMs ?? 30_000);
+        this.setState(this.everOpened ? "reconnecting" : "connecting");
+        this.timer = setTimeout(() => void this.open(), wait);
+    }
+    setState(state) {
+        if (state === this.state)
+            return;
+        this.state = state;
+        if (state === "open")
+            this.attempt = 0;
+        this.call(() => this.options.onState?.(state));
+    }
+    report(error) {
+        if (this.options.onError)
+            this.options.onError(error);
+        else
+            console.error(error);
+    }
+    call(callback) {
+        try {
+            callback();
+        }
+        catch (e) {
+            console.error(e);
         }
     }
 }

@@ -1,7 +1,7 @@
 // The demo page: a live table of the current `cdc.order` rows drawn from cdc-gateway-client
-// (snapshot, then changes in place), and the same table read from /sse with EventSource.
-// Served by `cdc-gateway demo` next to /client.js, the client's built module.
-import { createClient } from "/client.js";
+// (snapshot, then changes in place), and the same table read from /sse with the client's
+// EventSource helper. Served by `cdc-gateway demo` next to /client.js, the client's built module.
+import { createClient, openEventStream } from "/client.js";
 
 const TOPIC = "cdc.order";
 const OFFLINE_MS = 2000;
@@ -93,6 +93,7 @@ function showState(element, state) {
   $(`${element}-text`).textContent = state;
 }
 
+/** The filters of the view shown: the last ones the gateway accepted. */
 let filters = {};
 
 // --- WebSocket panel -----------------------------------------------------------------------
@@ -166,14 +167,41 @@ $("drop").onclick = () => {
   client.reconnect(OFFLINE_MS);
 };
 
-$("apply").onclick = () => {
+/** Asks the gateway whether it accepts `candidate` (the `/sse` admission checks filters as a
+ * subscribe does, and answers 400 with the code and message when it refuses them): null when
+ * it does, else the refusal's text. The stream a good request opens is closed at once. */
+async function refusal(candidate) {
+  const abort = new AbortController();
+  const params = new URLSearchParams({ topic: TOPIC, filters: JSON.stringify(candidate) });
   try {
-    filters = JSON.parse($("filter").value || "{}");
+    const response = await fetch(`/sse?${params}`, { signal: abort.signal });
+    if (response.ok) return null;
+    const { code, message } = await response.json();
+    return `${code}: ${message}`;
+  } catch (e) {
+    return `the gateway could not check the filter: ${e.message}`;
+  } finally {
+    abort.abort();
+  }
+}
+
+$("apply").onclick = async () => {
+  let candidate;
+  try {
+    candidate = JSON.parse($("filter").value || "{}");
   } catch {
-    $("filter-error").textContent = "the filter is not JSON";
+    $("filter-error").textContent = "the filter is not JSON; still showing the last one applied";
+    return;
+  }
+  // A filter the gateway refuses leaves the view as it is: the tables keep the last good
+  // subscription and the error says why.
+  const refused = await refusal(candidate);
+  if (refused) {
+    $("filter-error").textContent = `${refused}; still showing ${JSON.stringify(filters)}`;
     return;
   }
   $("filter-error").textContent = "";
+  filters = candidate;
   subscribe();
   sse.restart();
 };
@@ -196,46 +224,29 @@ const sseTable = new RowTable($("sse-rows"), $("sse-row-count"), (row, message) 
 ], true);
 
 const sse = {
-  source: null,
-  lastEventId: "",
-  /** Opens the stream: from the last event id when there is one, else with a snapshot. */
+  stream: null,
+  /** Opens the stream: a snapshot, then live; after a drop the helper resumes from the last
+   * event id (a new EventSource each time, so a token would be fresh on every reconnect). */
   open() {
-    const params = new URLSearchParams({ topic: TOPIC, filters: JSON.stringify(filters) });
-    if (this.lastEventId) params.set("since", this.lastEventId);
-    else params.set("snapshot", "1");
-    const source = new EventSource(`/sse?${params}`);
-    this.source = source;
-    showState("sse-state", "connecting");
-    source.onopen = () => showState("sse-state", "open");
-    // A connection error (no data; EventSource retries with Last-Event-ID by itself), or the
-    // gateway's `error` event (with data).
-    source.addEventListener("error", (event) => {
-      if (event.data !== undefined) $("sse-note").textContent = JSON.parse(event.data).message;
-      else showState("sse-state", source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-    });
-    source.addEventListener("ack", (event) => {
-      const ack = JSON.parse(event.data);
-      if (ack.recovered === false) {
-        // Events were missed: start over from a fresh snapshot.
-        sseTable.clear();
-        this.lastEventId = "";
-        if (ack.snapshot === undefined) this.reopen(0);
-      }
-    });
-    source.addEventListener("data", (event) => {
-      if (event.lastEventId) this.lastEventId = event.lastEventId;
-      sseTable.apply(JSON.parse(event.data));
+    this.stream = openEventStream("/sse", {
+      topics: TOPIC,
+      filters,
+      snapshot: true,
+      reconnect: { minDelayMs: 200, maxDelayMs: 5000 },
+      onState: (state) => showState("sse-state", state),
+      onEvent: (message) => sseTable.apply(message),
+      // Events were missed, or a snapshot was cut short: a fresh snapshot follows.
+      onReset: () => sseTable.clear(),
+      onError: (error) => ($("filter-error").textContent = `SSE: ${error.message}`),
     });
   },
   reopen(delay) {
-    this.source?.close();
-    showState("sse-state", "reconnecting");
-    setTimeout(() => this.open(), delay);
+    this.stream.reconnect(delay);
   },
   restart() {
-    this.lastEventId = "";
+    this.stream?.close();
     sseTable.clear();
-    this.reopen(0);
+    this.open();
   },
 };
 
@@ -258,4 +269,4 @@ subscribe();
 sse.open();
 
 /** For the browser test and the curious: the page's state. */
-window.demo = { client, table, sseTable, get subscription() { return sub; } };
+window.demo = { client, table, sseTable, get subscription() { return sub; }, get filters() { return filters; } };

@@ -71,9 +71,10 @@ export interface SubscribeOptions {
 export interface SubscriptionHandlers {
   /** The gateway could not resume from the kept position (an ack with `recovered: false`,
    * or an error refusing the position), or told a live subscription that records were lost
-   * (a `reset` message): events may have been missed. State built from earlier events should
-   * be dropped; a snapshot subscription receives a fresh snapshot next. */
-  onReset?: (cause: SubscribeAck | GatewayError | ResetMessage) => void;
+   * (a `reset` message), or a reconnect cut a snapshot short (`SnapshotInterrupted`): events
+   * may have been missed. State built from earlier events should be dropped; a snapshot
+   * subscription receives a fresh snapshot next. */
+  onReset?: (cause: ResetCause) => void;
   /** The subscription failed or ended (e.g. INVALID_FILTER, FORBIDDEN after a token
    * refresh); it is no longer active, except after RATE_LIMITED, which it retries. */
   onError?: (error: GatewayError) => void;
@@ -85,7 +86,9 @@ export interface SubscriptionHandlers {
 
 export interface Subscription {
   readonly topic: string;
-  /** Position of the last event received per partition: where a resume starts. A copy. */
+  /** Position of the last event received per partition: where a resume starts. A copy. A
+   * snapshot subscription keeps none (`{}`) until its `synced`: a position taken before every
+   * snapshot row arrived would resume past the rows still to come. */
   readonly position: Position;
   /** Data messages dropped because they were at or below the kept position. */
   readonly duplicatesDropped: number;
@@ -107,6 +110,25 @@ export class GatewayError extends Error {
     this.requestId = message.id;
   }
 }
+
+/** The connection ended after some rows of a snapshot and before its `synced`: the rows
+ * received are part of the table only, and the rows still to come cannot be resumed (the
+ * snapshot is as of the ack's position, not a stream of records after it). `onReset` gets this,
+ * and a fresh snapshot follows on the next connection. */
+export class SnapshotInterrupted extends Error {
+  readonly topic: string;
+  /** Snapshot rows that reached the callback before the connection ended. */
+  readonly rowsReceived: number;
+  constructor(topic: string, rowsReceived: number) {
+    super(`the snapshot of ${topic} was cut short by a reconnect after ${rowsReceived} rows`);
+    this.name = "SnapshotInterrupted";
+    this.topic = topic;
+    this.rowsReceived = rowsReceived;
+  }
+}
+
+/** Why a subscription starts over (`onReset`). */
+export type ResetCause = SubscribeAck | GatewayError | ResetMessage | SnapshotInterrupted;
 
 /** The gateway closed the connection for a reason reconnecting cannot cure (4001 or 4002
  * with a fixed token), or the token could not be obtained. */
@@ -173,8 +195,16 @@ type Pending =
   | { kind: "other" };
 
 class SubscriptionState implements Subscription {
-  /** Set once the first ack arrived: from then on a subscribe carries `since`. */
+  /** Set once the first ack arrived (for a snapshot, once `synced` came): from then on a
+   * subscribe carries `since`. */
   private kept: Position | undefined;
+  /** The ack's position of a snapshot whose `synced` has not come yet: it becomes the kept
+   * position only when every row is in. */
+  private snapshotPosition: Position | undefined;
+  /** Snapshot rows handed to the application since that ack. */
+  private snapshotRows = 0;
+  /** The subscribe in flight asked for a snapshot. */
+  private snapshotAsked = false;
   duplicatesDropped = 0;
   active = true;
   /** The request id of the subscribe this connection is waiting on, if any. */
@@ -204,10 +234,21 @@ class SubscriptionState implements Subscription {
     const message: SubscribeRequest = { action: "subscribe", topic: this.topic, id };
     if (this.options.filters) message.filters = this.options.filters;
     this.resuming = this.kept !== undefined;
+    this.snapshotAsked = !this.resuming && this.options.snapshot === true;
+    this.snapshotPosition = undefined;
     if (this.kept !== undefined) message.since = { ...this.kept };
-    else if (this.options.snapshot) message.snapshot = true;
+    else if (this.snapshotAsked) message.snapshot = true;
     this.awaiting = id;
     return message;
+  }
+
+  /** A connection ended: how many rows of an unfinished snapshot the application holds (0 when
+   * no snapshot was under way). The next subscribe takes the snapshot again. */
+  interrupted(): number {
+    const rows = this.snapshotPosition !== undefined ? this.snapshotRows : 0;
+    this.snapshotPosition = undefined;
+    this.snapshotRows = 0;
+    return rows;
   }
 
   /** Takes the ack's position; true when the subscription must start over. */
@@ -223,13 +264,35 @@ class SubscriptionState implements Subscription {
       this.kept = { ...ack.position };
       return true;
     }
+    if (this.snapshotAsked) {
+      // The rows are as of this position; resuming from it before they have all arrived
+      // would skip the rest of them.
+      this.snapshotPosition = { ...ack.position };
+      this.snapshotRows = 0;
+      return false;
+    }
     this.kept = { ...ack.position };
     return false;
+  }
+
+  /** True when the `synced` belongs to this subscription; the snapshot's position is kept. */
+  synced(): boolean {
+    // A `synced` that arrives while a fresh subscribe waits for its ack ends the snapshot of
+    // the subscription being replaced.
+    if (this.awaiting !== undefined && !this.resuming) return false;
+    if (this.snapshotPosition !== undefined) {
+      this.kept = { ...this.snapshotPosition, ...this.kept };
+      this.snapshotPosition = undefined;
+      this.snapshotRows = 0;
+    }
+    return true;
   }
 
   /** Forget the position, so the next subscribe takes a fresh snapshot. */
   restart(): void {
     this.kept = undefined;
+    this.snapshotPosition = undefined;
+    this.snapshotRows = 0;
   }
 
   /** True when the message is new; raises the kept position. */
@@ -238,7 +301,10 @@ class SubscriptionState implements Subscription {
     // fresh subscribe waits for its ack belongs to the subscription it replaces (an earlier
     // one of the topic, with other filters, or the one a reset re-snapshots).
     if (this.awaiting !== undefined && !this.resuming) return false;
-    if (message.snapshot) return true;
+    if (message.snapshot) {
+      this.snapshotRows += 1;
+      return true;
+    }
     const kept = (this.kept ??= {});
     const qualified = message.source === undefined ? undefined : `${message.source}:${message.partition}`;
     const bare = String(message.partition);
@@ -399,7 +465,15 @@ export class Client {
   private ready(): void {
     this.everOpened = true;
     this.setState("open");
-    for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
+    for (const sub of [...this.subscriptions.values()]) {
+      const rows = sub.interrupted();
+      if (rows > 0) {
+        // The application holds part of a snapshot: it starts over with the fresh one.
+        this.call(() => sub.handlers.onReset?.(new SnapshotInterrupted(sub.topic, rows)));
+        if (!sub.active || this.subscriptions.get(sub.topic) !== sub) continue;
+      }
+      this.sendSubscribe(sub);
+    }
   }
 
   private sendSubscribe(sub: SubscriptionState): void {
@@ -424,7 +498,7 @@ export class Client {
       }
       case "synced": {
         const sub = this.subscriptions.get(message.topic);
-        if (sub) this.call(() => sub.handlers.onSynced?.(message));
+        if (sub && sub.synced()) this.call(() => sub.handlers.onSynced?.(message));
         break;
       }
       case "ack":
@@ -464,7 +538,7 @@ export class Client {
 
   /** The subscription cannot resume: the application drops its state, and a snapshot
    * subscription is replaced by one that sends the rows as they now stand, then `synced`. */
-  private reset(sub: SubscriptionState, cause: SubscribeAck | GatewayError | ResetMessage): void {
+  private reset(sub: SubscriptionState, cause: ResetCause): void {
     const refused = cause instanceof GatewayError;
     if (refused) sub.restart();
     this.call(() => sub.handlers.onReset?.(cause));
@@ -627,6 +701,271 @@ export class Client {
       callback();
     } catch (e) {
       this.emitError(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+}
+
+// --- Server-Sent Events ----------------------------------------------------------------------
+
+/** The part of the EventSource API the stream uses: the browser's fits. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  close(): void;
+  onopen: ((event: any) => void) | null;
+  addEventListener(type: string, listener: (event: any) => void): void;
+}
+
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+
+export interface EventStreamOptions extends Omit<SubscriptionHandlers, "onError"> {
+  /** The stream was refused for good (400, 403, or 401 with a fixed token: a `GatewayError`
+   * with the gateway's code), the gateway sent an `error` event, or a token could not be
+   * obtained. */
+  onError?: (error: Error) => void;
+  /** Every data message of the stream, once, in order per partition, across reconnects. */
+  onEvent: (message: DataMessage) => void;
+  /** Gateway topics of the stream (protocol section 8). */
+  topics: string | readonly string[];
+  /** One filter object for every topic. */
+  filters?: Filters;
+  /** Start with a snapshot of every topic; taken again after a reset. */
+  snapshot?: boolean;
+  /** A token, or a function called before every (re)connect: EventSource cannot send an
+   * `Authorization` header, so the token goes in the URL's `token` parameter, and a URL is
+   * never reused once its token may have expired. */
+  token?: TokenSource;
+  /** EventSource constructor; defaults to `globalThis.EventSource`. */
+  EventSource?: EventSourceConstructor;
+  /** Used to read why the gateway refused a stream (EventSource does not tell); defaults to
+   * `globalThis.fetch`. */
+  fetch?: typeof fetch;
+  /** Reconnect delays, as for the WebSocket client. */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /** The stream's state: "connecting", "open", "reconnecting", "closed". */
+  onState?: (state: ConnectionState) => void;
+}
+
+export interface EventStream {
+  readonly state: ConnectionState;
+  /** The stream's position (`topic:partition:offset,...`): where a reconnect resumes. Empty
+   * until a snapshot stream's every `synced`. */
+  readonly lastEventId: string;
+  /** Drops the stream and opens it again after `delayMs`, resuming from `lastEventId`. */
+  reconnect(delayMs?: number): void;
+  close(): void;
+}
+
+/** Opens an SSE stream (`/sse`) that resumes after every drop with nothing missed: each
+ * reconnect is a new EventSource with a fresh token and the last event id as `since` (the
+ * browser's own reconnect would reuse the first URL, expired token included, get 401 and stop).
+ * A refused stream is retried when a retry can cure it (401 with a token function, 429, 503)
+ * and ends with `onError` otherwise (400, 403). Error values never carry the URL. */
+export function openEventStream(url: string, options: EventStreamOptions): EventStream {
+  return new EventStreamState(url, options);
+}
+
+const EVENT_SOURCE_CLOSED = 2;
+
+class EventStreamState implements EventStream {
+  state: ConnectionState = "connecting";
+  lastEventId = "";
+  private readonly topics: readonly string[];
+  private readonly EventSourceImpl: EventSourceConstructor;
+  private source: EventSourceLike | null = null;
+  private attempt = 0;
+  private everOpened = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** The open stream is a snapshot whose topics have not all said `synced` yet. */
+  private unsynced = 0;
+  /** The id of the last event while the snapshot is still arriving: kept once it is whole. */
+  private snapshotEventId = "";
+  private snapshotRows = 0;
+
+  constructor(
+    private readonly url: string,
+    private readonly options: EventStreamOptions,
+  ) {
+    this.topics = typeof options.topics === "string" ? [options.topics] : options.topics;
+    const impl = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+    if (!impl) throw new TypeError("no EventSource implementation: pass one as options.EventSource");
+    this.EventSourceImpl = impl;
+    void this.open();
+  }
+
+  reconnect(delayMs = 0): void {
+    if (this.state === "closed") return;
+    this.drop();
+    this.schedule(delayMs);
+  }
+
+  close(): void {
+    if (this.state === "closed") return;
+    clearTimeout(this.timer);
+    this.drop();
+    this.setState("closed");
+  }
+
+  private async open(): Promise<void> {
+    const source = this.options.token;
+    let token: string | undefined;
+    try {
+      token = typeof source === "function" ? await source() : source;
+    } catch (e) {
+      this.report(e instanceof Error ? e : new Error(String(e)));
+      this.schedule();
+      return;
+    }
+    if (this.state === "closed" || this.source) return;
+    const params = new URLSearchParams();
+    for (const topic of this.topics) params.append("topic", topic);
+    if (this.options.filters) params.set("filters", JSON.stringify(this.options.filters));
+    const resuming = this.lastEventId !== "";
+    if (resuming) params.set("since", this.lastEventId);
+    else if (this.options.snapshot) params.set("snapshot", "1");
+    if (token !== undefined) params.set("token", token);
+    const target = `${this.url}${this.url.includes("?") ? "&" : "?"}${params}`;
+    const es = new this.EventSourceImpl(target);
+    this.source = es;
+    this.unsynced = !resuming && this.options.snapshot ? this.topics.length : 0;
+    this.snapshotEventId = "";
+    this.snapshotRows = 0;
+    let opened = false;
+    let reset = false;
+    es.onopen = () => {
+      opened = true;
+      this.everOpened = true;
+      this.setState("open");
+    };
+    es.addEventListener("error", (event: { data?: unknown }) => {
+      if (this.source !== es) return;
+      if (typeof event.data === "string") {
+        // The gateway's `error` event: a message about the stream, which goes on.
+        this.report(new GatewayError(JSON.parse(event.data) as ErrorMessage));
+        return;
+      }
+      // The stream failed or ended (a drop, the token's expiry, a refusal): never let the
+      // EventSource reconnect by itself with this URL.
+      const refused = !opened && es.readyState === EVENT_SOURCE_CLOSED;
+      this.drop();
+      if (refused) void this.refused(target, typeof source === "function");
+      else this.schedule();
+    });
+    es.addEventListener("ack", (event: { data: string }) => {
+      const ack = JSON.parse(event.data) as SubscribeAck;
+      this.call(() => this.options.onAck?.(ack));
+      // One reset for the stream, however many of its topics could not resume.
+      if (resuming && ack.recovered === false && !reset) {
+        reset = true;
+        this.restart(ack);
+      }
+    });
+    es.addEventListener("synced", (event: { data: string }) => {
+      const message = JSON.parse(event.data) as SyncedMessage;
+      if (this.unsynced > 0 && --this.unsynced === 0 && this.snapshotEventId) this.lastEventId = this.snapshotEventId;
+      this.call(() => this.options.onSynced?.(message));
+    });
+    es.addEventListener("reset", (event: { data: string }) => this.restart(JSON.parse(event.data) as ResetMessage));
+    es.addEventListener("data", (event: { data: string; lastEventId?: string }) => {
+      if (this.source !== es) return;
+      const message = JSON.parse(event.data) as DataMessage;
+      const id = event.lastEventId ?? "";
+      if (this.unsynced > 0) {
+        // The snapshot's rows carry the ack's position: a resume from it would skip the rows
+        // still to come.
+        if (message.snapshot) this.snapshotRows += 1;
+        if (id) this.snapshotEventId = id;
+      } else if (id) {
+        this.lastEventId = id;
+      }
+      this.call(() => this.options.onEvent(message));
+    });
+  }
+
+  /** The stream cannot go on from its position: the application drops its state, and a
+   * snapshot stream opens again with a fresh snapshot. */
+  private restart(cause: ResetCause): void {
+    this.call(() => this.options.onReset?.(cause));
+    if (this.state === "closed" || !this.options.snapshot) return;
+    this.lastEventId = "";
+    this.unsynced = 0;
+    this.drop();
+    this.schedule(0);
+  }
+
+  /** EventSource does not say why a stream was refused; one plain request does. */
+  private async refused(target: string, freshToken: boolean): Promise<void> {
+    const doFetch = this.options.fetch ?? globalThis.fetch;
+    let status = 0;
+    let body: ErrorMessage | undefined;
+    if (doFetch) {
+      const abort = new AbortController();
+      try {
+        const response = await doFetch(target, { signal: abort.signal, headers: { accept: "text/event-stream" } });
+        status = response.status;
+        if (!response.ok) {
+          const json = (await response.json()) as { code?: ErrorCode; message?: string };
+          if (json.code) body = { type: "error", code: json.code, message: json.message ?? "" };
+        }
+      } catch {
+        // Unreachable: retried below like any drop.
+      } finally {
+        abort.abort();
+      }
+    }
+    if (this.state === "closed") return;
+    const curable = status === 0 || status === 200 || status === 429 || status >= 500 || (status === 401 && freshToken);
+    if (curable) {
+      this.schedule();
+      return;
+    }
+    const error = body ? new GatewayError(body) : new Error(`the gateway refused the stream: HTTP ${status}`);
+    this.setState("closed");
+    this.call(() => (this.options.onError ? this.options.onError(error) : this.report(error)));
+  }
+
+  private drop(): void {
+    const es = this.source;
+    if (!es) return;
+    this.source = null;
+    es.onopen = null;
+    es.close();
+    if (this.unsynced > 0 && this.snapshotRows > 0) {
+      const rows = this.snapshotRows;
+      const topic = this.topics.join(",");
+      this.unsynced = 0;
+      this.snapshotRows = 0;
+      // The next stream takes the snapshot again (lastEventId was not raised): the
+      // application drops the rows it holds first.
+      this.call(() => this.options.onReset?.(new SnapshotInterrupted(topic, rows)));
+    }
+  }
+
+  private schedule(delay?: number): void {
+    if (this.state === "closed") return;
+    clearTimeout(this.timer);
+    const wait =
+      delay ?? backoffDelay(this.attempt++, this.options.reconnect?.minDelayMs ?? 500, this.options.reconnect?.maxDelayMs ?? 30_000);
+    this.setState(this.everOpened ? "reconnecting" : "connecting");
+    this.timer = setTimeout(() => void this.open(), wait);
+  }
+
+  private setState(state: ConnectionState): void {
+    if (state === this.state) return;
+    this.state = state;
+    if (state === "open") this.attempt = 0;
+    this.call(() => this.options.onState?.(state));
+  }
+
+  private report(error: Error): void {
+    if (this.options.onError) this.options.onError(error);
+    else console.error(error);
+  }
+
+  private call(callback: () => void): void {
+    try {
+      callback();
+    } catch (e) {
+      console.error(e);
     }
   }
 }

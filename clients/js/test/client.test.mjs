@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, mock, test } from "node:test";
 
-import { backoffDelay, createClient, GatewayError, tokenExpiry } from "../dist/index.js";
+import { backoffDelay, createClient, GatewayError, SnapshotInterrupted, tokenExpiry } from "../dist/index.js";
 import { FakeSocket } from "./fake-socket.mjs";
 
 const URL = "ws://gateway.test/ws";
@@ -144,6 +144,114 @@ test("recovered:false resets and takes a fresh snapshot, whose rows pass despite
   socket.deliver(data(22));
   assert.deepEqual(seen, [[3, true], [9, false], [12, true], [22, false]]);
   assert.deepEqual(events, ["synced", "reset", "synced"]);
+  client.close();
+});
+
+test("a reconnect between snapshot rows takes the snapshot again: no position is kept before synced", async () => {
+  const client = await openClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } });
+  const rows = new Map();
+  const causes = [];
+  const synced = [];
+  const sub = client.subscribe("cdc.order", { snapshot: true }, (m) => rows.set(m.payload.entity_id, m.offset), {
+    onReset: (cause) => {
+      causes.push(cause);
+      rows.clear();
+    },
+    onSynced: () => synced.push(new Map(rows)),
+  });
+  let socket = FakeSocket.last();
+  socket.open();
+  let subscribe = socket.lastSent("subscribe");
+  assert.equal(subscribe.snapshot, true);
+  // Three rows promised; one arrives, then the connection goes.
+  socket.deliver(ack("cdc.order", subscribe.id, { "cdc.events:0": 40 }, { snapshot: { rows: 3, complete: true } }));
+  socket.deliver(data(10, { id: "1", snapshot: true }));
+  assert.deepEqual(sub.position, {}, "no position while snapshot rows are still to come");
+  socket.serverClose(1006);
+  mock.timers.tick(5);
+  await settle();
+  socket = FakeSocket.last();
+  socket.open();
+  subscribe = socket.lastSent("subscribe");
+  assert.equal(subscribe.since, undefined, "a resume from the ack's position would skip rows 2 and 3");
+  assert.equal(subscribe.snapshot, true, "the snapshot is taken again");
+  assert.equal(causes.length, 1, "the partial table is dropped first");
+  assert.ok(causes[0] instanceof SnapshotInterrupted);
+  assert.equal(causes[0].topic, "cdc.order");
+  assert.equal(causes[0].rowsReceived, 1);
+  // Row 1 was deleted while the client was away: the fresh snapshot no longer has it.
+  socket.deliver(ack("cdc.order", subscribe.id, { "cdc.events:0": 45 }, { snapshot: { rows: 2, complete: true } }));
+  socket.deliver(data(20, { id: "2", snapshot: true }));
+  socket.deliver(data(30, { id: "3", snapshot: true }));
+  socket.deliver({ type: "synced", topic: "cdc.order" });
+  assert.deepEqual(synced, [new Map([["2", 20], ["3", 30]])]);
+  assert.deepEqual(sub.position, { "cdc.events:0": 45 }, "kept from the synced snapshot's ack");
+  socket.deliver(data(45));
+  socket.deliver(data(46, { id: "3" }));
+  assert.equal(rows.get("3"), 46);
+  assert.equal(sub.duplicatesDropped, 1);
+  // Once synced, a reconnect resumes.
+  socket.serverClose(1006);
+  mock.timers.tick(5);
+  await settle();
+  socket = FakeSocket.last();
+  socket.open();
+  subscribe = socket.lastSent("subscribe");
+  assert.deepEqual(subscribe.since, { "cdc.events:0": 46 });
+  assert.equal(subscribe.snapshot, undefined);
+  assert.equal(causes.length, 1);
+  client.close();
+});
+
+test("a reconnect before any snapshot row, or before the ack, snapshots again without a reset", async () => {
+  const client = await openClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } });
+  const causes = [];
+  client.subscribe("cdc.order", { snapshot: true }, () => {}, { onReset: (c) => causes.push(c) });
+  let socket = FakeSocket.last();
+  socket.open();
+  socket.serverClose(1006); // before the ack
+  mock.timers.tick(5);
+  await settle();
+  socket = FakeSocket.last();
+  socket.open();
+  let subscribe = socket.lastSent("subscribe");
+  assert.equal(subscribe.snapshot, true);
+  socket.deliver(ack("cdc.order", subscribe.id, { "cdc.events:0": 4 }, { snapshot: { rows: 2, complete: true } }));
+  socket.serverClose(1006); // after the ack, before any row
+  mock.timers.tick(5);
+  await settle();
+  socket = FakeSocket.last();
+  socket.open();
+  subscribe = socket.lastSent("subscribe");
+  assert.equal(subscribe.snapshot, true);
+  assert.equal(subscribe.since, undefined);
+  assert.deepEqual(causes, [], "nothing to drop: no row had arrived");
+  client.close();
+});
+
+test("the synced of a replaced snapshot subscription is not taken for the new one's", async () => {
+  const client = await openClient();
+  const events = [];
+  const sub = client.subscribe("cdc.order", { snapshot: true }, (m) => events.push(`row:${m.offset}`), {
+    onSynced: () => events.push("synced"),
+  });
+  const socket = FakeSocket.last();
+  socket.open();
+  const first = socket.lastSent("subscribe");
+  socket.deliver(ack("cdc.order", first.id, { "cdc.events:0": 8 }, { snapshot: { rows: 1, complete: true } }));
+  socket.deliver(data(3, { snapshot: true }));
+  socket.deliver({ type: "synced", topic: "cdc.order" });
+  // A reset re-snapshots: what the old snapshot still had in flight is not the new one's.
+  socket.deliver({ type: "reset", topic: "cdc.order", reason: "records_lost", source: "cdc.events", partition: 0, from: 9, to: 9 });
+  const again = socket.lastSent("subscribe");
+  assert.notEqual(again.id, first.id);
+  socket.deliver({ type: "synced", topic: "cdc.order" });
+  assert.deepEqual(sub.position, {});
+  socket.deliver(ack("cdc.order", again.id, { "cdc.events:0": 12 }, { snapshot: { rows: 1, complete: true } }));
+  socket.deliver(data(11, { snapshot: true }));
+  socket.deliver({ type: "synced", topic: "cdc.order" });
+  assert.deepEqual(events, ["row:3", "synced", "row:11", "synced"]);
+  assert.deepEqual(sub.position, { "cdc.events:0": 12 });
   client.close();
 });
 
