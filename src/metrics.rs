@@ -408,3 +408,40 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/operating.md's metrics table is the operator's list of what `/metrics` exports
+    /// (issue 22.13: metrics were missing from it). Every name this module registers has a
+    /// row there, and every row names a metric this module registers: a metric added
+    /// without its row, or a row left after its metric went, fails here.
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        let source = include_str!("metrics.rs");
+        let guide = include_str!("../docs/operating.md");
+        let names = |text: &str, prefix: &str| -> std::collections::BTreeSet<String> {
+            text.match_indices(prefix)
+                .map(|(at, _)| {
+                    text[at + prefix.len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect::<String>()
+                })
+                .filter(|name| !name.is_empty() && !name.ends_with('_'))
+                .collect()
+        };
+        let registered = names(source, "\"cdc_gateway_");
+        let documented = names(guide, "| `cdc_gateway_");
+        assert!(registered.len() > 30, "{registered:?}");
+        let undocumented: Vec<_> = registered.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "registered in src/metrics.rs, no row in docs/operating.md's metrics table: {undocumented:?}"
+        );
+        let stale: Vec<_> = documented.difference(&registered).collect();
+        assert!(
+            stale.is_empty(),
+            "rows in docs/operating.md for metrics src/metrics.rs does not register: {stale:?}"
+        );
+    }
+}

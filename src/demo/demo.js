@@ -270,3 +270,25 @@ sse.open();
 
 /** For the browser test and the curious: the page's state. */
 window.demo = { client, table, sseTable, get subscription() { return sub; }, get filters() { return filters; } };
+
+/**
+ * Who is watching (protocol section 10): a socket of its own subscribed to the topic's
+ * presence, showing the count over every replica (the demo runs without tokens, so nobody is
+ * named). It reconnects by itself; the tables above do not depend on it.
+ */
+function watchPresence() {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+  const socket = new WebSocket(url);
+  socket.onopen = () =>
+    socket.send(JSON.stringify({ action: "subscribe", topic: TOPIC, presence: true, filters: { entity_id: "none" } }));
+  socket.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type !== "presence") return;
+    // Every subscription counts: this page's table, its SSE panel and this socket too.
+    $("watching-count").textContent = String(message.subscribers);
+    $("watching").dataset.subscribers = String(message.subscribers);
+  };
+  socket.onclose = () => setTimeout(watchPresence, 2000);
+}
+watchPresence();
+

@@ -81,6 +81,16 @@ test("the demo page in Chromium: live table, change in place, drop and resume, S
     await page.waitForSelector('#ws-state[data-state="open"]');
     await until(async () => (await pageRows(page)).length >= 5, "rows appear", 30_000);
 
+    // Who is watching (presence): this page's subscriptions, then a second viewer's too.
+    const watching = async (p) => Number(await p.getAttribute("#watching", "data-subscribers"));
+    await until(async () => (await watching(page)) >= 2, "the page sees its own subscriptions", 15_000);
+    const alone = await watching(page);
+    const second = await browser.newPage();
+    await second.goto(`http://127.0.0.1:${port}/`);
+    await until(async () => (await watching(page)) > alone, "a second viewer shows in presence", 15_000);
+    await second.close();
+    await until(async () => (await watching(page)) === alone, "and goes when it leaves", 15_000);
+
     // A row changes in place: its position moves on and its id is still there once.
     const before = new Map(await pageRows(page));
     let changed;
