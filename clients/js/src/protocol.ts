@@ -117,6 +117,7 @@ export type ErrorCode =
   | "FORBIDDEN"
   | "TOO_MANY_SUBSCRIPTIONS"
   | "RATE_LIMITED"
+  | "BACKLOG_FULL"
   | "NOT_SUBSCRIBED"
   | "UNAUTHENTICATED";
 
@@ -156,6 +157,20 @@ export interface ResetMessage {
   to: number;
 }
 
+/** Who watches a topic over every replica (protocol section 10): the answer to a
+ * `presence` request, or a change sent to a subscription made with `presence: true` (then
+ * with `joins` and `leaves`), at most one a second. `users` (token subjects) come under
+ * `--auth jwt` only. */
+export interface PresenceMessage {
+  type: "presence";
+  topic: string;
+  subscribers: number;
+  users?: string[];
+  joins?: string[];
+  leaves?: string[];
+  id?: RequestId;
+}
+
 /** Every text frame the gateway sends on /ws. */
 export type ServerMessage =
   | DataMessage
@@ -164,7 +179,8 @@ export type ServerMessage =
   | ErrorMessage
   | PingMessage
   | PongMessage
-  | ResetMessage;
+  | ResetMessage
+  | PresenceMessage;
 
 /** A value a filter compares with. */
 export type Scalar = string | number | boolean | null;
@@ -200,6 +216,15 @@ export interface SubscribeRequest {
   filters?: Filters;
   since?: Position;
   snapshot?: boolean;
+  /** Also receive presence messages of the topic (protocol section 10). */
+  presence?: boolean;
+  id?: RequestId;
+}
+
+/** Who watches `topic` (protocol section 10): answered by a {@link PresenceMessage}. */
+export interface PresenceRequest {
+  action: "presence";
+  topic: string;
   id?: RequestId;
 }
 
@@ -225,5 +250,6 @@ export type ClientMessage =
   | AuthRequest
   | SubscribeRequest
   | UnsubscribeRequest
+  | PresenceRequest
   | PingRequest
   | PongRequest;
