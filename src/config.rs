@@ -456,7 +456,7 @@ pub struct Config {
 
     /// The compacted Kafka topic through which replicas share presence (who watches which
     /// topic): each publishes its own counts there and reads the others'. Default:
-    /// `<group-id>-presence` (the --group-id, without --instance), created (cleanup.policy=compact) when missing. An empty value
+    /// `<group id>-presence` (the deployment's group id, without --instance), created (cleanup.policy=compact) when missing. An empty value
     /// keeps presence to this replica's clients.
     #[arg(global = true, long, env = "CDC_GATEWAY_PRESENCE_TOPIC")]
     pub presence_topic: Option<String>,
