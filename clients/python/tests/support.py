@@ -261,6 +261,25 @@ class Gateway:
     async def astart(self) -> None:
         await asyncio.to_thread(self.start)
 
+    def dispatched(self) -> int:
+        """Records the gateway has dispatched (its metrics): a snapshot taken after this
+        reaches `n` holds them."""
+        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("cdc_gateway_events_consumed_total{") and 'result="dispatched"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    async def caught_up(self, records: int, timeout: float = 30) -> None:
+        """Waits until the gateway has dispatched `records` records."""
+        deadline = time.monotonic() + timeout
+        while (n := await asyncio.to_thread(self.dispatched)) < records:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway dispatched {n} of {records} records in {timeout}s")
+            await asyncio.sleep(0.05)
+
     def kill(self) -> None:
         """SIGKILL: no drain, no last commit, sockets cut."""
         stop(self.proc, signal.SIGKILL)

@@ -106,6 +106,7 @@ async def test_a_connection_lost_during_the_snapshot_takes_the_snapshot_again(to
     rows = 120
     for n in range(rows):
         await producer.asend(source, str(n), order(n, n))
+    await gw.caught_up(rows)
     async with Client(gw.ws_url, min_delay=0.05, max_delay=0.5) as client:
         acks: list[SubscribeAck] = []
         synced: list[float] = []
