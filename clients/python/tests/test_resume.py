@@ -11,6 +11,7 @@ import collections
 import time
 
 from cdc_gateway_client import Client, ConnectionState, LiveTable, SubscribeAck
+
 from support import order, until
 
 

@@ -10,6 +10,7 @@ import collections
 import pytest
 
 from cdc_gateway_client import DataMessage, LiveTable, SseError, SseReader, SubscribeAck, SyncedMessage
+
 from support import order, until
 
 

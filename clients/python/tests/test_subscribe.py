@@ -9,6 +9,7 @@ import time
 import pytest
 
 from cdc_gateway_client import Client, ConnectionState, DataMessage, GatewayError, LiveTable, Unauthorized
+
 from support import order, sign_jwt, until
 
 

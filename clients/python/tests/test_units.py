@@ -23,6 +23,7 @@ from cdc_gateway_client import (
     token_expiry,
 )
 from cdc_gateway_client.subscription import Subscription
+
 from support import sign_jwt
 
 
@@ -63,7 +64,8 @@ def test_messages_parse_typed_and_refuse_malformed():
     assert isinstance(m, DataMessage) and m.leave and not m.snapshot and m.key == "s:1"
     assert m.payload.row == {"id": 7, "amount": Decimal("1.50")}
     assert parse_message('{"type":"synced","topic":"cdc.x"}') == SyncedMessage("cdc.x")
-    r = parse_message('{"type":"reset","topic":"cdc.x","reason":"records_lost","source":"s","partition":0,"from":3,"to":9}')
+    r = parse_message('{"type":"reset","topic":"cdc.x","reason":"records_lost",'
+                      '"source":"s","partition":0,"from":3,"to":9}')
     assert (r.first, r.last) == (3, 9)
     for bad in ["[1]", "nope", '{"type":"data","topic":"cdc.x"}', '{"type":"ack","action":"subscribe","topic":"t",'
                 '"position":{"s:0":"1"}}', '{"type":"martian"}']:
@@ -132,8 +134,9 @@ def test_live_table_swaps_a_snapshot_in_as_a_difference():
     changes = []
     table.on_change(lambda c: changes.append((c.kind, c.id)))
     table.apply(ack({"src:0": 3}, snapshot=True))
-    for m in [data(1, "a", snapshot=True), data(2, "b", snapshot=True), data(3, "c", snapshot=True, operation="delete")]:
-        table.apply(m)
+    table.apply(data(1, "a", snapshot=True))
+    table.apply(data(2, "b", snapshot=True))
+    table.apply(data(3, "c", snapshot=True, operation="delete"))
     assert len(table) == 0 and not table.synced, "nothing shows before synced"
     table.apply(SyncedMessage("cdc.order"))
     assert sorted(table.rows) == ["a", "b"] and sorted(changes) == [("upsert", "a"), ("upsert", "b")]

@@ -191,13 +191,13 @@ class LiveTable:
 
     def _swap(self, rows: dict[str, Row]) -> None:
         old, self._rows = self._rows, rows
-        for row_id, previous in old.items():
+        for row_id, gone in old.items():
             if row_id not in rows:
-                self._emit(RowChange("remove", row_id, None, previous))
+                self._emit(RowChange("remove", row_id, None, gone))
         for row_id, row in rows.items():
-            previous = old.get(row_id)
-            if previous != row:
-                self._emit(RowChange("upsert", row_id, row, previous))
+            held = old.get(row_id)
+            if held != row:
+                self._emit(RowChange("upsert", row_id, row, held))
 
     def _emit(self, change: RowChange) -> None:
         self.version += 1
@@ -214,7 +214,8 @@ def _fold(rows: dict[str, Row], row_id: str | None, event: ChangeEvent, leave: b
         return
     if row_id is None:
         return
-    if leave or event.operation == "delete" or event.data is None:
-        rows.pop(row_id, None)
+    row = event.data
+    if row is not None and not leave and event.operation != "delete":
+        rows[row_id] = row
     else:
-        rows[row_id] = event.data
+        rows.pop(row_id, None)

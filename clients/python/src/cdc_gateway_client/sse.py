@@ -163,8 +163,8 @@ class SseReader:
                 await asyncio.sleep(backoff_delay(attempt, self.min_delay, self.max_delay))
                 attempt += 1
 
-    def _params(self, resuming: bool) -> list[tuple[str, str]]:
-        params = [("topic", t) for t in self.topics]
+    def _params(self, resuming: bool) -> list[tuple[str, str | int | float | bool | None]]:
+        params: list[tuple[str, str | int | float | bool | None]] = [("topic", t) for t in self.topics]
         if self.filters:
             params.append(("filters", json.dumps(self.filters)))
         if self.snapshot and not resuming:
@@ -246,7 +246,8 @@ class SseReader:
 
 async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
     """Server-sent events as (event, data, id), per the HTML living standard's parsing."""
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data:
