@@ -212,7 +212,6 @@ class Client:
         loop = asyncio.get_running_loop()
         attempt = 0
         while self._state is not ConnectionState.CLOSED:
-            self._set_state(ConnectionState.RECONNECTING if self._ever_opened else ConnectionState.CONNECTING)
             opened_at: float | None = None
             close_code: int | None = None
             close_reason = ""
@@ -242,6 +241,8 @@ class Client:
             finally:
                 self._ws = None
                 self._connection_ended()
+                if self._state is ConnectionState.OPEN:
+                    self._set_state(ConnectionState.RECONNECTING)
             if self._state is ConnectionState.CLOSED:
                 return
             if close_code in (UNAUTHORIZED, AUTH_TIMEOUT) and not callable(self.token):
@@ -260,7 +261,6 @@ class Client:
             else:
                 delay = backoff_delay(attempt, self.min_delay, self.max_delay)
                 attempt += 1
-            self._set_state(ConnectionState.RECONNECTING if self._ever_opened else ConnectionState.CONNECTING)
             await asyncio.sleep(delay)
 
     async def _session(self, ws: ClientConnection, token: str | None) -> None:

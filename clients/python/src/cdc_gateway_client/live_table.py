@@ -126,15 +126,22 @@ class LiveTable:
         return self._subscription
 
     async def wait_synced(self, timeout: float | None = None) -> None:
+        """Waits for the first snapshot. Over SSE, raises what ended the stream (an
+        `SseError` for a refused topic or filter) instead of waiting it out."""
         waiter = asyncio.ensure_future(self._synced.wait())
+        watched: set[asyncio.Future[Any]] = {waiter}
+        if self._task is not None:
+            watched.add(self._task)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
         if self._task is not None and self._task.done() and not self._task.cancelled():
             exc = self._task.exception()
             if exc is not None:
                 raise exc
+        if not self._synced.is_set():
+            raise TimeoutError(f"the live table was not synced within {timeout}s")
 
     def on_change(self, listener: Callable[[RowChange], None]) -> Callable[[], None]:
         """Calls `listener` (a plain function) with every change of the table, after it is
