@@ -32,26 +32,38 @@ async def test_gateway_killed_mid_stream_every_record_arrives_exactly_once(tansu
         )
         await sub.wait_ready(30)
 
-        total, kill_after = 400, 150
+        total, kill_after, back_by = 400, 150, 300
         ends: dict[int, int] = {}
-        at_kill: dict[str, int] = {}
+        at: dict[str, int] = {}
+        produced = 0
+
+        async def restart() -> None:
+            await gw.astart()
+            at["produced_when_back"] = produced
 
         async def produce() -> None:
+            nonlocal produced
             for n in range(total):
                 partition, offset = await producer.asend(source, str(n % 40), order(n % 40, n))
+                produced += 1
                 ends[partition] = max(ends.get(partition, 0), offset + 1)
                 if n == kill_after:
                     # Mid-stream: the client is receiving, and most records are still to come.
                     await until(lambda: len(received) >= 50, "the client receives before the kill")
                     gw.kill()
-                    at_kill.update(received=len(received), produced=n + 1)
-                    restart = asyncio.create_task(gw.astart())
+                    at.update(received_at_kill=len(received), produced_at_kill=produced)
+                    restarting = asyncio.create_task(restart())
+                if n == back_by:
+                    # The last records go to the restarted gateway, live behind the replay.
+                    await restarting
                 await asyncio.sleep(0.003)
-            await restart
 
         await asyncio.wait_for(produce(), 120)
-        assert at_kill["received"] < total and total - at_kill["produced"] > 100, (
-            f"the kill did not happen mid-stream: {at_kill}")
+        # The kill came mid-stream: the client had records still to receive, records were
+        # produced while the gateway was down (only the resume can deliver those) and after
+        # it was back (live, behind the replay).
+        assert at["received_at_kill"] < total, at
+        assert at["produced_at_kill"] < at["produced_when_back"] < total, f"not mid-stream: {at}"
 
         in_broker = await asyncio.to_thread(tansu.read_topic, source, ends)
         assert len(in_broker) == total, "the broker holds every record"
