@@ -4,7 +4,8 @@
 # workspace, the criterion benches in test mode, a short load-generator smoke run that fails
 # on any loss or error, then the JavaScript client's tests (unit, end to end against the
 # gateway binary and tansu, and the demo page in headless Chromium), and the real-CDC tests
-# (scripts/test-cdc.sh: PostgreSQL and Debezium, installed and cached outside the repo).
+# (scripts/test-cdc.sh: PostgreSQL and Debezium, installed and cached outside the repo), and the
+# Python client's tests (scripts/test-python.sh, a venv cached outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CDC_GATEWAY_TANSU="$(bash scripts/install-tansu.sh)"
@@ -27,6 +28,8 @@ cargo build --locked --bin cdc-gateway
 CDC_GATEWAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/cdc-gateway"
 # The real pipeline: Postgres -> Debezium -> tansu -> gateway -> clients, judged against SELECTs.
 CDC_GATEWAY_BIN="$CDC_GATEWAY_BIN" bash scripts/test-cdc.sh
+# clients/python: unit tests and end to end against the gateway binary and tansu.
+CDC_GATEWAY_BIN="$CDC_GATEWAY_BIN" bash scripts/test-python.sh
 CDC_GATEWAY_CHROMIUM="$(bash scripts/install-browser.sh)"
 if [ -z "$CDC_GATEWAY_CHROMIUM" ]; then
   echo "SKIPPING the browser test of the demo page: Chromium cannot be installed on this machine" >&2
