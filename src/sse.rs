@@ -275,6 +275,11 @@ async fn run(
     let mut stream = Stream {
         connection,
         position: Position::new(),
+        unsynced: if request.snapshot {
+            request.topics.len()
+        } else {
+            0
+        },
     };
     if stream.open(request, &chunks).await {
         let pump = stream.pump(&mut queue, &chunks);
@@ -292,6 +297,11 @@ struct Stream {
     connection: Connection,
     /// The stream's one position over all its topics: its `id:`.
     position: Position,
+    /// Topics whose snapshot has not reached `synced` yet. Until every one has, data
+    /// carries no `id:`: a browser's EventSource that reconnects mid-snapshot then sends no
+    /// `Last-Event-ID` and gets the whole snapshot again, where the ack's position would
+    /// resume past the rows not yet sent (`recovered: true` with half a table).
+    unsynced: usize,
 }
 
 impl Stream {
@@ -395,6 +405,14 @@ impl Stream {
             if let Some(kind) = kind {
                 out.put_slice(b"event: ");
                 out.put_slice(kind);
+                if kind == b"synced" && self.unsynced > 0 {
+                    self.unsynced -= 1;
+                    if self.unsynced == 0 {
+                        // The snapshot is whole: from here a reconnect resumes.
+                        out.put_slice(b"\nid: ");
+                        out.put_slice(to_event_id(&self.position).as_bytes());
+                    }
+                }
                 out.put_slice(b"\ndata: ");
                 out.put_slice(&message);
                 out.put_slice(b"\n\n");
@@ -404,8 +422,11 @@ impl Stream {
                 let offset = self.position.entry(at.key()).or_insert(at.offset);
                 *offset = (*offset).max(at.offset);
             }
-            out.put_slice(b"event: data\nid: ");
-            out.put_slice(to_event_id(&self.position).as_bytes());
+            out.put_slice(b"event: data");
+            if self.unsynced == 0 {
+                out.put_slice(b"\nid: ");
+                out.put_slice(to_event_id(&self.position).as_bytes());
+            }
             out.put_slice(b"\ndata: ");
             out.put_slice(&message);
             out.put_slice(b"\n\n");

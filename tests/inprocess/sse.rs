@@ -226,9 +226,10 @@ async fn a_resumed_stream_keeps_its_position_sends_heartbeats_and_ends_at_shutdo
     let (event, id, row) = second.next_event(WAIT).await.unwrap();
     assert_eq!((event.as_str(), &row["snapshot"]), ("data", &json!(true)));
     assert_eq!(row["payload"]["entity_id"], "5");
-    assert!(id.is_some_and(|id| id.starts_with(&format!("{topic}:0:"))));
-    let (event, _, _) = second.next_event(WAIT).await.unwrap();
+    assert_eq!(id, None, "a snapshot row carries no event id before synced");
+    let (event, id, _) = second.next_event(WAIT).await.unwrap();
     assert_eq!(event, "synced");
+    assert!(id.is_some_and(|id| id.starts_with(&format!("{topic}:0:"))));
     drop(second);
 
     gateway.signal("TERM");
@@ -408,4 +409,38 @@ async fn open_streams_leave_health_probes_and_sessions_their_sockets() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A browser's EventSource that drops mid-snapshot reconnects with the last `id:` it saw.
+/// Snapshot rows once carried the ack's position as theirs, so that reconnect resumed past
+/// the rows not yet sent (`recovered: true`, half a table). Until every topic's `synced`, data
+/// carries no `id:` (a reconnect then sends no Last-Event-ID and gets the snapshot again);
+/// `synced` carries the position the stream resumes from.
+#[tokio::test]
+async fn snapshot_rows_carry_no_event_id_until_synced() {
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
+    for n in 0..3 {
+        producer
+            .update_order(&topic, &n.to_string(), json!({"id": n.to_string()}))
+            .await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while gateway.metric("cdc_gateway_snapshot_rows").await < 3.0 {
+        assert!(std::time::Instant::now() < deadline, "rows never cached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sse = SseClient::open(gateway.addr(), "/sse?topic=cdc.order&snapshot=true", &[]).await;
+    assert_eq!(sse.next_event(WAIT).await.unwrap().0, "ack");
+    for _ in 0..3 {
+        let (event, id, data) = sse.next_event(WAIT).await.unwrap();
+        assert_eq!((event.as_str(), &data["snapshot"]), ("data", &json!(true)));
+        assert_eq!(id, None, "a snapshot row has no event id: {data}");
+    }
+    let (event, id, _) = sse.next_event(WAIT).await.unwrap();
+    assert_eq!(event, "synced");
+    let synced_at = id.expect("synced carries the position to resume from");
+    assert_eq!(synced_at, format!("{topic}:0:2"));
+    producer.update_order(&topic, "9", json!({"id": "9"})).await;
+    let (event, id, _) = sse.next_event(WAIT).await.unwrap();
+    assert_eq!((event.as_str(), id), ("data", Some(format!("{topic}:0:3"))));
 }
