@@ -127,6 +127,8 @@ class SubscriptionState {
             message.since = { ...this.kept };
         else if (this.snapshotAsked)
             message.snapshot = true;
+        if (this.options.presence)
+            message.presence = true;
         this.awaiting = id;
         return message;
     }
@@ -264,6 +266,19 @@ export class Client {
             this.sendSubscribe(sub);
         return sub;
     }
+    /** Who watches `topic` over every replica (protocol section 10): its subscriber count and,
+     * under `--auth jwt`, the users (token subjects). Rejects with a GatewayError (FORBIDDEN
+     * for a topic the token may not read), or when the connection is not open or drops first. */
+    presence(topic) {
+        return new Promise((resolve, reject) => {
+            if (this.currentState !== "open") {
+                reject(new Error(`not connected (${this.currentState})`));
+                return;
+            }
+            const id = this.request({ kind: "presence", resolve, reject });
+            this.send({ action: "presence", topic, id });
+        });
+    }
     /** Drops the connection and reconnects after `delayMs` (default at once), resuming every
      * subscription: for applications that know the network changed, and for demos and tests. */
     reconnect(delayMs = 0) {
@@ -400,6 +415,19 @@ export class Client {
                     this.reset(sub, message);
                 break;
             }
+            case "presence": {
+                const pending = message.id !== undefined ? this.pending.get(message.id) : undefined;
+                if (pending?.kind === "presence" && message.id !== undefined) {
+                    this.pending.delete(message.id);
+                    pending.resolve(message);
+                }
+                else if (message.id === undefined) {
+                    const sub = this.subscriptions.get(message.topic);
+                    if (sub?.options.presence)
+                        this.call(() => sub.handlers.onPresence?.(message));
+                }
+                break;
+            }
             case "ping":
                 this.send({ action: "pong" });
                 break;
@@ -441,6 +469,10 @@ export class Client {
         const pending = message.id !== undefined ? this.pending.get(message.id) : undefined;
         if (message.id !== undefined)
             this.pending.delete(message.id);
+        if (pending?.kind === "presence") {
+            pending.reject(error);
+            return;
+        }
         const topic = pending?.kind === "subscribe" ? pending.topic : message.topic;
         const sub = topic !== undefined ? this.subscriptions.get(topic) : undefined;
         const aboutSubscription = sub !== undefined && (pending?.kind === "subscribe" || (pending === undefined && message.code === "FORBIDDEN"));
@@ -481,6 +513,13 @@ export class Client {
         this.scheduleReconnect();
     }
     connectionEnded() {
+        // A presence question the gateway will not answer now: the caller asks again.
+        for (const [id, pending] of this.pending) {
+            if (pending.kind === "presence") {
+                this.pending.delete(id);
+                pending.reject(new Error("the connection dropped before the presence answer"));
+            }
+        }
         if (this.openedAt > 0 && Date.now() - this.openedAt >= STABLE_MS)
             this.attempt = 0;
         this.openedAt = 0;

@@ -13,6 +13,7 @@ import type {
   ErrorMessage,
   Filters,
   Position,
+  PresenceMessage,
   RequestId,
   ResetMessage,
   Row,
@@ -66,6 +67,9 @@ export interface SubscribeOptions {
   /** Start with the last event of every row (protocol section 7), marked `snapshot: true`,
    * then `synced`, then live events. Taken again after a reset. */
   snapshot?: boolean;
+  /** Also receive the topic's presence changes (who joined, who left, the count over every
+   * replica, at most one a second; protocol section 10) through `onPresence`. */
+  presence?: boolean;
 }
 
 export interface SubscriptionHandlers {
@@ -82,6 +86,8 @@ export interface SubscriptionHandlers {
   onSynced?: (message: SyncedMessage) => void;
   /** Every subscribe ack, the first and those after each reconnect. */
   onAck?: (ack: SubscribeAck) => void;
+  /** With `presence: true`: the topic's watchers changed (and once after each subscribe). */
+  onPresence?: (message: PresenceMessage) => void;
 }
 
 export interface Subscription {
@@ -192,6 +198,11 @@ export function createClient(url: string, options: ClientOptions = {}): Client {
 type Pending =
   | { kind: "auth" }
   | { kind: "subscribe"; topic: string }
+  | {
+      kind: "presence";
+      resolve: (message: PresenceMessage) => void;
+      reject: (error: Error) => void;
+    }
   | { kind: "other" };
 
 class SubscriptionState implements Subscription {
@@ -238,6 +249,7 @@ class SubscriptionState implements Subscription {
     this.snapshotPosition = undefined;
     if (this.kept !== undefined) message.since = { ...this.kept };
     else if (this.snapshotAsked) message.snapshot = true;
+    if (this.options.presence) message.presence = true;
     this.awaiting = id;
     return message;
   }
@@ -386,6 +398,20 @@ export class Client {
     return sub;
   }
 
+  /** Who watches `topic` over every replica (protocol section 10): its subscriber count and,
+   * under `--auth jwt`, the users (token subjects). Rejects with a GatewayError (FORBIDDEN
+   * for a topic the token may not read), or when the connection is not open or drops first. */
+  presence(topic: string): Promise<PresenceMessage> {
+    return new Promise((resolve, reject) => {
+      if (this.currentState !== "open") {
+        reject(new Error(`not connected (${this.currentState})`));
+        return;
+      }
+      const id = this.request({ kind: "presence", resolve, reject });
+      this.send({ action: "presence", topic, id });
+    });
+  }
+
   /** Drops the connection and reconnects after `delayMs` (default at once), resuming every
    * subscription: for applications that know the network changed, and for demos and tests. */
   reconnect(delayMs = 0): void {
@@ -514,6 +540,17 @@ export class Client {
         if (sub) this.reset(sub, message);
         break;
       }
+      case "presence": {
+        const pending = message.id !== undefined ? this.pending.get(message.id) : undefined;
+        if (pending?.kind === "presence" && message.id !== undefined) {
+          this.pending.delete(message.id);
+          pending.resolve(message);
+        } else if (message.id === undefined) {
+          const sub = this.subscriptions.get(message.topic);
+          if (sub?.options.presence) this.call(() => sub.handlers.onPresence?.(message));
+        }
+        break;
+      }
       case "ping":
         this.send({ action: "pong" });
         break;
@@ -553,6 +590,10 @@ export class Client {
     const error = new GatewayError(message);
     const pending = message.id !== undefined ? this.pending.get(message.id) : undefined;
     if (message.id !== undefined) this.pending.delete(message.id);
+    if (pending?.kind === "presence") {
+      pending.reject(error);
+      return;
+    }
     const topic = pending?.kind === "subscribe" ? pending.topic : message.topic;
     const sub = topic !== undefined ? this.subscriptions.get(topic) : undefined;
     const aboutSubscription =
@@ -594,6 +635,13 @@ export class Client {
   }
 
   private connectionEnded(): void {
+    // A presence question the gateway will not answer now: the caller asks again.
+    for (const [id, pending] of this.pending) {
+      if (pending.kind === "presence") {
+        this.pending.delete(id);
+        pending.reject(new Error("the connection dropped before the presence answer"));
+      }
+    }
     if (this.openedAt > 0 && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
     this.openedAt = 0;
     clearTimeout(this.refreshTimer);

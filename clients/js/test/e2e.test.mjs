@@ -256,3 +256,39 @@ test("a reconnect between snapshot rows: the table is rebuilt whole, changes mad
   assert.deepEqual(log, ["cut", "reset:SnapshotInterrupted", "synced"], "the later reconnect resumed");
   assertSchema(frames);
 });
+
+test("presence: asked, and watched as people come and go, named by their tokens' sub", { timeout: 120_000 }, async (t) => {
+  const topic = `cdc-events-presence-${process.pid}`;
+  await tansu.createTopic(topic, 1);
+  const secret = "presence-tests-secret";
+  const gateway = await Gateway.start(tansu.brokers, topic, [
+    "--auth", "jwt", "--jwt-secret", secret, "--presence-interval", "1s",
+  ]);
+  t.after(() => gateway.terminate());
+  const as = (sub, topics = ["cdc.order"]) =>
+    signJwt(secret, { sub, exp: Math.floor(Date.now() / 1000) + 600, topics });
+  const frames = [];
+  const alice = createClient(gateway.url, { WebSocket: recordingWebSocket(frames), token: as("alice") });
+  t.after(() => alice.close());
+  const changes = [];
+  alice.subscribe("cdc.order", { presence: true }, () => {}, { onPresence: (m) => changes.push(m) });
+  await until(() => changes.some((m) => m.subscribers === 1), "alice sees herself");
+  const bob = createClient(gateway.url, { WebSocket: recordingWebSocket([]), token: as("bob") });
+  const bobSub = bob.subscribe("cdc.order", {}, () => {});
+  await until(() => changes.some((m) => m.subscribers === 2), "bob joins");
+  const joined = changes.find((m) => m.subscribers === 2);
+  assert.deepEqual(joined.users, ["alice", "bob"]);
+  assert.deepEqual(joined.joins, ["bob"]);
+  const asked = await alice.presence("cdc.order");
+  assert.deepEqual([asked.subscribers, asked.users], [2, ["alice", "bob"]]);
+  bobSub.unsubscribe();
+  bob.close();
+  await until(() => changes.at(-1).subscribers === 1, "bob leaves");
+  assert.deepEqual(changes.at(-1).leaves, ["bob"]);
+  // A token that may not read the topic is refused its presence.
+  const carol = createClient(gateway.url, { WebSocket: recordingWebSocket([]), token: as("carol", ["cdc.customer"]) });
+  t.after(() => carol.close());
+  await until(() => carol.state === "open", "carol connects");
+  await assert.rejects(carol.presence("cdc.order"), (e) => e.code === "FORBIDDEN");
+  assertSchema(frames);
+});
