@@ -156,3 +156,34 @@ async def test_token_callback_is_refreshed_before_exp(topic, gateway, producer):
         assert errors == []
         await until(lambda: fixed.state is ConnectionState.CLOSED, "the fixed token's connection ends at exp")
         assert isinstance(fixed_errors[0], Unauthorized) and fixed_errors[0].close_code == 4001
+
+
+async def test_presence_is_asked_and_watched_named_by_token_subjects(topic, gateway, producer):
+    source = topic(1)
+    secret = "python-presence-secret"
+    gw = gateway(source, "--auth", "jwt", "--jwt-secret", secret, "--presence-interval", "1s")
+
+    def token(sub: str, topics: list[str]) -> str:
+        return sign_jwt(secret, {"sub": sub, "exp": int(time.time()) + 600, "topics": topics})
+
+    changes = []
+    async with Client(gw.ws_url, token=token("alice", ["cdc.order"])) as alice:
+        sub = await alice.subscribe(
+            "cdc.order", lambda m: None, presence=True, on_presence=changes.append
+        )
+        await sub.wait_ready()
+        await until(lambda: any(m.subscribers == 1 for m in changes), "alice sees herself")
+        async with Client(gw.ws_url, token=token("bob", ["cdc.order"])) as bob:
+            watching = await bob.subscribe("cdc.order", lambda m: None)
+            await watching.wait_ready()
+            await until(lambda: changes[-1].subscribers == 2, "bob joins")
+            assert changes[-1].users == ("alice", "bob") and changes[-1].joins == ("bob",)
+            asked = await alice.presence("cdc.order")
+            assert (asked.subscribers, asked.users) == (2, ("alice", "bob"))
+        await until(lambda: changes[-1].subscribers == 1, "bob leaves")
+        assert changes[-1].leaves == ("bob",)
+    async with Client(gw.ws_url, token=token("carol", ["cdc.customer"])) as carol:
+        await carol.wait_open()
+        with pytest.raises(GatewayError) as refused:
+            await carol.presence("cdc.order")
+        assert refused.value.code == "FORBIDDEN"

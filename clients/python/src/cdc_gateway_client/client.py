@@ -32,6 +32,7 @@ from .messages import (
     DataMessage,
     ErrorMessage,
     PingMessage,
+    PresenceMessage,
     RequestId,
     ResetMessage,
     SubscribeAck,
@@ -102,6 +103,8 @@ class Client:
         self._ever_opened = False
         self._subscriptions: dict[str, Subscription] = {}
         self._pending: dict[RequestId, tuple[str, str | None]] = {}
+        # Presence questions awaiting their answer, by request id.
+        self._presence_waiters: dict[RequestId, asyncio.Future[PresenceMessage]] = {}
         self._next_id = 1
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +146,8 @@ class Client:
         *,
         filters: Mapping[str, Any] | None = None,
         snapshot: bool = False,
+        presence: bool = False,
+        on_presence: Callable[[PresenceMessage], Any] | None = None,
         on_ack: Callable[[SubscribeAck], Any] | None = None,
         on_synced: Callable[[SyncedMessage], Any] | None = None,
         on_reset: Callable[[ResetCause], Any] | None = None,
@@ -162,12 +167,29 @@ class Client:
             raise ValueError(f"already subscribed to {topic} (one subscription per topic per client)")
         sub = Subscription(
             self, topic, on_event, filters=filters, snapshot=snapshot,
+            presence=presence, on_presence=on_presence,
             on_ack=on_ack, on_synced=on_synced, on_reset=on_reset, on_error=on_error,
         )
         self._subscriptions[topic] = sub
         if self._state is ConnectionState.OPEN:
             await self._send_subscribe(sub)
         return sub
+
+    async def presence(self, topic: str, timeout: float = 10.0) -> PresenceMessage:
+        """Who watches `topic` over every replica: its subscriber count and, under
+        `--auth jwt`, the users (token subjects). Raises `GatewayError` (FORBIDDEN for a
+        topic the token may not read), `ClientError` when not connected or the connection
+        drops before the answer, `asyncio.TimeoutError` after `timeout` seconds."""
+        if self._state is not ConnectionState.OPEN:
+            raise ClientError(f"not connected ({self._state.value})")
+        request_id = self._request("presence", topic)
+        answer: asyncio.Future[PresenceMessage] = asyncio.get_running_loop().create_future()
+        self._presence_waiters[request_id] = answer
+        try:
+            await self._send({"action": "presence", "topic": topic, "id": request_id})
+            return await asyncio.wait_for(asyncio.shield(answer), timeout)
+        finally:
+            self._presence_waiters.pop(request_id, None)
 
     async def reconnect(self, delay: float = 0.0) -> None:
         """Drops the connection and reconnects after `delay` seconds, resuming every
@@ -265,6 +287,9 @@ class Client:
 
     async def _session(self, ws: ClientConnection, token: str | None) -> None:
         self._pending = {}
+        for waiter in self._presence_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(ClientError("the connection dropped before the presence answer"))
         self._current_token = token
         if token is not None:
             await self._send({"action": "auth", "token": token, "id": self._request("auth")})
@@ -313,6 +338,16 @@ class Client:
                 await self._reset(sub, message)
         elif isinstance(message, ErrorMessage):
             await self._failed(message)
+        elif isinstance(message, PresenceMessage):
+            if message.id is not None:
+                self._pending.pop(message.id, None)
+                waiter = self._presence_waiters.get(message.id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(message)
+            else:
+                sub = self._subscriptions.get(message.topic)
+                if sub is not None and sub.presence and sub.on_presence is not None:
+                    await self._call(sub.on_presence, message)
         elif isinstance(message, PingMessage):
             await self._send({"action": "pong"})
 
@@ -345,6 +380,12 @@ class Client:
 
     async def _failed(self, message: ErrorMessage) -> None:
         error = GatewayError(message.code, message.message, message.topic, message.id)
+        waiter = self._presence_waiters.get(message.id) if message.id is not None else None
+        if waiter is not None:
+            self._pending.pop(message.id, None)
+            if not waiter.done():
+                waiter.set_exception(error)
+            return
         pending = self._pending.pop(message.id, None) if message.id is not None else None
         topic = pending[1] if pending is not None and pending[0] == "subscribe" else message.topic
         sub = self._subscriptions.get(topic) if topic is not None else None

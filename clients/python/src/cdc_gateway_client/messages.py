@@ -151,6 +151,21 @@ class PongMessage:
     id: RequestId | None = None
 
 
+@dataclass(frozen=True)
+class PresenceMessage:
+    """Who watches `topic` over every replica (protocol section 10): the answer to
+    `Client.presence` (with its `id`), or a change sent to a subscription made with
+    `presence=True` (with `joins` and `leaves`). `users` are token subjects, sent under
+    `--auth jwt` only."""
+
+    topic: str
+    subscribers: int
+    users: tuple[str, ...] = ()
+    joins: tuple[str, ...] = ()
+    leaves: tuple[str, ...] = ()
+    id: RequestId | None = None
+
+
 ServerMessage = Union[
     DataMessage,
     SubscribeAck,
@@ -161,6 +176,7 @@ ServerMessage = Union[
     ErrorMessage,
     PingMessage,
     PongMessage,
+    PresenceMessage,
 ]
 
 
@@ -238,6 +254,16 @@ def _from_dict(m: dict[str, Any]) -> ServerMessage:
         return PingMessage(timestamp=m.get("timestamp"))
     if kind == "pong":
         return PongMessage(timestamp=m.get("timestamp"), id=m.get("id"))
+    if kind == "presence":
+        names = lambda key: tuple(_str(u) for u in m.get(key, []))  # noqa: E731
+        return PresenceMessage(
+            topic=_str(m["topic"]),
+            subscribers=_int(m["subscribers"]),
+            users=names("users"),
+            joins=names("joins"),
+            leaves=names("leaves"),
+            id=m.get("id"),
+        )
     raise ValueError(f"unknown type {kind!r}")
 
 

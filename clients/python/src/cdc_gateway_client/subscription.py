@@ -60,6 +60,8 @@ class Subscription:
         *,
         filters: Mapping[str, Any] | None = None,
         snapshot: bool = False,
+        presence: bool = False,
+        on_presence: Callable[[Any], Any] | None = None,
         on_ack: Callable[[SubscribeAck], Any] | None = None,
         on_synced: Callable[[SyncedMessage], Any] | None = None,
         on_reset: Callable[[ResetCause], Any] | None = None,
@@ -70,6 +72,9 @@ class Subscription:
         self.filters = dict(filters) if filters else None
         #: Take a snapshot first, and again whenever the subscription starts over.
         self.snapshot = snapshot
+        #: Receive the topic's presence changes through `on_presence` (protocol section 10).
+        self.presence = presence
+        self.on_presence = on_presence
         self.on_event = on_event
         self.on_ack = on_ack
         self.on_synced = on_synced
@@ -134,6 +139,8 @@ class Subscription:
             message["since"] = dict(self._kept)
         elif self.snapshot:
             message["snapshot"] = True
+        if self.presence:
+            message["presence"] = True
         self._awaiting = request_id
         return message
 
