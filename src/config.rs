@@ -640,6 +640,18 @@ impl Config {
         }
     }
 
+    /// The presence topic replicas share (`--presence-topic`, or `<group-id>-presence`);
+    /// `None` when sharing is off (an empty `--presence-topic`).
+    pub fn presence_topic(&self) -> Option<String> {
+        match &self.presence_topic {
+            Some(topic) if topic.trim().is_empty() => None,
+            Some(topic) => Some(topic.clone()),
+            // The deployment's group id, not a replica's own (`--instance`): every replica
+            // of one deployment shares the topic.
+            None => Some(format!("{}-presence", self.group_id)),
+        }
+    }
+
     /// The bounds on one subscription's filters.
     pub fn filter_limits(&self) -> crate::index::filter::Limits {
         crate::index::filter::Limits {
@@ -858,19 +870,5 @@ mod tests {
         .config
         .validate()
         .is_ok());
-    }
-}
-
-impl Config {
-    /// The presence topic replicas share (`--presence-topic`, or `<group-id>-presence`);
-    /// `None` when sharing is off (an empty `--presence-topic`).
-    pub fn presence_topic(&self) -> Option<String> {
-        match &self.presence_topic {
-            Some(topic) if topic.trim().is_empty() => None,
-            Some(topic) => Some(topic.clone()),
-            // The deployment's group id, not a replica's own (`--instance`): every replica
-            // of one deployment shares the topic.
-            None => Some(format!("{}-presence", self.group_id)),
-        }
     }
 }

@@ -19,8 +19,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 
 use crate::config::ConfigError;
 
@@ -139,18 +138,10 @@ impl KeySet {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = ca_file {
-            let bad = |e: &dyn std::fmt::Display| {
-                ConfigError::new("--jwt-jwks-ca-file", format!("{}: {e}", path.display()))
-            };
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(&e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(&e))?;
-            if certificates.is_empty() {
-                return Err(bad(&"no certificate in PEM"));
-            }
-            for certificate in certificates {
-                roots.add(certificate).map_err(|e| bad(&e))?;
+            for certificate in crate::tls::certificates(path, "--jwt-jwks-ca-file")? {
+                roots.add(certificate).map_err(|e| {
+                    ConfigError::new("--jwt-jwks-ca-file", format!("{}: {e}", path.display()))
+                })?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -17,7 +17,7 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let chain = certificates(cert)?;
+    let chain = certificates(cert, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ConfigError::new("--tls-key", format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -30,10 +30,13 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        ConfigError::new("--tls-cert", format!("{}: {e}", path.display()))
-    };
+/// The certificates of a PEM file, at least one; errors name `flag`.
+pub fn certificates(
+    path: &Path,
+    flag: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bad =
+        |e: &dyn std::fmt::Display| ConfigError::new(flag, format!("{}: {e}", path.display()));
     let chain = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(&e))?
         .collect::<Result<Vec<_>, _>>()
