@@ -159,8 +159,11 @@ impl Schemas {
 
     /// The plan of a schema given as JSON text, parsed once per distinct text.
     pub fn plan(&self, text: &str) -> Result<Arc<Plan>, DecodeError> {
-        if let Some(plan) = self.lock().known.get(text) {
-            let plan = Arc::clone(plan);
+        // The lock is let go before `remember` takes it again: held in an `if let`'s
+        // scrutinee it would live to the end of the block, and the second lock would wait
+        // on it for ever.
+        let known = self.lock().known.get(text).cloned();
+        if let Some(plan) = known {
             self.remember(text, &plan);
             return Ok(plan);
         }
@@ -878,5 +881,26 @@ mod tests {
         // A schema that only starts like a known one is parsed.
         let longer = format!(r#"{{"schema":{schema}x,"payload":{{}}}}"#);
         assert!(schemas.split(longer.as_bytes()).is_none());
+    }
+
+    /// A record the fast path cannot split (spaced out, or its schema evicted from the recent
+    /// list) is parsed and its schema text looked up among the known plans. That lookup once
+    /// held the cache's lock while taking it again: the consumer task hung for good on the
+    /// second such record (found by the decode bench).
+    #[test]
+    fn a_known_schema_looked_up_again_does_not_deadlock() {
+        let schemas = std::sync::Arc::new(Schemas::default());
+        let schema = r#"{"type":"struct","fields":[{"field":"after","type":"struct","optional":true,"name":"t.Value","fields":[{"field":"d","type":"int32","name":"io.debezium.time.Date"}]}]}"#;
+        let (done, finished) = std::sync::mpsc::channel();
+        let looking = std::sync::Arc::clone(&schemas);
+        std::thread::spawn(move || {
+            let first = looking.plan(schema).unwrap();
+            let second = looking.plan(schema).unwrap();
+            let _ = done.send(Arc::ptr_eq(&first, &second));
+        });
+        let same = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second lookup of a known schema returned");
+        assert!(same, "one plan per distinct schema text");
     }
 }
