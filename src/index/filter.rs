@@ -344,6 +344,11 @@ impl Filter {
                 .iter()
                 .all(|condition| condition.holds(field))
         };
+        // Without claims (no token filter) the client's clauses are all there is: the
+        // per-subscriber path of an unconfined fan-out stays as short as it was.
+        if self.claims.is_empty() {
+            return self.clauses.iter().all(|clause| holds(clause, view));
+        }
         if !self.claims.iter().all(|clause| holds(clause, view)) {
             return false;
         }
@@ -353,7 +358,6 @@ impl Filter {
         let own = match view {
             View::Current
                 if event.before.is_some()
-                    && !self.claims.is_empty()
                     && self.clauses.iter().any(|c| c.path.reads_before())
                     && !self.claims.iter().all(|clause| holds(clause, View::Before)) =>
             {
