@@ -12,6 +12,8 @@ mod context;
 mod dead_letter;
 pub mod decode;
 #[cfg(feature = "kafka")]
+mod registry;
+#[cfg(feature = "kafka")]
 mod warmup;
 
 #[cfg(feature = "kafka")]
