@@ -367,6 +367,18 @@ fn defined_name(object: &Map<String, Value>, namespace: Option<&str>) -> Result<
     Ok(full_name(name, namespace))
 }
 
+/// NaN and the infinities as the JSON converter writes them: `"NaN"`, `"Infinity"`,
+/// `"-Infinity"`.
+fn push_non_finite(out: &mut String, value: f64) {
+    out.push_str(if value.is_nan() {
+        "\"NaN\""
+    } else if value > 0.0 {
+        "\"Infinity\""
+    } else {
+        "\"-Infinity\""
+    });
+}
+
 /// An Avro value as the JSON converter writes the Connect value it holds.
 fn write_json(out: &mut String, value: &AvroValue) -> Result<(), String> {
     let base64 = |out: &mut String, bytes: &[u8]| {
@@ -390,9 +402,15 @@ fn write_json(out: &mut String, value: &AvroValue) -> Result<(), String> {
         | AvroValue::LocalTimestampNanos(n) => {
             let _ = write!(out, "{n}");
         }
-        // JSON has no NaN or infinity: those are null, as serde_json writes them.
-        AvroValue::Float(f) => out.push_str(&serde_json::to_string(f).map_err(|e| e.to_string())?),
-        AvroValue::Double(f) => out.push_str(&serde_json::to_string(f).map_err(|e| e.to_string())?),
+        AvroValue::Float(f) if f.is_finite() => {
+            out.push_str(&serde_json::to_string(f).unwrap_or_default())
+        }
+        AvroValue::Double(f) if f.is_finite() => {
+            out.push_str(&serde_json::to_string(f).unwrap_or_default())
+        }
+        // JSON has no such numbers: the strings Jackson writes for Kafka Connect.
+        AvroValue::Float(f) => push_non_finite(out, f64::from(*f)),
+        AvroValue::Double(f) => push_non_finite(out, *f),
         AvroValue::Bytes(bytes) | AvroValue::Fixed(_, bytes) => base64(out, bytes),
         AvroValue::Decimal(decimal) => {
             let bytes = Vec::<u8>::try_from(decimal).map_err(|e| e.to_string())?;
