@@ -266,7 +266,7 @@ impl Ingest {
             } else {
                 // The record waits for its schemas, away from librdkafka's buffer.
                 let message = message.detach();
-                if !self.fetch_schemas(&missing, &stop).await {
+                if !self.fetch_schemas(&missing, &stop, Some(&mut joins)).await {
                     break;
                 }
                 self.read(&message)
@@ -381,8 +381,14 @@ impl Ingest {
 
     /// Fetches the registry schemas a record needs, retrying with backoff while the registry
     /// gives no answer; `false` when stopped first (the record is then read again after a
-    /// restart: nothing was stored for it).
-    async fn fetch_schemas(&self, ids: &[u32], stop: &CancellationToken) -> bool {
+    /// restart: nothing was stored for it). Subscriptions (`joins`) are served meanwhile, as
+    /// between two records: the waiting record is not dispatched yet.
+    async fn fetch_schemas(
+        &self,
+        ids: &[u32],
+        stop: &CancellationToken,
+        mut joins: Option<&mut mpsc::Receiver<Join>>,
+    ) -> bool {
         let Some(registry) = &self.registry else {
             // No registry to ask: decoding says so, per record.
             return true;
@@ -418,9 +424,19 @@ impl Ingest {
                             retry_in = ?retry,
                             "cannot fetch a schema from the schema registry; consumption waits for it: {e}"
                         );
-                        tokio::select! {
-                            _ = stop.cancelled() => return false,
-                            _ = tokio::time::sleep(retry) => {}
+                        let wait = tokio::time::sleep(retry);
+                        tokio::pin!(wait);
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => return false,
+                                _ = &mut wait => break,
+                                Some(join) = async {
+                                    match joins.as_mut() {
+                                        Some(joins) => joins.recv().await,
+                                        None => std::future::pending().await,
+                                    }
+                                } => self.fanout.join(join).await,
+                            }
                         }
                         retry = (retry * 2).min(REGISTRY_RETRY.1);
                     }
@@ -535,7 +551,7 @@ impl Ingest {
                 timestamp_ms: record.timestamp_ms,
             };
             let missing = self.decoder.missing_schemas(raw.key, raw.value);
-            if !missing.is_empty() && !self.fetch_schemas(&missing, stop).await {
+            if !missing.is_empty() && !self.fetch_schemas(&missing, stop, None).await {
                 return None;
             }
             if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {

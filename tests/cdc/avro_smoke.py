@@ -13,7 +13,7 @@ Also checked:
   - the gateway asks the registry once per schema id, not per record;
   - a registry that gives no answer (503 on /schemas/ids/ while Debezium still registers):
     records of a new schema (the table altered) wait, /readyz says why, the waiting gauge
-    is 1, nothing is dead-lettered; once it answers the rows arrive and /readyz is 200;
+    is 1, a new subscription is still answered, nothing is dead-lettered; once it answers the rows arrive and /readyz is 200;
   - a record with a schema id the registry does not hold is a decode error naming the id
     (reason unknown_schema_id), dead-lettered with its bytes, and the records after it
     still arrive.
@@ -147,6 +147,20 @@ async def run(args) -> int:
         check("registry down: failed fetches are counted and retried",
               metric(gateway, "cdc_gateway_schema_registry_fetches_total", 'result="error"')
               >= errors_before + 2)
+        # A client that subscribes meanwhile is answered: the consumer serves subscriptions
+        # while its record waits.
+        import websockets
+
+        headers = {"Authorization": f"Bearer {oracle.token(oracle.ADMIN)}"}
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{gateway.port}/ws",
+                                          additional_headers=headers, open_timeout=5) as ws:
+                await ws.send(json.dumps({"action": "subscribe", "topic": "cdc.orders", "id": 1}))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as e:
+            reply = {"error": repr(e)}
+        check("registry down: a new subscription is still acknowledged",
+              reply.get("type") == "ack", reply)
         registry.fail_lookups = False
         back = await wait_for(lambda: readyz(gateway)[0] == 200, 30)
         check("registry back: ready again", back, readyz(gateway))

@@ -42,11 +42,31 @@ pub fn schema_id(bytes: &[u8]) -> Option<u32> {
 }
 
 /// A registry schema, read once.
-#[derive(Debug)]
 struct Compiled {
-    schema: apache_avro::Schema,
+    /// The schema with its named types resolved once, reading a record from its magic byte
+    /// on (`apache_avro::from_avro_datum` resolves them again for every record).
+    reader: apache_avro::GenericSingleObjectReader,
     /// How the rows of the value this schema writes change (empty for a key's schema).
     plan: Arc<Plan>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+/// The Confluent wire format's header as apache-avro's single-object reader checks it.
+struct ConfluentHeader(u32);
+
+impl apache_avro::headers::HeaderBuilder for ConfluentHeader {
+    fn build_header(&self) -> Vec<u8> {
+        let mut header = vec![MAGIC];
+        header.extend_from_slice(&self.0.to_be_bytes());
+        header
+    }
 }
 
 #[derive(Debug)]
@@ -97,7 +117,7 @@ impl AvroSchemas {
     pub fn insert(&self, id: u32, text: Option<&str>, connect: &Schemas) {
         let entry = match text {
             None => Entry::Unknown(Instant::now()),
-            Some(text) => match compile(text, connect) {
+            Some(text) => match compile(id, text, connect) {
                 Ok(compiled) => Entry::Known(Arc::new(compiled)),
                 Err(problem) => Entry::Invalid(problem),
             },
@@ -151,8 +171,10 @@ impl AvroSchemas {
         // apache-avro reads a string, boolean or union cut off by the end of its input as
         // null. A guard byte after the body turns every such cut into a read of the guard,
         // which a whole value never makes (an Avro value's length follows from its bytes).
-        let mut reader = std::io::Read::chain(&bytes[HEADER..], &[0u8][..]);
-        let value = apache_avro::from_avro_datum(&compiled.schema, &mut reader, None)
+        let mut reader = std::io::Read::chain(bytes, &[0u8][..]);
+        let value = compiled
+            .reader
+            .read_value(&mut reader)
             .map_err(|e| DecodeError::InvalidAvro(format!("schema id {id}: {e}")))?;
         match reader.into_inner() {
             ([], [_guard]) => {}
@@ -176,14 +198,19 @@ impl AvroSchemas {
 }
 
 /// Reads a registry schema: the Avro schema for decoding, the Connect schema for the plan.
-fn compile(text: &str, connect: &Schemas) -> Result<Compiled, String> {
+fn compile(id: u32, text: &str, connect: &Schemas) -> Result<Compiled, String> {
     let schema = apache_avro::Schema::parse_str(text).map_err(|e| e.to_string())?;
+    let reader = apache_avro::GenericSingleObjectReader::new_with_header_builder(
+        schema,
+        ConfluentHeader(id),
+    )
+    .map_err(|e| e.to_string())?;
     let avro: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let translated = connect_schema(&avro, None, &mut HashMap::new())?;
     let plan = connect
         .plan(&translated.to_string())
         .map_err(|e| e.to_string())?;
-    Ok(Compiled { schema, plan })
+    Ok(Compiled { reader, plan })
 }
 
 /// The Connect schema (as the JSON converter writes it) an Avro schema stands for.
