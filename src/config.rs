@@ -760,6 +760,26 @@ mod tests {
     }
 
     #[test]
+    fn avro_needs_a_registry_and_credentials_come_in_pairs() {
+        let check = |args: &[&str]| parse(args).unwrap().config.validate();
+        let err = check(&["--input-format", "avro"]).unwrap_err();
+        assert!(err.to_string().contains("--schema-registry-url"), "{err}");
+        let registry = ["--schema-registry-url", "https://registry.example:8081"];
+        check(&[&["--input-format", "avro"][..], &registry[..]].concat()).unwrap();
+        let user_only = [&registry[..], &["--schema-registry-user", "key"][..]].concat();
+        assert_eq!(
+            check(&user_only).unwrap_err().flag,
+            "--schema-registry-user"
+        );
+        let both = [
+            &user_only[..],
+            &["--schema-registry-password", "secret"][..],
+        ]
+        .concat();
+        check(&both).unwrap();
+    }
+
+    #[test]
     fn lists_and_pairs_parse() {
         let cli = parse(&[
             "--source-topics",
