@@ -9,8 +9,9 @@
 //! group id), so a crash re-delivers rather than loses. Bad input is counted, logged at a
 //! bounded rate, optionally dead-lettered, and skipped. An Avro record whose schema id is new
 //! waits for its schema from the registry before it is decoded: while the registry cannot be
-//! reached the consumer retries with backoff and reads nothing else (readiness says why), so
-//! no record is skipped or dead-lettered for the registry's sake.
+//! reached the consumer retries with backoff and reads no other record (subscriptions are
+//! still served; readiness says why), so no record is skipped or dead-lettered for the
+//! registry's sake.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
