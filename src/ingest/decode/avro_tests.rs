@@ -483,3 +483,25 @@ fn real_avro_records_decode_to_the_same_rows_as_real_json_ones() {
         assert_eq!(comparable(&a.before), comparable(&j.before), "{what}");
     }
 }
+
+#[test]
+fn the_schema_cache_is_bounded_and_forgets_the_oldest_id_first() {
+    let decoder = Decoder::new(InputFormat::Avro, HashMap::new());
+    let limit = avro::CACHED_IDS as u32;
+    for id in 0..=limit {
+        decoder.add_schema(id, None);
+    }
+    assert_eq!(decoder.schemas_held(), avro::CACHED_IDS);
+    let framed = |id: u32| {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes
+    };
+    assert_eq!(decoder.missing_schemas(None, Some(&framed(0))), vec![0]);
+    assert!(decoder
+        .missing_schemas(None, Some(&framed(limit)))
+        .is_empty());
+    // An id answered again keeps one place.
+    decoder.add_schema(limit, Some(&key_schema()));
+    assert_eq!(decoder.schemas_held(), avro::CACHED_IDS);
+}
