@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 
@@ -74,7 +76,8 @@ fn decode(c: &mut Criterion) {
 type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Real Debezium records (Postgres 15, Debezium 3.6.3, tests/fixtures/debezium/README.md),
-/// as Kafka Connect's JSON converter wrote them with and without the schema: the same SQL.
+/// as Kafka Connect's JSON converter wrote them with and without the schema, and as
+/// Confluent's AvroConverter did (binary, base64 in the file): the same SQL.
 fn fixture(name: &str) -> Vec<KeyValue> {
     let path = format!(
         "{}/tests/fixtures/debezium/{name}",
@@ -85,7 +88,12 @@ fn fixture(name: &str) -> Vec<KeyValue> {
         .lines()
         .map(|line| {
             let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            let bytes = |field: &str| record[field].as_str().map(|s| s.as_bytes().to_vec());
+            let bytes = |field: &str| match record[field].as_str() {
+                Some(text) => Some(text.as_bytes().to_vec()),
+                None => record[format!("{field}_base64")]
+                    .as_str()
+                    .map(|b64| BASE64.decode(b64).unwrap()),
+            };
             (bytes("key"), bytes("value"))
         })
         .filter(|(_, value)| value.is_some())
@@ -94,8 +102,24 @@ fn fixture(name: &str) -> Vec<KeyValue> {
 
 fn decode_real(c: &mut Criterion) {
     let decoder = Decoder::new(InputFormat::Auto, HashMap::new());
+    // The registry's schemas, as the consumer hands them in after fetching them once.
+    let schemas: HashMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/tests/fixtures/debezium/avro-schemas.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for (id, text) in &schemas {
+        decoder.add_schema(id.parse().unwrap(), Some(text));
+    }
     let mut group = c.benchmark_group("decode_real");
-    for (name, file) in [("schemas", "schemas.jsonl"), ("plain", "plain.jsonl")] {
+    for (name, file) in [
+        ("schemas", "schemas.jsonl"),
+        ("plain", "plain.jsonl"),
+        ("avro", "avro.jsonl"),
+    ] {
         let records = fixture(file);
         group.throughput(Throughput::Elements(records.len() as u64));
         group.bench_function(name, |b| {

@@ -4,7 +4,10 @@
 # binary -> WebSocket and SSE clients, judged against SELECTs on Postgres.
 #   1. smoke.py: the pipeline itself (rows carried, partitions as Kafka's Java client picks
 #      them, Debezium restarts graceful and killed);
-#   2. oracle.py for both JsonConverter settings (schemas.enable true and false), with a seed
+#   2. avro_smoke.py: Debezium with Confluent's AvroConverter (a stand-in schema registry:
+#      no registry server is installable here) -> the gateway with --input-format avro,
+#      values judged against SELECTs, a registry outage and an unknown schema id;
+#   3. oracle.py for both JsonConverter settings (schemas.enable true and false), with a seed
 #      printed for replay. CDC_ORACLE_OPS bounds the workload (default 360 transactions),
 #      CDC_ORACLE_SEED fixes the seed, CDC_ORACLE_SOAK=1 runs 10x longer.
 # Needs the gateway binary: CDC_GATEWAY_BIN, or the debug build under CARGO_TARGET_DIR.
@@ -22,5 +25,6 @@ args=(--gateway-bin "$BIN" --ops "${CDC_ORACLE_OPS:-360}")
 [ -n "${CDC_ORACLE_SEED:-}" ] && args+=(--seed "$CDC_ORACLE_SEED")
 [ "${CDC_ORACLE_SOAK:-0}" = 1 ] && args+=(--soak)
 "$PY" tests/cdc/smoke.py
+"$PY" tests/cdc/avro_smoke.py --gateway-bin "$BIN"
 "$PY" tests/cdc/oracle.py "${args[@]}" --schemas
 "$PY" tests/cdc/oracle.py "${args[@]}" --no-schemas

@@ -45,6 +45,9 @@ pub enum InputFormat {
     Simple,
     /// Only Debezium's envelope, with or without the JSON converter's schema/payload wrapper.
     Debezium,
+    /// Avro in the Confluent wire format (magic byte 0, schema id), schemas from
+    /// --schema-registry-url; the envelope (Debezium's or the simple one) detected per record.
+    Avro,
 }
 
 /// What a Debezium record's entity is named after (protocol section 1.2).
@@ -135,6 +138,32 @@ pub struct Config {
     /// Envelope of the source records.
     #[arg(global = true, long, env = "CDC_GATEWAY_INPUT_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
     pub input_format: InputFormat,
+
+    /// Confluent Schema Registry (or a compatible one: Apicurio's ccompat API, Redpanda) the
+    /// schemas of Avro records are fetched from, once per schema id: `https://host:8081`,
+    /// optionally with `user:password@` before the host. Needed by --input-format avro, and
+    /// by auto to read Avro records.
+    #[arg(global = true, long, env = "CDC_GATEWAY_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+
+    /// User for HTTP basic authentication with the schema registry (Confluent Cloud: the API
+    /// key).
+    #[arg(global = true, long, env = "CDC_GATEWAY_SCHEMA_REGISTRY_USER")]
+    pub schema_registry_user: Option<String>,
+
+    /// Password for --schema-registry-user (Confluent Cloud: the API secret).
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_SCHEMA_REGISTRY_PASSWORD",
+        hide_env_values = true
+    )]
+    pub schema_registry_password: Option<String>,
+
+    /// PEM certificates to trust for an https:// --schema-registry-url, besides the Mozilla
+    /// roots (a private registry's CA).
+    #[arg(global = true, long, env = "CDC_GATEWAY_SCHEMA_REGISTRY_CA_FILE")]
+    pub schema_registry_ca_file: Option<std::path::PathBuf>,
 
     /// How decimals decoded from a Kafka Connect schema are written: exact JSON numbers, or
     /// strings for clients whose JSON parser rounds to a double.
@@ -546,6 +575,18 @@ impl Config {
         if self.group_id.trim().is_empty() {
             return Err(ConfigError::new("--group-id", "must not be empty"));
         }
+        if self.input_format == InputFormat::Avro && self.schema_registry_url.is_none() {
+            return Err(ConfigError::new(
+                "--input-format",
+                "avro needs --schema-registry-url",
+            ));
+        }
+        if self.schema_registry_user.is_some() != self.schema_registry_password.is_some() {
+            return Err(ConfigError::new(
+                "--schema-registry-user",
+                "give --schema-registry-user and --schema-registry-password together",
+            ));
+        }
         if let Some(instance) = &self.instance {
             let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
             if instance.is_empty() || instance.len() > 200 || !instance.chars().all(valid) {
@@ -745,6 +786,26 @@ mod tests {
         cli.config.validate().unwrap();
         assert_eq!(cli.config.source_topics, vec!["cdc.events"]);
         assert_eq!(cli.config.slow_client_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn avro_needs_a_registry_and_credentials_come_in_pairs() {
+        let check = |args: &[&str]| parse(args).unwrap().config.validate();
+        let err = check(&["--input-format", "avro"]).unwrap_err();
+        assert!(err.to_string().contains("--schema-registry-url"), "{err}");
+        let registry = ["--schema-registry-url", "https://registry.example:8081"];
+        check(&[&["--input-format", "avro"][..], &registry[..]].concat()).unwrap();
+        let user_only = [&registry[..], &["--schema-registry-user", "key"][..]].concat();
+        assert_eq!(
+            check(&user_only).unwrap_err().flag,
+            "--schema-registry-user"
+        );
+        let both = [
+            &user_only[..],
+            &["--schema-registry-password", "secret"][..],
+        ]
+        .concat();
+        check(&both).unwrap();
     }
 
     #[test]

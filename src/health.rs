@@ -50,6 +50,8 @@ pub struct Health {
     metrics: Arc<Metrics>,
     brokers: Mutex<Vec<Broker>>,
     kafka_connected: AtomicBool,
+    /// False while consumption waits for the schema registry.
+    schema_registry_reachable: AtomicBool,
     shutting_down: AtomicBool,
     assignment: Mutex<Vec<Partition>>,
     lag: Mutex<BTreeMap<Partition, i64>>,
@@ -72,6 +74,7 @@ impl Health {
             metrics,
             brokers: Mutex::default(),
             kafka_connected: AtomicBool::new(false),
+            schema_registry_reachable: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
             assignment: Mutex::default(),
             lag: Mutex::default(),
@@ -87,6 +90,16 @@ impl Health {
             }
         }
         self.metrics.kafka_connected.set(i64::from(connected));
+        self.refresh_ready();
+    }
+
+    /// Whether the schema registry answers; while it does not, records wait for their schema.
+    pub fn set_schema_registry_reachable(&self, reachable: bool) {
+        self.schema_registry_reachable
+            .store(reachable, Ordering::Release);
+        self.metrics
+            .schema_registry_waiting
+            .set(i64::from(!reachable));
         self.refresh_ready();
     }
 
@@ -153,6 +166,8 @@ impl Health {
             Err("shutting down")
         } else if !self.kafka_connected.load(Ordering::Acquire) {
             Err("Kafka is unreachable")
+        } else if !self.schema_registry_reachable.load(Ordering::Acquire) {
+            Err("schema registry unreachable: records wait for their schema")
         } else if self
             .assignment
             .lock()
@@ -244,6 +259,14 @@ mod tests {
             topic: "cdc.events".into(),
             partition: 0,
         }]);
+        assert_eq!(health.readiness(), Ok(()));
+        health.set_schema_registry_reachable(false);
+        assert_eq!(
+            health.readiness(),
+            Err("schema registry unreachable: records wait for their schema")
+        );
+        assert_eq!(health.metrics.schema_registry_waiting.get(), 1);
+        health.set_schema_registry_reachable(true);
         assert_eq!(health.readiness(), Ok(()));
         health.set_kafka_connected(false);
         assert!(health.readiness().is_err());

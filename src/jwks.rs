@@ -8,27 +8,21 @@
 //! use while the provider is unreachable; a fetch that fails is logged and counted, and
 //! retried at the next occasion.
 //!
-//! The client is hyper's own HTTP/1.1 over TCP, with TLS (rustls, Mozilla's roots plus
-//! `--jwt-jwks-ca-file`) for https://: one GET, bounded in time and size.
+//! The fetch is one GET of [`crate::http_client`] (TLS with Mozilla's roots plus
+//! `--jwt-jwks-ca-file`), bounded in time and size.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::config::ConfigError;
+use crate::http_client::{HttpClient, HttpError, Location};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use rustls_pki_types::ServerName;
-
-use crate::config::ConfigError;
 
 /// The least time between two fetches that tokens with unknown key ids cause.
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);
-/// Bound on one fetch, connection to last byte.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on a key set's size, and on the keys taken from it.
-const MAX_BYTES: usize = 1 << 20;
+/// Bound on the keys taken from a key set.
 const MAX_KEYS: usize = 64;
 
 /// A key a token may be verified with.
@@ -43,70 +37,18 @@ pub struct Key {
 /// Why a key set could not be fetched or read.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
-    #[error("cannot reach {0}: {1}")]
-    Connect(String, std::io::Error),
-    #[error("TLS with {0}: {1}")]
-    Tls(String, std::io::Error),
-    #[error("HTTP: {0}")]
-    Http(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("status {0}")]
     Status(u16),
     #[error("not a JSON Web Key Set: {0}")]
     Format(String),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-/// Where the key set is, read from `--jwt-jwks-url`.
-#[derive(Debug, Clone)]
-struct Location {
-    tls: bool,
-    host: String,
-    port: u16,
-    /// Path and query, `/` at least.
-    target: String,
-}
-
-impl Location {
-    fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else {
-            return Err("must start with https:// (or http://)".into());
-        };
-        let (authority, target) = match rest.find('/') {
-            Some(at) => (&rest[..at], rest[at..].to_owned()),
-            None => (rest, "/".to_owned()),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err("needs a host (and no user info)".into());
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned(),
-                port.parse::<u16>()
-                    .map_err(|_| format!("`{port}` is not a port"))?,
-            ),
-            _ => (authority.to_owned(), if tls { 443 } else { 80 }),
-        };
-        Ok(Self {
-            tls,
-            host,
-            port,
-            target,
-        })
-    }
 }
 
 /// The fetched key set, and what fetches it.
 pub struct KeySet {
     url: String,
-    location: Location,
-    tls: tokio_rustls::TlsConnector,
+    client: HttpClient,
     keys: RwLock<Arc<Vec<Key>>>,
     /// When the last fetch ended; held across a fetch, so that one runs at a time.
     fetched: tokio::sync::Mutex<Option<Instant>>,
@@ -122,38 +64,19 @@ impl KeySet {
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, ConfigError> {
         let location = Location::parse(url).map_err(|e| ConfigError::new("--jwt-jwks-url", e))?;
-        if !location.tls {
-            let loopback = location.host == "localhost"
-                || location
-                    .host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
-                return Err(ConfigError::new(
-                    "--jwt-jwks-url",
-                    "http:// only on loopback: keys fetched in clear text can be replaced on the way",
-                ));
-            }
+        if location.user_info.is_some() {
+            return Err(ConfigError::new("--jwt-jwks-url", "needs no user info"));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = ca_file {
-            for certificate in crate::tls::certificates(path, "--jwt-jwks-ca-file")? {
-                roots.add(certificate).map_err(|e| {
-                    ConfigError::new("--jwt-jwks-ca-file", format!("{}: {e}", path.display()))
-                })?;
-            }
+        if !location.tls && !location.is_loopback() {
+            return Err(ConfigError::new(
+                "--jwt-jwks-url",
+                "http:// only on loopback: keys fetched in clear text can be replaced on the way",
+            ));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::new("--jwt-jwks-url", e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client = HttpClient::new(location, "--jwt-jwks-url", ca_file, "--jwt-jwks-ca-file")?;
         Ok(Self {
             url: url.to_owned(),
-            location,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            client,
             keys: RwLock::new(Arc::new(Vec::new())),
             fetched: tokio::sync::Mutex::new(None),
             refresh,
@@ -198,10 +121,7 @@ impl KeySet {
         if fresh > Duration::ZERO && fetched.is_some_and(|at| at.elapsed() < fresh) {
             return;
         }
-        let result = tokio::time::timeout(FETCH_TIMEOUT, self.get())
-            .await
-            .unwrap_or(Err(JwksError::Timeout(FETCH_TIMEOUT)))
-            .and_then(|body| parse(&body));
+        let result = self.get().await.and_then(|body| parse(&body));
         *fetched = Some(Instant::now());
         let metrics = self.metrics.get();
         match result {
@@ -235,56 +155,11 @@ impl KeySet {
     }
 
     async fn get(&self) -> Result<Bytes, JwksError> {
-        let at = &self.location;
-        let stream = tokio::net::TcpStream::connect((at.host.as_str(), at.port))
-            .await
-            .map_err(|e| JwksError::Connect(format!("{}:{}", at.host, at.port), e))?;
-        if !at.tls {
-            return self.exchange(TokioIo::new(stream)).await;
+        let response = self.client.get("").await?;
+        if !(200..300).contains(&response.status) {
+            return Err(JwksError::Status(response.status));
         }
-        let name = ServerName::try_from(at.host.clone())
-            .map_err(|e| JwksError::Http(format!("`{}`: {e}", at.host)))?;
-        let stream = self
-            .tls
-            .connect(name, stream)
-            .await
-            .map_err(|e| JwksError::Tls(at.host.clone(), e))?;
-        self.exchange(TokioIo::new(stream)).await
-    }
-
-    async fn exchange<T>(&self, io: T) -> Result<Bytes, JwksError>
-    where
-        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let http = |e: hyper::Error| JwksError::Http(e.to_string());
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(http)?;
-        let connection = tokio::spawn(connection);
-        let at = &self.location;
-        let host = if (at.tls && at.port == 443) || (!at.tls && at.port == 80) {
-            at.host.clone()
-        } else {
-            format!("{}:{}", at.host, at.port)
-        };
-        let request = hyper::Request::get(at.target.as_str())
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::ACCEPT, "application/json")
-            .header(hyper::header::USER_AGENT, "cdc-gateway")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| JwksError::Http(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(http)?;
-        if !response.status().is_success() {
-            connection.abort();
-            return Err(JwksError::Status(response.status().as_u16()));
-        }
-        let body = Limited::new(response.into_body(), MAX_BYTES)
-            .collect()
-            .await
-            .map_err(|e| JwksError::Http(format!("body: {e}")))?
-            .to_bytes();
-        connection.abort();
-        Ok(body)
+        Ok(response.body)
     }
 }
 
@@ -330,17 +205,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_read_and_clear_text_is_for_loopback_only() {
-        let at = Location::parse("https://idp.example/realms/x/certs?v=1").unwrap();
-        assert_eq!(
-            (at.tls, at.host.as_str(), at.port),
-            (true, "idp.example", 443)
-        );
-        assert_eq!(at.target, "/realms/x/certs?v=1");
-        let at = Location::parse("http://127.0.0.1:8089").unwrap();
-        assert_eq!((at.port, at.target.as_str()), (8089, "/"));
-        assert!(Location::parse("ftp://x").is_err());
-        assert!(Location::parse("https://user@idp/").is_err());
+    fn clear_text_is_for_loopback_only() {
+        assert!(KeySet::new("https://user@idp/", Duration::from_secs(60), None).is_err());
         assert!(KeySet::new("http://127.0.0.1:1/jwks", Duration::from_secs(60), None).is_ok());
         let remote = KeySet::new("http://idp.example/jwks", Duration::from_secs(60), None);
         assert!(remote.err().unwrap().to_string().contains("loopback"));

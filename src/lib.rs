@@ -27,6 +27,7 @@ pub mod gateway;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod http;
+pub(crate) mod http_client;
 pub(crate) mod hub;
 pub mod index;
 pub mod ingest;

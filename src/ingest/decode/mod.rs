@@ -1,7 +1,10 @@
 //! Kafka record -> normalized [`ChangeEvent`]. One submodule per envelope; this module picks
 //! the envelope (per record under `auto`), applies the entity rename map, and names every way
 //! a record can fail so that metrics count failures by reason and the consumer moves on.
+//! Avro records (the Confluent wire format, [`avro`]) become the JSON converter's text first
+//! and then take the same path.
 
+pub mod avro;
 pub mod connect;
 mod debezium;
 mod key;
@@ -63,6 +66,10 @@ pub enum DecodeError {
     InvalidSchema(String),
     #[error("a value does not match its schema: {0}")]
     InvalidValue(String),
+    #[error("not Avro in the Confluent wire format: {0}")]
+    InvalidAvro(String),
+    #[error("schema id {0} is unknown: the schema registry does not hold it (or no --schema-registry-url is set)")]
+    UnknownSchemaId(u32),
 }
 
 impl DecodeError {
@@ -79,11 +86,13 @@ impl DecodeError {
             DecodeError::InvalidTimestamp => "invalid_timestamp",
             DecodeError::InvalidSchema(_) => "invalid_schema",
             DecodeError::InvalidValue(_) => "invalid_value",
+            DecodeError::InvalidAvro(_) => "invalid_avro",
+            DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
         }
     }
 
     /// Every reason label, so metrics can show zeroes before the first failure.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 13] = [
         "invalid_json",
         "not_an_object",
         "unknown_envelope",
@@ -95,6 +104,8 @@ impl DecodeError {
         "invalid_timestamp",
         "invalid_schema",
         "invalid_value",
+        "invalid_avro",
+        "unknown_schema_id",
     ];
 }
 
@@ -105,6 +116,8 @@ pub struct Decoder {
     renames: HashMap<String, String>,
     /// The Kafka Connect schemas seen, each parsed once (shared by clones).
     schemas: Arc<connect::Schemas>,
+    /// The schema registry's schemas fetched so far, by id (shared by clones).
+    avro: Arc<avro::AvroSchemas>,
     decimals: DecimalFormat,
     /// Records with values of a logical type the gateway does not decode, by type name.
     unknown_types: Option<prometheus::IntCounterVec>,
@@ -125,6 +138,7 @@ impl Decoder {
             format,
             renames,
             schemas: Arc::default(),
+            avro: Arc::default(),
             decimals: DecimalFormat::Number,
             unknown_types: None,
             naming: EntityNaming::Table,
@@ -157,31 +171,79 @@ impl Decoder {
         self
     }
 
+    /// Whether a value is read as Avro: always under `avro`, when framed under `auto`.
+    fn is_avro(&self, value: &[u8]) -> bool {
+        match self.format {
+            InputFormat::Avro => true,
+            InputFormat::Auto => avro::schema_id(value).is_some(),
+            InputFormat::Simple | InputFormat::Debezium => false,
+        }
+    }
+
+    /// The registry schema ids a record needs that the decoder does not hold yet: the
+    /// consumer fetches them ([`Decoder::add_schema`]) before [`Decoder::decode`]. A key is
+    /// read as Avro only beside an Avro value.
+    pub fn missing_schemas(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Vec<u32> {
+        let Some(value) = value.filter(|v| self.is_avro(v)) else {
+            return Vec::new();
+        };
+        let ids = [Some(value), key]
+            .into_iter()
+            .flatten()
+            .filter_map(avro::schema_id);
+        self.avro.missing(ids)
+    }
+
+    /// The registry's answer for schema `id`: its text, or `None` when it does not hold it.
+    pub fn add_schema(&self, id: u32, text: Option<&str>) {
+        self.avro.insert(id, text, &self.schemas);
+    }
+
+    /// Registry schemas held.
+    pub fn schemas_held(&self) -> usize {
+        self.avro.held()
+    }
+
     pub fn decode(&self, record: &RawRecord<'_>) -> Result<Decoded, DecodeError> {
         let Some(bytes) = record.value else {
             return Ok(Decoded::Tombstone);
         };
-        let (object, plan) = match self.schemas.split(bytes) {
-            Some((plan, payload)) => (parse_payload(payload)?, Some(plan)),
-            None => {
-                let object = parse_object(bytes)?;
-                if is_schema_wrapper(&object) {
-                    let plan = self.schemas.plan(object["schema"].get())?;
-                    (
-                        parse_payload(object["payload"].get().as_bytes())?,
-                        Some(plan),
-                    )
-                } else {
-                    (Some(object), None)
-                }
+        // The JSON text of an Avro value and key, which the envelope's fields borrow.
+        let (avro_value, avro_key);
+        let avro = self.is_avro(bytes);
+        let (object, plan) = if avro {
+            let (text, plan) = self.avro.decode(bytes)?;
+            avro_value = text;
+            (parse_payload(avro_value.as_bytes())?, Some(plan))
+        } else if let Some((plan, payload)) = self.schemas.split(bytes) {
+            (parse_payload(payload)?, Some(plan))
+        } else {
+            let object = parse_object(bytes)?;
+            if is_schema_wrapper(&object) {
+                let plan = self.schemas.plan(object["schema"].get())?;
+                (
+                    parse_payload(object["payload"].get().as_bytes())?,
+                    Some(plan),
+                )
+            } else {
+                (Some(object), None)
             }
         };
         let Some(object) = object else {
             return Ok(Decoded::Tombstone);
         };
         // A key in the schema wrapper: its payload, its schema read once like the value's.
+        // An Avro key: its JSON text.
         let unwrapped;
-        let record = match record.key.and_then(|key| self.key_payload(key)) {
+        let key = match record.key {
+            Some(key) if avro && avro::schema_id(key).is_some() => {
+                avro_key = self.avro.decode(key)?.0;
+                Some(avro_key.as_bytes())
+            }
+            Some(key) => self.key_payload(key),
+            None => None,
+        };
+        let record = match key {
             Some(payload) => {
                 unwrapped = RawRecord {
                     key: Some(payload),
@@ -194,13 +256,13 @@ impl Decoder {
         let mut fields = match self.format {
             InputFormat::Simple => simple::decode(object, record)?,
             InputFormat::Debezium => debezium::decode(object, record, self.naming)?,
-            InputFormat::Auto if object.contains_key("op") => {
+            InputFormat::Auto | InputFormat::Avro if object.contains_key("op") => {
                 debezium::decode(object, record, self.naming)?
             }
-            InputFormat::Auto if object.contains_key("entity_type") => {
+            InputFormat::Auto | InputFormat::Avro if object.contains_key("entity_type") => {
                 simple::decode(object, record)?
             }
-            InputFormat::Auto => return Err(DecodeError::UnknownEnvelope),
+            InputFormat::Auto | InputFormat::Avro => return Err(DecodeError::UnknownEnvelope),
         };
         if let Some(plan) = plan {
             self.apply(&plan, &mut fields)?;
@@ -419,5 +481,7 @@ fn id_of(value: &Value) -> Result<String, DecodeError> {
     }
 }
 
+#[cfg(test)]
+mod avro_tests;
 #[cfg(test)]
 mod tests;

@@ -632,6 +632,9 @@ impl Session {
                             saw_id = true;
                             kept.last_event_id = Some(id.clone());
                         }
+                        // Snapshot rows carry no id until every topic's `synced` (protocol
+                        // 7.4): a stream dropped mid-snapshot then snapshots again.
+                        None if message["snapshot"] == true && period.synced_at.is_none() => {}
                         None => period
                             .anomalies
                             .push(format!("an event: data without id: {message}")),
@@ -644,6 +647,11 @@ impl Session {
                 "synced" => {
                     if period.synced_at.is_some() {
                         period.anomalies.push(format!("a second synced: {message}"));
+                    }
+                    // The last topic's `synced` carries the stream's position.
+                    if let Some(id) = &event.id {
+                        saw_id = true;
+                        kept.last_event_id = Some(id.clone());
                     }
                     period.synced_at = Some(period.deliveries.len());
                 }
