@@ -167,7 +167,7 @@ async fn read(presence: Arc<Presence>, config: Config, topic: String, stop: Canc
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(retry) => {}
         }
-        retry = (retry * 2).min(Duration::from_secs(10));
+        retry = (retry * 2).min(Duration::from_secs(2));
     }
     loop {
         let message = tokio::select! {
