@@ -329,15 +329,33 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_CLIENT_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_rate_burst: u32,
 
-    /// Rows whose latest event is kept for `"snapshot": true`, over all entities; 0 turns
-    /// snapshots off (they answer zero rows, incomplete).
+    /// Directory of the table store: every entity's rows on disk, with the offsets they were
+    /// applied up to, so that a restart reads on from there instead of rebuilding. One
+    /// directory per replica (it is locked). Without it a temporary directory is used and
+    /// removed at exit: the tables are rebuilt from the source topics at every start.
+    #[arg(global = true, long, env = "CDC_GATEWAY_TABLE_STORE_PATH")]
+    pub table_store_path: Option<std::path::PathBuf>,
+
+    /// Disk the table store may take, in MiB. At the bound, commits are refused: consumption
+    /// waits (nothing is skipped), /readyz answers 503 and cdc_gateway_table_store_failing is 1.
     #[arg(
         global = true,
         long,
-        env = "CDC_GATEWAY_SNAPSHOT_ROWS",
-        default_value_t = 100_000
+        env = "CDC_GATEWAY_TABLE_STORE_MAX_MIB",
+        default_value_t = 10_240,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
-    pub snapshot_rows: u32,
+    pub table_store_max_mib: u64,
+
+    /// Memory for the table store's block cache, in MiB.
+    #[arg(
+        global = true,
+        long,
+        env = "CDC_GATEWAY_TABLE_STORE_CACHE_MIB",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub table_store_cache_mib: u64,
 
     /// Snapshot rows and missed events one connection's unread backlogs may hold: a subscribe
     /// that would owe more gets BACKLOG_FULL (nothing is subscribed). Bounds what a client
@@ -365,8 +383,9 @@ pub struct Config {
     #[arg(global = true, long, env = "CDC_GATEWAY_HISTORY_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
     pub history_max_age: Duration,
 
-    /// Records read back per partition at start to warm the history and the snapshot cache,
-    /// so that resume works across a restart; 0 starts empty.
+    /// Records read back per partition at start to warm the resume history, so that resume
+    /// works across a restart; 0 starts empty. (The tables are read from where the table
+    /// store stands, whatever this says.)
     #[arg(
         global = true,
         long,
@@ -671,6 +690,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where the table store lives and how large it may grow.
+    pub fn tables(&self) -> crate::tables::Settings {
+        crate::tables::Settings {
+            path: self.table_store_path.clone(),
+            max_bytes: self.table_store_max_mib.saturating_mul(1 << 20),
+            cache_bytes: self.table_store_cache_mib.saturating_mul(1 << 20),
+        }
     }
 
     /// The group id offsets are committed under: `--group-id`, suffixed with `--instance`.

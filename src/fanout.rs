@@ -22,7 +22,7 @@ use crate::protocol::close::CloseCode;
 use crate::protocol::data::{data_message, Kind};
 use crate::protocol::reply;
 use crate::queue::{Item, TrySendError};
-use crate::snapshot::{Held, LastValues, Latest};
+use crate::tables::{Found, Latest, Stored, Tables, View};
 
 /// Hands events to the subscribers of their topics.
 pub struct FanOut {
@@ -37,7 +37,7 @@ pub struct FanOut {
     max_stall: Duration,
     /// Rows one connection's backlogs may hold (`--max-backlog-rows`).
     max_backlog_rows: usize,
-    last_values: Arc<LastValues>,
+    tables: Arc<Tables>,
     history: Arc<History>,
 }
 
@@ -101,7 +101,7 @@ impl FanOut {
             min_drain_rate: 0.0,
             max_stall: grace,
             max_backlog_rows: usize::MAX,
-            last_values: Arc::new(LastValues::new(0)),
+            tables: Arc::new(Tables::off()),
             history: Arc::new(History::new(history::Limits {
                 per_entity: 0,
                 max_age: Duration::ZERO,
@@ -135,9 +135,9 @@ impl FanOut {
         self
     }
 
-    /// Keeps the latest event of every row in `last_values`, for snapshots.
-    pub fn with_last_values(mut self, last_values: Arc<LastValues>) -> Self {
-        self.last_values = last_values;
+    /// Applies every event to `tables`, the row state snapshots read.
+    pub fn with_tables(mut self, tables: Arc<Tables>) -> Self {
+        self.tables = tables;
         self
     }
 
@@ -145,8 +145,8 @@ impl FanOut {
         &self.history
     }
 
-    pub fn last_values(&self) -> &LastValues {
-        &self.last_values
+    pub fn tables(&self) -> &Tables {
+        &self.tables
     }
 
     pub fn dispatched(&self) -> &Dispatched {
@@ -187,25 +187,26 @@ impl FanOut {
             .into_iter()
             .map(|(topic, filter)| (Arc::from(topic), Arc::new(filter)))
             .collect();
-        // What the subscribe owes is gathered here, between two records (the rows and events
-        // as `Arc`s, nothing copied), and filtered, ordered and rendered by the connection's
-        // writer as it writes them ([`Owing`]): the consumer task never sorts or filters a
-        // table for one client, nor waits for it to read.
-        let snapshots: Option<Vec<(Vec<Held>, bool)>> = join.snapshot.then(|| {
-            topics
+        // What the subscribe owes is gathered here, between two records: a view of the tables
+        // as of the ack's position (committed first: the view is exactly what was
+        // dispatched) and the missed events as `Arc`s. The connection's writer pages through
+        // the view, filters, orders and renders as it writes ([`Owing`]): the consumer task
+        // never reads a table for one client, nor waits for it to read.
+        let view: Option<Arc<View>> = join.snapshot.then(|| Arc::new(self.view()));
+        // A snapshot is reserved at its entity's row count (what it sends at most) and given
+        // back as the writer sends its rows or the filter leaves them out.
+        let shares: Vec<usize> = match &view {
+            Some(view) => topics
                 .iter()
-                .map(|(topic, _)| {
-                    let (entity, id) = split_topic(topic).unwrap_or_default();
-                    self.last_values.rows(entity, id)
+                .map(|(topic, _)| match split_topic(topic) {
+                    Some((entity, None)) => view.count(entity),
+                    Some((_, Some(_))) => 1,
+                    None => 0,
                 })
-                .collect()
-        });
-        let rows = snapshots
-            .iter()
-            .flatten()
-            .map(|(rows, _)| rows.len())
-            .chain(replays.iter().flatten().map(Vec::len))
-            .sum::<usize>();
+                .collect(),
+            None => Vec::new(),
+        };
+        let rows = replays.iter().flatten().map(Vec::len).sum::<usize>() + shares.iter().sum::<usize>();
         // What one connection may make the gateway hold for it is bounded: a subscribe whose
         // rows would take its backlog past --max-backlog-rows is refused, not queued.
         let reservation =
@@ -220,7 +221,8 @@ impl FanOut {
             topics: topics.clone(),
             joined: joined.clone(),
             ack: join.ack,
-            snapshots,
+            view,
+            shares,
             replays,
             metrics: Arc::clone(&self.metrics),
             reservation,
@@ -250,21 +252,35 @@ impl FanOut {
         let _ = join.done.send(Ok(joined));
     }
 
-    /// Keeps an event that is not dispatched (read back from Kafka at start) in the snapshot
-    /// cache and the resume history.
-    pub fn remember(&self, mut event: ChangeEvent) {
-        if self.last_values.replayed(&event) {
+    /// A view of the tables as they now stand. A view whose uncommitted rows cannot be
+    /// committed (the store is full or failing) is the last committed state, and says it is
+    /// not complete.
+    fn view(&self) -> View {
+        match self.tables.view() {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!("snapshot from the last committed tables, marked incomplete: {e}");
+                self.tables.committed_view()
+            }
+        }
+    }
+
+    /// Applies an event that is not dispatched (read at start, before each partition's
+    /// start) to the tables, and to the resume history when `into_history`.
+    pub fn remember(&self, mut event: ChangeEvent, into_history: bool) {
+        let found = self.tables.find(&event);
+        if found.replayed(&event) {
             self.metrics.source_replays.inc();
             return;
         }
-        self.complete(&mut event);
-        self.record(event, None);
+        self.complete(&mut event, &found);
+        self.record(event, None, found, into_history);
     }
 
     /// Judges the event against the row's last image where the source left it out (see
-    /// [`LastValues::complete`]), and counts what that found.
-    fn complete(&self, event: &mut ChangeEvent) {
-        let done = self.last_values.complete(event);
+    /// [`Found::complete`]), and counts what that found.
+    fn complete(&self, event: &mut ChangeEvent, found: &Found) {
+        let done = found.complete(event);
         let count = |result: &str, n: u64| {
             if n > 0 {
                 self.metrics
@@ -282,14 +298,17 @@ impl FanOut {
         count("toast_unknown", u64::from(done.toast_unknown));
     }
 
-    /// Keeps the event (moved, not copied: this runs once per record) for snapshots and
-    /// resumes.
-    fn record(&self, event: ChangeEvent, payload: Option<Bytes>) {
-        if self.last_values.is_enabled() || self.history.is_enabled() {
+    /// Applies the event to its row (moved, not copied: this runs once per record) and keeps
+    /// it for resumes.
+    fn record(&self, event: ChangeEvent, payload: Option<Bytes>, found: Found, into_history: bool) {
+        let history = into_history && self.history.is_enabled();
+        if self.tables.is_enabled() || history {
             let payload = payload.unwrap_or_else(|| Bytes::from(event.payload_json()));
             let latest = Arc::new(Latest { event, payload });
-            self.last_values.record(&latest);
-            self.history.record(&latest);
+            self.tables.apply(&latest, found);
+            if history {
+                self.history.record(&latest);
+            }
         }
     }
 
@@ -299,12 +318,13 @@ impl FanOut {
     pub async fn dispatch(&self, mut owned: ChangeEvent) {
         // A change the row already went through (a connector re-sending after a restart)
         // reaches nobody twice; its offset still counts as dispatched.
-        if self.last_values.replayed(&owned) {
+        let found = self.tables.find(&owned);
+        if found.replayed(&owned) {
             self.metrics.source_replays.inc();
             self.dispatched.record(owned.position);
             return;
         }
-        self.complete(&mut owned);
+        self.complete(&mut owned, &found);
         let event = &owned;
         let mut payload: Option<Bytes> = None;
         let mut delivered = 0u64;
@@ -367,7 +387,7 @@ impl FanOut {
         // One shared counter update per event, not per recipient.
         self.metrics.deliveries.inc_by(delivered);
         let (position, kafka_timestamp_ms) = (event.position, event.kafka_timestamp_ms);
-        self.record(owned, payload);
+        self.record(owned, payload, found, true);
         self.dispatched.record(position);
         if let Some(ts) = kafka_timestamp_ms {
             let latency_ms = crate::clock::now_millis().saturating_sub(ts).max(0);
@@ -553,10 +573,8 @@ fn shown(topic: &str, filter: &Filter, latest: &Latest, kind: Kind) -> Bytes {
     }
 }
 
-/// A message a subscribe owes: built already (an ack, `synced`), or a recorded event (a
-/// snapshot row or a missed event) rendered for the subscriber when its writer gets to it.
+/// A missed event a subscribe owes, rendered for the subscriber when its writer gets to it.
 enum Owed {
-    Ready(Bytes),
     Shown {
         topic: Arc<str>,
         filter: Arc<Filter>,
@@ -568,7 +586,6 @@ enum Owed {
 impl Owed {
     fn render(self) -> Bytes {
         match self {
-            Owed::Ready(message) => message,
             Owed::Shown {
                 topic,
                 filter,
@@ -579,14 +596,10 @@ impl Owed {
     }
 
     /// Missed events go out in offset order per partition.
-    fn order(&self) -> (Option<crate::position::Partition>, i64) {
-        match self {
-            Owed::Ready(_) => (None, i64::MIN),
-            Owed::Shown { event, .. } => {
-                let at = event.event.position;
-                (Some(at.key()), at.offset)
-            }
-        }
+    fn order(&self) -> (crate::position::Partition, i64) {
+        let Owed::Shown { event, .. } = self;
+        let at = event.event.position;
+        (at.key(), at.offset)
     }
 }
 
@@ -644,127 +657,301 @@ impl Drop for Reservation {
     }
 }
 
-/// What a subscribe owes, as gathered at its join: each topic's snapshot rows (unordered) or
-/// the missed events history holds. Filtered, ordered and rendered by the connection's writer
-/// ([`Owing::into_backlog`]), the acks first: a snapshot's ack says how many rows follow.
+/// What a subscribe owes, as gathered at its join: a view of the tables for its snapshots, or
+/// the missed events history holds. Paged, filtered, ordered and rendered by the connection's
+/// writer ([`Owing::into_backlog`]), each topic's ack first: a snapshot's ack says how many
+/// rows follow.
 struct Owing {
     topics: Vec<(Arc<str>, Arc<Filter>)>,
     joined: Joined,
     ack: AckBuilder,
-    snapshots: Option<Vec<(Vec<Held>, bool)>>,
+    view: Option<Arc<View>>,
+    /// Each snapshot's share of the reservation.
+    shares: Vec<usize>,
     replays: Option<Vec<Vec<Arc<Latest>>>>,
     metrics: Arc<Metrics>,
     reservation: Reservation,
 }
 
+/// The reservation, shared by the parts of one subscribe's backlog.
+type SharedReservation = Arc<std::sync::Mutex<Reservation>>;
+
+impl Reservation {
+    fn shared_give_back(shared: &SharedReservation, rows: usize) {
+        if rows > 0 {
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .give_back(rows);
+        }
+    }
+}
+
+/// The ack builder, shared by the topics of one subscribe as the writer gets to each.
+type SharedAck = Arc<std::sync::Mutex<AckBuilder>>;
+
 impl Owing {
     /// The ack of a subscribe to one topic that owes nothing else: sent as it is.
     fn single_ack(&mut self) -> Option<Bytes> {
-        if self.snapshots.is_some() || self.replays.is_some() || self.topics.len() != 1 {
+        if self.view.is_some() || self.replays.is_some() || self.topics.len() != 1 {
             return None;
         }
         let (topic, _) = &self.topics[0];
         Some(Bytes::from((self.ack)(topic, &self.joined, None)))
     }
 
-    /// The messages in order: per topic its ack, then with a snapshot its rows (least
-    /// recently changed first) and `synced`; then the missed events of every topic, in offset
-    /// order per partition. Runs when the writer first reads it.
+    /// The messages in order: per topic its ack, then with a snapshot its rows (in key
+    /// order, read from the view as the writer asks for them) and `synced`; then the missed
+    /// events of every topic, in offset order per partition. Nothing is read, filtered or
+    /// rendered until the writer gets to it.
     fn into_backlog(self) -> impl Iterator<Item = Bytes> + Send {
-        let mut pending = Some(self);
-        let mut owed: std::vec::IntoIter<Owed> = Vec::new().into_iter();
-        let mut reservation: Option<Reservation> = None;
-        std::iter::from_fn(move || {
-            if let Some(owing) = pending.take() {
-                let (list, held) = owing.build();
-                owed = list.into_iter();
-                reservation = Some(held);
+        let Owing {
+            topics,
+            joined,
+            ack,
+            view,
+            shares,
+            replays,
+            metrics,
+            reservation,
+        } = self;
+        let replayed = reservation.rows - shares.iter().sum::<usize>();
+        let reservation: SharedReservation = Arc::new(std::sync::Mutex::new(reservation));
+        let ack: SharedAck = Arc::new(std::sync::Mutex::new(ack));
+        let mut parts: Vec<Box<dyn Iterator<Item = Bytes> + Send>> = Vec::new();
+        for (i, (topic, filter)) in topics.iter().enumerate() {
+            let (ack, joined) = (Arc::clone(&ack), joined.clone());
+            match &view {
+                Some(view) => parts.push(Box::new(SnapshotRows {
+                    topic: Arc::clone(topic),
+                    filter: Arc::clone(filter),
+                    view: Arc::clone(view),
+                    ack,
+                    joined,
+                    metrics: Arc::clone(&metrics),
+                    reservation: Arc::clone(&reservation),
+                    share: shares.get(i).copied().unwrap_or(0),
+                    stage: Stage::Start,
+                })),
+                None => {
+                    let topic = Arc::clone(topic);
+                    parts.push(Box::new(std::iter::once_with(move || {
+                        let mut ack = ack.lock().unwrap_or_else(|e| e.into_inner());
+                        Bytes::from((*ack)(&topic, &joined, None))
+                    })))
+                }
             }
-            let next = owed.next()?;
-            if let (Owed::Shown { .. }, Some(held)) = (&next, reservation.as_mut()) {
-                held.give_back(1);
-            }
-            Some(next.render())
-        })
-    }
-
-    fn build(mut self) -> (Vec<Owed>, Reservation) {
-        let reserved = self.reservation.rows;
-        let mut owed: Vec<Owed> = Vec::new();
-        let mut snapshots = self.snapshots.take().map(Vec::into_iter);
-        for (topic, filter) in &self.topics {
-            let snapshot = snapshots.as_mut().and_then(Iterator::next);
-            let Some((mut rows, complete)) = snapshot else {
-                owed.push(Owed::Ready(Bytes::from((self.ack)(
-                    topic,
-                    &self.joined,
-                    None,
-                ))));
-                continue;
-            };
-            rows.retain(|(_, row)| filter.matches(&row.event));
-            rows.sort_unstable_by_key(|(changed, _)| *changed);
-            self.metrics
-                .snapshots
-                .with_label_values(&[if complete { "true" } else { "false" }])
-                .inc();
-            tracing::debug!(
-                topic = &**topic,
-                position = %crate::position::to_event_id(&self.joined.position),
-                rows = rows.len(),
-                complete,
-                "snapshot"
-            );
-            owed.push(Owed::Ready(Bytes::from((self.ack)(
-                topic,
-                &self.joined,
-                Some((rows.len(), complete)),
-            ))));
-            owed.extend(rows.into_iter().map(|(_, row)| Owed::Shown {
-                topic: Arc::clone(topic),
-                filter: Arc::clone(filter),
-                event: row,
-                kind: Kind::Snapshot,
-            }));
-            owed.push(Owed::Ready(Bytes::from(reply::synced(topic))));
         }
-        if let Some(replays) = &self.replays {
-            // What the client would have received live: the events its filter matches, and
-            // leave events where an update moved a row out of it.
-            let mut missed: Vec<Owed> = self
-                .topics
-                .iter()
-                .zip(replays)
-                .flat_map(|((topic, filter), events)| {
-                    events.iter().filter_map(move |e| {
-                        let kind = if filter.matches(&e.event) {
-                            Kind::Live
-                        } else if filter.matched_before(&e.event) {
-                            Kind::Leave
-                        } else {
-                            return None;
-                        };
-                        Some(Owed::Shown {
-                            topic: Arc::clone(topic),
-                            filter: Arc::clone(filter),
-                            event: Arc::clone(e),
-                            kind,
+        if let Some(replays) = replays {
+            let reserved = replayed;
+            let missed = std::iter::once_with(move || {
+                // What the client would have received live: the events its filter matches,
+                // and leave events where an update moved a row out of it.
+                let mut missed: Vec<Owed> = topics
+                    .iter()
+                    .zip(&replays)
+                    .flat_map(|((topic, filter), events)| {
+                        events.iter().filter_map(move |e| {
+                            let kind = if filter.matches(&e.event) {
+                                Kind::Live
+                            } else if filter.matched_before(&e.event) {
+                                Kind::Leave
+                            } else {
+                                return None;
+                            };
+                            Some(Owed::Shown {
+                                topic: Arc::clone(topic),
+                                filter: Arc::clone(filter),
+                                event: Arc::clone(e),
+                                kind,
+                            })
                         })
                     })
+                    .collect();
+                missed.sort_by_key(Owed::order);
+                metrics.deliveries.inc_by(missed.len() as u64);
+                // What the filters left out is not held for the client.
+                Reservation::shared_give_back(&reservation, reserved.saturating_sub(missed.len()));
+                missed.into_iter().map(move |owed| {
+                    Reservation::shared_give_back(&reservation, 1);
+                    owed.render()
                 })
-                .collect();
-            missed.sort_by_key(Owed::order);
-            owed.extend(missed);
+            })
+            .flatten();
+            parts.push(Box::new(missed));
         }
-        let shown = owed
-            .iter()
-            .filter(|o| matches!(o, Owed::Shown { .. }))
-            .count();
-        self.metrics.deliveries.inc_by(shown as u64);
-        // What the filters left out is not held for the client.
-        let mut reservation = self.reservation;
-        reservation.give_back(reserved.saturating_sub(shown));
-        (owed, reservation)
+        parts.into_iter().flatten()
+    }
+}
+
+/// Where a topic's snapshot stands.
+enum Stage {
+    Start,
+    Rows(Box<dyn Iterator<Item = Bytes> + Send>),
+    Synced,
+    Done,
+}
+
+/// One topic's snapshot, read from a view of the tables as the writer asks for messages:
+/// the ack (with the row count), the rows that pass the filter, then `synced`.
+struct SnapshotRows {
+    topic: Arc<str>,
+    filter: Arc<Filter>,
+    view: Arc<View>,
+    ack: SharedAck,
+    joined: Joined,
+    metrics: Arc<Metrics>,
+    reservation: SharedReservation,
+    /// Rows reserved for this snapshot and not given back yet.
+    share: usize,
+    stage: Stage,
+}
+
+impl Iterator for SnapshotRows {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        loop {
+            match &mut self.stage {
+                Stage::Start => {
+                    let (count, complete, rows) = blocking(|| self.plan());
+                    // Rows the filter left out are not owed.
+                    let unsent = self.share.saturating_sub(count);
+                    Reservation::shared_give_back(&self.reservation, unsent);
+                    self.share -= unsent;
+                    self.metrics
+                        .snapshots
+                        .with_label_values(&[if complete { "true" } else { "false" }])
+                        .inc();
+                    tracing::debug!(
+                        topic = &*self.topic,
+                        position = %crate::position::to_event_id(&self.joined.position),
+                        rows = count,
+                        complete,
+                        "snapshot"
+                    );
+                    let mut ack = self.ack.lock().unwrap_or_else(|e| e.into_inner());
+                    let message = Bytes::from((*ack)(
+                        &self.topic,
+                        &self.joined,
+                        Some((count, complete)),
+                    ));
+                    drop(ack);
+                    self.stage = Stage::Rows(rows);
+                    return Some(message);
+                }
+                Stage::Rows(rows) => match rows.next() {
+                    Some(row) => {
+                        self.metrics.deliveries.inc();
+                        if self.share > 0 {
+                            self.share -= 1;
+                            Reservation::shared_give_back(&self.reservation, 1);
+                        }
+                        return Some(row);
+                    }
+                    None => {
+                        Reservation::shared_give_back(&self.reservation, self.share);
+                        self.share = 0;
+                        self.stage = Stage::Synced;
+                    }
+                },
+                Stage::Synced => {
+                    self.stage = Stage::Done;
+                    return Some(Bytes::from(reply::synced(&self.topic)));
+                }
+                Stage::Done => return None,
+            }
+        }
+    }
+}
+
+impl SnapshotRows {
+    /// How many rows the snapshot sends, whether they are the whole table, and the rows.
+    /// Without a filter the count is the entity's and the rows stream straight from the view;
+    /// with one, the view is scanned once for the keys that pass, and those rows follow.
+    #[allow(clippy::type_complexity)]
+    fn plan(&self) -> (usize, bool, Box<dyn Iterator<Item = Bytes> + Send>) {
+        let (topic, filter) = (Arc::clone(&self.topic), Arc::clone(&self.filter));
+        let Some((entity, id)) = split_topic(&topic) else {
+            return (0, false, Box::new(std::iter::empty()));
+        };
+        let complete = self.view.is_complete();
+        if let Some(id) = id {
+            let row = self.view.row(entity, id).and_then(|row| readable(row));
+            let found = row.is_some();
+            let rows: Vec<Bytes> = row
+                .into_iter()
+                .filter_map(|stored| rendered(&topic, &filter, stored, true))
+                .collect();
+            return (rows.len(), complete || found, Box::new(rows.into_iter()));
+        }
+        if filter.is_empty() {
+            let count = self.view.count(entity);
+            let rows = self
+                .view
+                .rows(entity)
+                .filter_map(readable)
+                .map(move |stored| {
+                    data_message(&topic, &stored.payload, stored.position, Kind::Snapshot)
+                });
+            return (count, complete, Box::new(rows));
+        }
+        let keys: Vec<Vec<u8>> = self
+            .view
+            .keyed_rows(entity)
+            .filter_map(|row| match row {
+                Ok((key, stored)) => stored
+                    .event()
+                    .map_err(|e| tracing::warn!("{e}"))
+                    .ok()
+                    .filter(|event| filter.matches(event))
+                    .map(|_| key),
+                Err(e) => {
+                    tracing::warn!("snapshot read: {e}");
+                    None
+                }
+            })
+            .collect();
+        let view = Arc::clone(&self.view);
+        let count = keys.len();
+        let rows = keys.into_iter().filter_map(move |key| {
+            let stored = readable(view.get(&key)?)?;
+            rendered(&topic, &filter, stored, false)
+        });
+        (count, complete, Box::new(rows))
+    }
+}
+
+/// A row read from a view, or `None` (logged) when it cannot be.
+fn readable(row: crate::tables::ViewRow) -> Option<Stored> {
+    row.map_err(|e| tracing::warn!("snapshot read: {e}")).ok()
+}
+
+/// A stored row as a snapshot message for a subscriber with `filter` (claims redact its
+/// images), or `None` when `check` and the filter rejects it.
+fn rendered(topic: &str, filter: &Filter, stored: Stored, check: bool) -> Option<Bytes> {
+    let event = stored
+        .event()
+        .map_err(|e| tracing::warn!("snapshot read: {e}"))
+        .ok()?;
+    if check && !filter.matches(&event) {
+        return None;
+    }
+    let latest = Latest {
+        event,
+        payload: stored.payload,
+    };
+    Some(shown(topic, filter, &latest, Kind::Snapshot))
+}
+
+/// Runs `read` (a table scan) off the async worker where the runtime allows it, so other
+/// connections' tasks move to another thread meanwhile.
+fn blocking<T>(read: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(read)
+        }
+        _ => read(),
     }
 }
 
@@ -954,10 +1141,10 @@ mod tests {
     async fn backlogs_are_bounded_per_connection() {
         let (fanout, _index, metrics) = fanout(SlowClientPolicy::Close, 100);
         let fanout = fanout
-            .with_last_values(Arc::new(LastValues::new(100)))
+            .with_tables(Arc::new(Tables::temporary()))
             .with_max_backlog_rows(25);
         for i in 0..10 {
-            fanout.remember(event(&i.to_string(), i));
+            fanout.remember(event(&i.to_string(), i), true);
         }
         let (client, mut rx) = Outbound::new(1, 16);
         let snapshot = |filter: Filter| {
@@ -1128,7 +1315,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_the_connector_sends_again_reaches_nobody_twice() {
         let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 100);
-        let fanout = fanout.with_last_values(Arc::new(LastValues::new(100)));
+        let fanout = fanout.with_tables(Arc::new(Tables::temporary()));
         let (client, mut rx) = Outbound::new(1, 16);
         index.subscribe("cdc.order", &client, Arc::new(Filter::default()));
         let change = |id: &str, offset, lsn| {
@@ -1167,7 +1354,7 @@ mod tests {
     #[tokio::test]
     async fn row_state_stands_in_for_the_images_debezium_leaves_out() {
         let (fanout, index, metrics) = fanout(SlowClientPolicy::Close, 100);
-        let fanout = fanout.with_last_values(Arc::new(LastValues::new(100)));
+        let fanout = fanout.with_tables(Arc::new(Tables::temporary()));
         let (acme, mut rx) = Outbound::new(1, 16);
         let claim = Filter::compile(Some(&json!({"row.tenant": "acme"}))).unwrap();
         index.subscribe(

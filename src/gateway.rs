@@ -22,7 +22,7 @@ use crate::index::TopicIndex;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::position::Dispatched;
-use crate::snapshot::LastValues;
+use crate::tables::Tables;
 
 /// What the port serves besides the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +82,8 @@ impl Gateway {
         .with_min_drain_rate(config.slow_client_min_rate)
         .with_max_stall(config.slow_client_max_stall)
         .with_max_backlog_rows(config.max_backlog_rows as usize)
-        .with_last_values(Arc::new(
-            LastValues::new(config.snapshot_rows as usize)
-                .with_metrics(metrics.snapshot_cache.clone()),
+        .with_tables(Arc::new(
+            Tables::open(&config.tables())?.with_metrics(metrics.tables.clone()),
         ))
         .with_history(Arc::new(
             History::new(history::Limits {

@@ -53,6 +53,10 @@ pub struct Health {
     /// False while consumption waits for the schema registry.
     schema_registry_reachable: AtomicBool,
     shutting_down: AtomicBool,
+    /// The tables are read up to the partitions' starts at start-up.
+    tables_building: AtomicBool,
+    /// The table store cannot be written: consumption waits.
+    tables_failing: AtomicBool,
     assignment: Mutex<Vec<Partition>>,
     lag: Mutex<BTreeMap<Partition, i64>>,
 }
@@ -76,6 +80,8 @@ impl Health {
             kafka_connected: AtomicBool::new(false),
             schema_registry_reachable: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
+            tables_building: AtomicBool::new(false),
+            tables_failing: AtomicBool::new(false),
             assignment: Mutex::default(),
             lag: Mutex::default(),
         }
@@ -151,6 +157,19 @@ impl Health {
         *self.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
     }
 
+    /// Whether the start-up read of the tables is under way (progress:
+    /// `cdc_gateway_table_rebuild_remaining_records`).
+    pub fn set_tables_building(&self, building: bool) {
+        self.tables_building.store(building, Ordering::Release);
+        self.refresh_ready();
+    }
+
+    /// Whether the table store refuses writes (full, or a disk error).
+    pub fn set_tables_failing(&self, failing: bool) {
+        self.tables_failing.store(failing, Ordering::Release);
+        self.refresh_ready();
+    }
+
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.refresh_ready();
@@ -168,6 +187,10 @@ impl Health {
             Err("Kafka is unreachable")
         } else if !self.schema_registry_reachable.load(Ordering::Acquire) {
             Err("schema registry unreachable: records wait for their schema")
+        } else if self.tables_failing.load(Ordering::Acquire) {
+            Err("table store cannot be written (full or a disk error): consumption waits")
+        } else if self.tables_building.load(Ordering::Acquire) {
+            Err("reading the tables up to the partitions' starts (cdc_gateway_table_rebuild_remaining_records)")
         } else if self
             .assignment
             .lock()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::CacheMetrics;
 use crate::position::{Partition, Position};
-use crate::snapshot::Latest;
+use crate::tables::Latest;
 
 /// Bytes counted for an event besides its payload and its row text (the event's own
 /// fields, the bookkeeping).

@@ -39,8 +39,8 @@ pub(crate) mod presence;
 pub mod protocol;
 pub(crate) mod queue;
 pub mod shutdown;
-pub(crate) mod snapshot;
 pub(crate) mod sse;
+pub mod tables;
 pub(crate) mod tls;
 pub(crate) mod ws;
 

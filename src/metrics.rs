@@ -64,6 +64,25 @@ pub struct CacheMetrics {
     pub evictions: IntCounter,
 }
 
+/// What the table store holds and does (src/tables).
+#[derive(Clone)]
+pub struct TableMetrics {
+    /// Rows over all entities, deletes not counted.
+    pub rows: IntGauge,
+    pub disk_bytes: IntGauge,
+    pub max_bytes: IntGauge,
+    /// Rows applied and not yet committed.
+    pub pending_rows: IntGauge,
+    /// 1 while commits fail (full, or a write error): consumption waits.
+    pub failing: IntGauge,
+    pub commits: IntCounterVec,
+    pub commit_seconds: Histogram,
+    /// Records left to read before the tables are rebuilt to every partition's start.
+    pub rebuild_remaining: IntGauge,
+    /// Records read by rebuilds and catch-ups at start.
+    pub rebuild_records: IntCounter,
+}
+
 /// Buckets of the gateway's own stages (dispatch, write): 10 us to 5 s, fine around 1-2.5 ms.
 const GATEWAY_STAGE_BUCKETS: [f64; 17] = [
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025,
@@ -110,7 +129,7 @@ pub struct Metrics {
     pub write_latency: Histogram,
     pub error_replies: IntCounterVec,
     pub history: CacheMetrics,
-    pub snapshot_cache: CacheMetrics,
+    pub tables: TableMetrics,
     /// Subscribes with `since` (and no snapshot), by whether the missed events followed.
     pub resumes: IntCounterVec,
     /// Subscribes with a snapshot, by whether it was complete.
@@ -337,18 +356,45 @@ impl Metrics {
                     "Events evicted from the resume history (count, age or budget).",
                 ),
             },
-            snapshot_cache: CacheMetrics {
-                held: gauge(
-                    "cdc_gateway_snapshot_rows",
-                    "Rows held in the snapshot cache (--snapshot-rows).",
+            tables: TableMetrics {
+                rows: gauge(
+                    "cdc_gateway_table_rows",
+                    "Rows in the table store over all entities (deletes not counted): what snapshots read.",
                 ),
-                bytes: gauge(
-                    "cdc_gateway_snapshot_bytes",
-                    "Payload bytes of the rows held in the snapshot cache.",
+                disk_bytes: gauge(
+                    "cdc_gateway_table_disk_bytes",
+                    "Bytes the table store takes on disk.",
                 ),
-                evictions: counter(
-                    "cdc_gateway_snapshot_evictions_total",
-                    "Rows evicted from the snapshot cache (their entity's snapshots are then incomplete).",
+                max_bytes: gauge(
+                    "cdc_gateway_table_max_bytes",
+                    "The table store's bound (--table-store-max-mib), in bytes.",
+                ),
+                pending_rows: gauge(
+                    "cdc_gateway_table_pending_rows",
+                    "Rows applied to the tables and not yet committed to disk (committed every 16,384 rows, 200 ms, and before a snapshot).",
+                ),
+                failing: gauge(
+                    "cdc_gateway_table_store_failing",
+                    "1 while the table store cannot be written (full or a disk error): consumption waits, /readyz answers 503.",
+                ),
+                commits: counter_vec(
+                    "cdc_gateway_table_commits_total",
+                    "Commits of applied rows with their offsets, by result.",
+                    "result",
+                    &["ok", "error"],
+                ),
+                commit_seconds: histogram(
+                    "cdc_gateway_table_commit_seconds",
+                    "Time one commit of applied rows takes.",
+                    &GATEWAY_STAGE_BUCKETS,
+                ),
+                rebuild_remaining: gauge(
+                    "cdc_gateway_table_rebuild_remaining_records",
+                    "Records the start-up read still has to apply before the tables reach every partition's start (a new store: the whole topics).",
+                ),
+                rebuild_records: counter(
+                    "cdc_gateway_table_rebuild_records_total",
+                    "Records applied by the start-up read (rebuild or catch-up of the table store).",
                 ),
             },
             resumes: counter_vec(

@@ -29,7 +29,7 @@ use super::context::GatewayContext;
 use super::dead_letter::DeadLetter;
 use super::decode::{DecodeError, Decoded, Decoder, RawRecord};
 use super::registry::{Lookup, Registry};
-use super::warmup::Warmup;
+use super::warmup::{Span, Warmup};
 
 use crate::config::{Config, OffsetReset};
 use crate::event::SourcePosition;
@@ -103,7 +103,7 @@ pub struct Ingest {
     fanout: FanOut,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    warmup: Option<Warmup>,
+    warmup: Warmup,
     /// Highest offset dispatched per partition: anything at or below it is a repeat.
     highest: HashMap<Partition, i64>,
     /// Partitions whose first record has not come yet: the offset it should have, where
@@ -233,9 +233,19 @@ impl Ingest {
         // A record borrows the consumer while the loop reads it with `&mut self`.
         let consumer = Arc::clone(&self.consumer);
         loop {
+            if self.fanout.tables().should_flush() && !self.flush_tables(&stop).await {
+                break;
+            }
+            let flush_due = self.fanout.tables().flush_due();
             let message = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = sleep_until(flush_due), if flush_due.is_some() => {
+                    if !self.flush_tables(&stop).await {
+                        break;
+                    }
+                    continue;
+                }
                 Some(join) = joins.recv() => {
                     self.fanout.join(join).await;
                     continue;
@@ -277,6 +287,9 @@ impl Ingest {
             }
         }
         discovery.abort();
+        if let Err(e) = self.fanout.tables().flush() {
+            tracing::warn!("final table store commit failed (the next start reads those records again): {e}");
+        }
         self.commit();
     }
 
@@ -500,74 +513,168 @@ impl Ingest {
         }
     }
 
-    /// Reads back what came before each partition's start into the history and the snapshot
-    /// cache, and tells both from where they hold every record; returns that offset per
-    /// partition.
+    /// Reads what came before each partition's start: into the tables from where the table
+    /// store stands (a new store: everything; one that is up to date: nothing), and the last
+    /// `--history-warmup` records into the history. Says from where each holds every record,
+    /// and returns, per partition, where history holds it from.
     async fn warm(
         &self,
         starts: &[Start],
         stop: &CancellationToken,
     ) -> Option<HashMap<Partition, i64>> {
+        let tables = self.fanout.tables();
         let history = self.fanout.history();
-        let warmed = match &self.warmup {
-            Some(warmup) => {
-                let (warmup, owned) = (warmup.clone(), starts.to_vec());
-                match tokio::task::spawn_blocking(move || warmup.read(&owned)).await {
-                    Ok(Ok(warmed)) => Some(warmed),
-                    Ok(Err(e)) => {
-                        tracing::warn!("history warm-up failed: {e}");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::warn!("history warm-up failed: {e}");
-                        None
-                    }
+        let mut spans = Vec::new();
+        let mut history_from = HashMap::new();
+        let mut store_from = HashMap::new();
+        for start in starts {
+            let applied = tables.begin(start.partition, start.low);
+            let mut from = applied.next;
+            if from < start.low {
+                // Records the store never applied were deleted since (retention).
+                tracing::warn!(partition = %start.partition, from, low = start.low, "records the table store had not applied were deleted: its rows may be missing");
+                tables.lose(start.partition, start.low);
+                from = start.low;
+            }
+            let held = start.next.saturating_sub(self.warmup.window).max(start.low);
+            history_from.insert(start.partition, held);
+            store_from.insert(start.partition, from);
+            spans.push(Span {
+                partition: start.partition,
+                first: from.min(held),
+                end: start.next,
+            });
+        }
+        let mut remaining: i64 = spans.iter().map(|s| (s.end - s.first).max(0)).sum();
+        let gauge = &self.metrics.tables.rebuild_remaining;
+        gauge.set(remaining);
+        if remaining > 0 {
+            self.health.set_tables_building(true);
+            tracing::info!(
+                partitions = starts.len(),
+                records = remaining,
+                "reading what came before the partitions' starts: into the tables (from where the table store stands) and the resume history"
+            );
+        }
+        let (chunks, mut received) = mpsc::channel(4);
+        let (warmup, owned) = (self.warmup.clone(), spans.clone());
+        let reader = tokio::task::spawn_blocking(move || warmup.read(&owned, &chunks));
+        let (started, mut logged) = (Instant::now(), Instant::now());
+        let mut events = 0u64;
+        loop {
+            let chunk = tokio::select! {
+                _ = stop.cancelled() => return None,
+                chunk = received.recv() => match chunk {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let n = chunk.len() as i64;
+            for record in chunk {
+                let raw = RawRecord {
+                    key: record.key.as_deref(),
+                    value: record.value.as_deref(),
+                    position: SourcePosition {
+                        topic: record.partition.topic,
+                        partition: record.partition.partition,
+                        offset: record.offset,
+                    },
+                    timestamp_ms: record.timestamp_ms,
+                };
+                let missing = self.decoder.missing_schemas(raw.key, raw.value);
+                if !missing.is_empty() && !self.fetch_schemas(&missing, stop, None).await {
+                    return None;
+                }
+                if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {
+                    let into_history = record.offset >= history_from[&record.partition];
+                    self.fanout.remember(*event, into_history);
+                    events += 1;
                 }
             }
-            None => None,
-        };
-        let mut events = 0;
-        let mut warmed_from = HashMap::new();
-        for start in starts {
-            let from = warmed
-                .as_ref()
-                .and_then(|w| w.from.get(&start.partition).copied())
-                .unwrap_or(start.next);
-            history.cover(start.partition, from);
-            warmed_from.insert(start.partition, from);
-            if from > start.low {
-                // Rows changed before `from` are unknown to the cache.
-                self.fanout.last_values().mark_partial();
-            }
-        }
-        for record in warmed.iter().flat_map(|w| &w.records) {
-            let raw = RawRecord {
-                key: record.key.as_deref(),
-                value: record.value.as_deref(),
-                position: SourcePosition {
-                    topic: record.partition.topic,
-                    partition: record.partition.partition,
-                    offset: record.offset,
-                },
-                timestamp_ms: record.timestamp_ms,
-            };
-            let missing = self.decoder.missing_schemas(raw.key, raw.value);
-            if !missing.is_empty() && !self.fetch_schemas(&missing, stop, None).await {
+            remaining -= n;
+            gauge.set(remaining.max(0));
+            self.metrics.tables.rebuild_records.inc_by(n as u64);
+            if tables.should_flush() && !self.flush_tables(stop).await {
                 return None;
             }
-            if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {
-                self.fanout.remember(*event);
-                events += 1;
+            if logged.elapsed() >= Duration::from_secs(5) {
+                logged = Instant::now();
+                tracing::info!(
+                    remaining,
+                    rate = (events as f64 / started.elapsed().as_secs_f64()) as u64,
+                    "start-up read in progress"
+                );
             }
         }
-        if warmed.is_some() {
+        let reached = match reader.await {
+            Ok(Ok(reached)) => reached,
+            Ok(Err(e)) => {
+                tracing::warn!("start-up read failed: {e}");
+                HashMap::new()
+            }
+            Err(e) => {
+                tracing::warn!("start-up read failed: {e}");
+                HashMap::new()
+            }
+        };
+        let mut warmed_from = HashMap::new();
+        for span in &spans {
+            let partition = span.partition;
+            let from = match reached.get(&partition) {
+                Some(first_read) => {
+                    if *first_read > store_from[&partition] && span.first < span.end {
+                        // The broker started later than asked: what it skipped was not applied.
+                        tables.lose(partition, span.end);
+                    } else {
+                        tables.reached(partition, span.end);
+                    }
+                    (*first_read).max(history_from[&partition])
+                }
+                None => {
+                    tables.lose(partition, span.end);
+                    span.end
+                }
+            };
+            history.cover(partition, from);
+            warmed_from.insert(partition, from);
+        }
+        if !self.flush_tables(stop).await {
+            return None;
+        }
+        gauge.set(0);
+        self.health.set_tables_building(false);
+        if events > 0 {
             tracing::info!(
                 partitions = starts.len(),
                 events,
-                "history warmed from Kafka"
+                rows = tables.rows_held(),
+                seconds = started.elapsed().as_secs_f64(),
+                "tables and history read up to the partitions' starts"
             );
         }
         Some(warmed_from)
+    }
+
+    /// Commits the rows applied so far to the table store, waiting while it cannot be
+    /// written (full, or a disk error): no further record is read meanwhile, so none is
+    /// delivered to clients and missing from the tables. `false` when stopped first.
+    async fn flush_tables(&self, stop: &CancellationToken) -> bool {
+        let tables = self.fanout.tables();
+        let mut retry = Duration::from_millis(500);
+        loop {
+            match tables.flush() {
+                Ok(()) => {
+                    self.health.set_tables_failing(false);
+                    return true;
+                }
+                Err(_) => self.health.set_tables_failing(true),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Starts reading `starts` (at start, or partitions discovery found); `warmed_from` is where
@@ -577,6 +684,12 @@ impl Ingest {
             return;
         }
         for start in starts {
+            // A partition new to the tables (found after the start) is applied from its
+            // start: complete when that is its beginning.
+            let applied = self.fanout.tables().begin(start.partition, start.low);
+            if applied.next < start.next {
+                self.fanout.tables().lose(start.partition, start.next);
+            }
             self.fanout.dispatched().start(start.partition, start.next);
             self.fanout.history().cover(start.partition, start.next);
             let rewind = warmed_from.get(&start.partition).copied();
@@ -682,7 +795,7 @@ impl Ingest {
             .source_offsets_lost
             .inc_by(u64::try_from(at.offset - from).unwrap_or(0));
         self.fanout.history().lose(at.key(), at.offset);
-        self.fanout.last_values().mark_partial();
+        self.fanout.tables().lose(at.key(), at.offset);
         self.fanout.reset_all(at.key(), from, at.offset - 1).await;
     }
 
@@ -728,6 +841,14 @@ impl Ingest {
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!("final offset commit failed: {e}"),
         }
+    }
+}
+
+/// Sleeps until `at` (`None`: never; the caller's branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

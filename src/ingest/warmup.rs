@@ -1,10 +1,13 @@
-//! Warms the resume history and the snapshot cache from Kafka (protocol section 7.2), so that a
-//! client resumes across a gateway restart and onto another replica: before the consumer
-//! starts, one group-less reader reads back up to `--history-warmup` records before each
-//! partition's start, in one pass over all partitions, and the records are kept without
-//! being dispatched. What it reached decides what history may promise ([`Warmed::from`]).
+//! The start-up read: before the consumer starts, one group-less reader reads what came before
+//! each partition's start, in one pass over all partitions, and hands it over in chunks to be
+//! applied without being dispatched: from where the table store stands (a new store: the
+//! partition's beginning; an up-to-date one: nothing) and, for the resume history (protocol
+//! section 7.2), up to `--history-warmup` records back. What it reached decides what the
+//! tables and history may promise ([`Reached`]).
 //!
 //! The reader is its own consumer on a blocking thread: the group's offsets are untouched.
+//! Chunks go through a bounded channel, so a rebuild of millions of records holds a few
+//! thousand in memory at a time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,12 +18,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::assignment::Start;
 use crate::config::Config;
 use crate::position::Partition;
 
-/// Bound on the whole read-back.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the read may go without receiving anything before it gives up.
+const STALL: Duration = Duration::from_secs(30);
+
+/// Records handed over at once.
+pub const CHUNK: usize = 2048;
 
 /// One record read back, owned.
 pub struct Record {
@@ -31,26 +36,27 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
-/// What a read-back got: the records in offset order per partition, and per partition the
-/// offset from which everything up to its start was read.
-pub struct Warmed {
-    pub records: Vec<Record>,
-    pub from: HashMap<Partition, i64>,
+/// One partition to read: `[first, end)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub partition: Partition,
+    pub first: i64,
+    pub end: i64,
 }
+
+/// Per partition read to its end, the first offset the broker actually handed over (it may
+/// start later than asked); partitions absent were not read to their end.
+pub type Reached = HashMap<Partition, i64>;
 
 #[derive(Clone)]
 pub struct Warmup {
     reader: ClientConfig,
-    window: i64,
+    /// Records of history per partition (`--history-warmup`).
+    pub window: i64,
 }
 
 impl Warmup {
-    /// `None` when there is nothing to warm: no window, or no history and no snapshots.
-    pub fn new(config: &Config) -> Option<Self> {
-        let wanted = config.history_events > 0 || config.snapshot_rows > 0;
-        if config.history_warmup == 0 || !wanted {
-            return None;
-        }
+    pub fn new(config: &Config) -> Self {
         let reader = super::kafka_client(
             config,
             |reader| {
@@ -61,50 +67,61 @@ impl Warmup {
                     .set("enable.auto.offset.store", "false")
                     // An offset retention deleted between reading the low watermark and
                     // fetching is an error, not a jump to the end (librdkafka's default):
-                    // the read fails and history promises nothing it did not read.
+                    // the read fails and nothing is promised that was not read.
                     .set("auto.offset.reset", "error")
                     .set("enable.partition.eof", "true");
             },
             |_| true,
         );
-        Some(Self {
-            reader,
-            window: i64::from(config.history_warmup),
-        })
+        let window = if config.history_events > 0 {
+            i64::from(config.history_warmup)
+        } else {
+            0
+        };
+        Self { reader, window }
     }
 
-    /// Reads `[max(next - window, low), next)` of every partition (blocking). A partition the
-    /// read could not finish in time keeps what it got, but counts as read from its start.
-    pub fn read(&self, starts: &[Start]) -> Result<Warmed, KafkaError> {
-        let mut from: HashMap<Partition, i64> =
-            starts.iter().map(|s| (s.partition, s.next)).collect();
+    /// Reads every span (blocking), sending records in chunks of at most [`CHUNK`], in offset
+    /// order per partition, until each span is read or the read stalls for [`STALL`]; stops
+    /// early when the receiver is gone.
+    pub fn read(
+        &self,
+        spans: &[Span],
+        chunks: &tokio::sync::mpsc::Sender<Vec<Record>>,
+    ) -> Result<Reached, KafkaError> {
+        let mut reached = Reached::new();
         let mut pending: HashMap<Partition, (i64, i64)> = HashMap::new();
         let mut list = TopicPartitionList::new();
-        for start in starts {
-            let first = start.next.saturating_sub(self.window).max(start.low);
-            if first < start.next {
+        for span in spans {
+            if span.first < span.end {
                 list.add_partition_offset(
-                    start.partition.topic.as_str(),
-                    start.partition.partition,
-                    Offset::Offset(first),
+                    span.partition.topic.as_str(),
+                    span.partition.partition,
+                    Offset::Offset(span.first),
                 )?;
-                pending.insert(start.partition, (first, start.next));
+                pending.insert(span.partition, (span.first, span.end));
+            } else {
+                reached.insert(span.partition, span.end);
             }
         }
-        let mut records = Vec::new();
+        if pending.is_empty() {
+            return Ok(reached);
+        }
         // The first offset each partition actually handed over: a broker may start later
         // than asked (tansu 0.6 does, asked for an offset inside a record batch), and
-        // history may only promise what was read.
+        // nothing may be promised that was not read.
         let mut first_read: HashMap<Partition, i64> = HashMap::new();
-        if pending.is_empty() {
-            return Ok(Warmed { records, from });
-        }
         let reader: BaseConsumer = self.reader.create()?;
         reader.assign(&list)?;
-        let deadline = Instant::now() + TIMEOUT;
-        while !pending.is_empty() && Instant::now() < deadline {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut last_progress = Instant::now();
+        let send = |chunk: &mut Vec<Record>| {
+            !chunk.is_empty() && chunks.blocking_send(std::mem::take(chunk)).is_err()
+        };
+        while !pending.is_empty() && last_progress.elapsed() < STALL {
             match reader.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
+                    last_progress = Instant::now();
                     let partition = Partition::new(message.topic(), message.partition());
                     let Some(&(first, end)) = pending.get(&partition) else {
                         continue;
@@ -113,22 +130,26 @@ impl Warmup {
                         .entry(partition)
                         .or_insert(message.offset().max(first));
                     if message.offset() < end {
-                        records.push(Record {
+                        chunk.push(Record {
                             partition,
                             key: message.key().map(<[u8]>::to_vec),
                             value: message.payload().map(<[u8]>::to_vec),
                             offset: message.offset(),
                             timestamp_ms: message.timestamp().to_millis(),
                         });
+                        if chunk.len() >= CHUNK && send(&mut chunk) {
+                            return Ok(reached);
+                        }
                     }
                     if message.offset() + 1 >= end {
                         pending.remove(&partition);
-                        from.insert(partition, first);
-                        tracing::debug!(%partition, first, end, "warm-up read to its start");
+                        reached.insert(partition, first);
+                        tracing::debug!(%partition, first, end, "start-up read reached the start");
                     }
                 }
                 // The end of a partition: nothing more before its start.
                 Some(Err(KafkaError::PartitionEOF(id))) => {
+                    last_progress = Instant::now();
                     let done: Vec<Partition> = pending
                         .keys()
                         .filter(|p| p.partition == id)
@@ -140,19 +161,23 @@ impl Warmup {
                         if reached_end(&reader, partition, pending[&partition].1) {
                             let (first, end) = pending.remove(&partition).expect("pending");
                             let first = first_read.get(&partition).copied().unwrap_or(first);
-                            from.insert(partition, first);
-                            tracing::debug!(%partition, first, end, "warm-up read to the partition's end");
+                            reached.insert(partition, first);
+                            tracing::debug!(%partition, first, end, "start-up read reached the partition's end");
                         }
                     }
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    send(&mut chunk);
+                    return Err(e);
+                }
                 None => {}
             }
         }
+        send(&mut chunk);
         for (partition, (first, end)) in &pending {
-            tracing::warn!(%partition, first, end, "warm-up timed out: snapshots are incomplete");
+            tracing::warn!(%partition, first, end, "start-up read stalled: that partition's rows may be missing from snapshots");
         }
-        Ok(Warmed { records, from })
+        Ok(reached)
     }
 }
 
@@ -237,23 +262,30 @@ mod tests {
             "100000",
         ])
         .unwrap();
-        let warmup = Warmup::new(&cli.config).unwrap();
+        let warmup = Warmup::new(&cli.config);
         let partition = Partition::new(topic, 0);
-        let stale = Start {
+        // The starts said the log begins at 0.
+        let stale = Span {
             partition,
-            next: high,
-            low: 0,
-            deleted_from: None,
+            first: 0,
+            end: high,
         };
-        match warmup.read(&[stale]) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 12);
+        let result = warmup.read(&[stale], &tx);
+        drop(tx);
+        let mut first = None;
+        while let Ok(chunk) = rx.try_recv() {
+            first = first.or(chunk.first().map(|r| r.offset));
+        }
+        match result {
             Err(e) => eprintln!("the read failed, as it should: {e}"),
-            Ok(warmed) => {
-                let from = warmed.from[&partition];
-                let first = warmed.records.first().map(|r| r.offset);
-                assert!(
-                    from >= low && first.is_none_or(|first| first <= from),
-                    "claimed as read from {from}; the broker holds from {low}, the read began at {first:?}"
-                );
+            Ok(reached) => {
+                if let Some(from) = reached.get(&partition) {
+                    assert!(
+                        *from >= low && first.is_none_or(|first| first <= *from),
+                        "claimed as read from {from}; the broker holds from {low}, the read began at {first:?}"
+                    );
+                }
             }
         }
     }

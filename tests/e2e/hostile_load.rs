@@ -201,7 +201,7 @@ async fn clients_that_resubscribe_with_snapshots_and_never_read_cannot_grow_memo
         .collect();
     producer.send_many(&topic, &rows).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while gateway.metric("cdc_gateway_snapshot_rows").await < ROWS as f64 {
+    while gateway.metric("cdc_gateway_table_rows").await < ROWS as f64 {
         assert!(
             Instant::now() < deadline,
             "the rows never reached the snapshot cache"

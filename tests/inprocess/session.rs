@@ -248,7 +248,7 @@ async fn acks_pings_and_resubscribe_replace_filters() {
 
 #[tokio::test]
 async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_row() {
-    let (_tansu, gateway, producer, topic) = start_stack(&["--snapshot-rows", "3"]).await;
+    let (_tansu, gateway, producer, topic) = start_stack(&[]).await;
     let mut client = Client::connect(&gateway).await;
     client.send(json!({"action": "subscribe", "topic": "cdc.order.1", "since": {"0": 5}, "snapshot": true})).await;
     let ack = client.recv().await;
@@ -321,7 +321,7 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
     assert_eq!(
         rows,
         [("1", "update"), ("3", "insert")].map(|(i, o)| (i.to_owned(), o.to_owned())),
-        "the last event of each row that passes the filter, oldest first"
+        "the latest event of each row that passes the filter, in key order"
     );
     assert_eq!(
         dashboard.recv().await,
@@ -337,7 +337,7 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         "then live events"
     );
 
-    // A fourth row does not fit in --snapshot-rows 3: the entity's snapshot is incomplete.
+    // The tables hold every row: a fourth one is in the next snapshot, which is complete.
     producer
         .send_json(&topic, None, &change("4", "insert", "paid"))
         .await;
@@ -347,8 +347,13 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         .await;
     assert_eq!(
         late.recv().await["snapshot"],
-        json!({"rows": 3, "complete": false})
+        json!({"rows": 4, "complete": true})
     );
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(late.data().await["payload"]["entity_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids, ["1", "2", "3", "4"]);
 
     // A resume from the beginning is recovered; one naming a partition not read is not.
     let mut resumed = Client::connect(&gateway).await;
@@ -363,10 +368,10 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
     assert_eq!(unknown.recv().await["recovered"], false);
     // What the caches hold, evict and answer is in the metrics.
     for (series, value) in [
-        ("cdc_gateway_snapshot_rows", 3.0),
-        ("cdc_gateway_snapshot_evictions_total", 1.0),
-        (r#"cdc_gateway_snapshots_total{complete="true"}"#, 2.0),
-        (r#"cdc_gateway_snapshots_total{complete="false"}"#, 1.0),
+        ("cdc_gateway_table_rows", 4.0),
+        ("cdc_gateway_table_store_failing", 0.0),
+        (r#"cdc_gateway_snapshots_total{complete="true"}"#, 3.0),
+        (r#"cdc_gateway_snapshots_total{complete="false"}"#, 0.0),
         ("cdc_gateway_history_events", 8.0),
         ("cdc_gateway_history_evictions_total", 0.0),
         (r#"cdc_gateway_resumes_total{recovered="true"}"#, 1.0),
@@ -377,7 +382,7 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
         assert_eq!(gateway.metric(series).await, value, "{series}");
     }
     assert!(gateway.metric("cdc_gateway_history_bytes").await > 8.0 * 256.0);
-    assert!(gateway.metric("cdc_gateway_snapshot_bytes").await > 0.0);
+    assert!(gateway.metric("cdc_gateway_table_disk_bytes").await > 0.0);
     // Batches written to sockets, each timed from its oldest message queued.
     assert!(
         gateway
@@ -723,10 +728,13 @@ async fn a_snapshot_read_late_holds_nobody_back_and_arrives_whole() {
     let ack = late.recv().await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["snapshot"], json!({"rows": ROWS, "complete": true}));
-    for i in 0..ROWS {
+    // Rows come in key order: the ids sorted as text.
+    let mut expected: Vec<String> = (0..ROWS).map(|i| i.to_string()).collect();
+    expected.sort();
+    for (i, id) in expected.iter().enumerate() {
         let row = late.data().await;
         assert_eq!(row["snapshot"], true, "row {i}: {row}");
-        assert_eq!(row["payload"]["entity_id"], i.to_string());
+        assert_eq!(row["payload"]["entity_id"], id.as_str());
     }
     assert_eq!(
         late.recv().await,
@@ -743,10 +751,10 @@ async fn a_snapshot_read_late_holds_nobody_back_and_arrives_whole() {
         (event.as_str(), &ack["snapshot"]["rows"]),
         ("ack", &json!(ROWS))
     );
-    for i in 0..ROWS {
+    for (i, id) in expected.iter().enumerate() {
         let (event, _, row) = late_sse.next_event(WAIT).await.expect("a row");
         assert_eq!(event, "data", "row {i}: {row}");
-        assert_eq!(row["payload"]["entity_id"], i.to_string());
+        assert_eq!(row["payload"]["entity_id"], id.as_str());
     }
     let (event, _, _) = late_sse.next_event(WAIT).await.expect("synced");
     assert_eq!(event, "synced");

@@ -425,7 +425,7 @@ async fn snapshot_rows_carry_no_event_id_until_synced() {
             .await;
     }
     let deadline = std::time::Instant::now() + WAIT;
-    while gateway.metric("cdc_gateway_snapshot_rows").await < 3.0 {
+    while gateway.metric("cdc_gateway_table_rows").await < 3.0 {
         assert!(std::time::Instant::now() < deadline, "rows never cached");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
