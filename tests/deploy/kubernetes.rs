@@ -489,7 +489,7 @@ fn the_pod_runs_unprivileged_and_is_sized_for_its_limits() {
 
     // What the settings the pod runs with need, from docs/operating.md's memory estimate: a
     // base, librdkafka's prefetch queue, idle connections (BENCHMARKS.md (c): 3.6 KiB), the
-    // history budget, and the snapshot rows at 2 KiB each (a 1 KiB payload and its row text).
+    // history budget, and the table store's cache and write buffers (its rows are on disk).
     // Messages in flight come on top.
     let pod = PodConfig::of(&manifests, &help);
     let number = |name: &str| -> f64 {
@@ -517,7 +517,11 @@ fn the_pod_runs_unprivileged_and_is_sized_for_its_limits() {
             number("CDC_GATEWAY_MAX_CONNECTIONS") * 3.6 * 1024.0,
         ),
         ("history", number("CDC_GATEWAY_HISTORY_BUDGET_MIB") * MIB),
-        ("snapshot", number("CDC_GATEWAY_SNAPSHOT_ROWS") * 2048.0),
+        // The table store's block cache and fjall's write buffers (its rows are on disk).
+        (
+            "tables",
+            (number("CDC_GATEWAY_TABLE_STORE_CACHE_MIB") + 64.0) * MIB,
+        ),
     ];
     let floor: f64 = parts.iter().map(|(_, bytes)| bytes).sum();
     let request = quantity("requests", "memory");
@@ -532,6 +536,43 @@ fn the_pod_runs_unprivileged_and_is_sized_for_its_limits() {
             .map(|(what, bytes)| format!("{what} {:.0} MiB", bytes / MIB))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+}
+
+/// Issue 19: the tables live on a volume of the pod (not the read-only root), and the
+/// gateway's own bound stops it before the volume's limit would get the pod evicted.
+#[test]
+fn the_table_store_is_on_a_volume_larger_than_its_bound() {
+    let help = Help::load();
+    let manifests = Manifests::load();
+    let pod = PodConfig::of(&manifests, &help);
+    let path = pod
+        .setting("CDC_GATEWAY_TABLE_STORE_PATH")
+        .expect("the pod sets CDC_GATEWAY_TABLE_STORE_PATH: without it every start rebuilds");
+    let container = manifests.container();
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"].as_str() == Some(path.as_str()))
+        .unwrap_or_else(|| panic!("no volume is mounted at {path}"));
+    let name = mount["name"].as_str().expect("a named mount");
+    let volume = manifests.pod_spec()["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no volume {name}"));
+    let limit = scalar(&volume["emptyDir"]["sizeLimit"])
+        .map(|q| parse_quantity(&q))
+        .expect("the emptyDir has a sizeLimit");
+    let bound: f64 = pod
+        .effective("CDC_GATEWAY_TABLE_STORE_MAX_MIB", &help)
+        .parse()
+        .unwrap();
+    assert!(
+        bound * 1024.0 * 1024.0 * 1.1 <= limit,
+        "--table-store-max-mib {bound} MiB leaves less than 10% below the volume's {limit} bytes"
     );
 }
 
