@@ -359,7 +359,7 @@ impl Metrics {
             tables: TableMetrics {
                 rows: gauge(
                     "cdc_gateway_table_rows",
-                    "Rows in the table store over all entities (deletes not counted): what snapshots read.",
+                    "Rows in the table store over all entities (a deleted row is held as its delete event until a truncate): what snapshots read.",
                 ),
                 disk_bytes: gauge(
                     "cdc_gateway_table_disk_bytes",

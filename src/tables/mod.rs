@@ -241,8 +241,8 @@ impl Tables {
     }
 
     /// Applies the event to its row (`found` is what [`Tables::find`] said of it): the
-    /// row's latest event, a delete kept as a marker (without its images), a truncate
-    /// emptying the entity. An event of an offset the store already applied (a restart
+    /// row's latest event, a delete included (what a snapshot sends for the row: protocol
+    /// section 7.3), a truncate emptying the entity. An event of an offset the store already applied (a restart
     /// reads from the group's offset, which may be behind the store's) changes nothing.
     pub fn apply(&self, latest: &Arc<Latest>, found: Found) {
         let Some(inner) = &self.inner else {
@@ -292,10 +292,8 @@ impl Tables {
                 return;
             }
         }
-        let was_live = found.is_live();
-        let live = event.operation != Operation::Delete;
-        if was_live != live {
-            *state.counts.entry(name.to_owned()).or_insert(0) += if live { 1 } else { -1 };
+        if matches!(found, Found::Absent) {
+            *state.counts.entry(name.to_owned()).or_insert(0) += 1;
             state.dirty_counts.push(name.to_owned());
         }
         state.pending_bytes += latest.payload.len();
@@ -451,17 +449,9 @@ impl Inner {
     }
 }
 
-/// A row's stored value; a delete is kept as a marker without its images (a row topic's
-/// snapshot sends it, an entity's skips it).
+/// A row's stored value.
 fn encoded(latest: &Latest) -> Vec<u8> {
-    let event = &latest.event;
-    if event.operation == Operation::Delete && (event.before.is_some() || event.data.is_some()) {
-        let mut marker = event.clone();
-        marker.before = None;
-        marker.data = None;
-        return store::encode(&marker, &marker.payload_json());
-    }
-    store::encode(event, &latest.payload)
+    store::encode(&latest.event, &latest.payload)
 }
 
 /// `cdc-gateway-tables-<pid>-<n>` in the system's temporary directory.
@@ -481,14 +471,6 @@ impl Found {
             Found::Absent => None,
             Found::Pending(latest) => Some(latest.event.position),
             Found::Stored(stored) => Some(stored.position),
-        }
-    }
-
-    fn is_live(&self) -> bool {
-        match self {
-            Found::Absent => false,
-            Found::Pending(latest) => latest.event.operation != Operation::Delete,
-            Found::Stored(stored) => stored.operation != Operation::Delete,
         }
     }
 
@@ -628,7 +610,7 @@ impl View {
         self.complete
     }
 
-    /// Rows of `entity` (deletes not counted).
+    /// Rows of `entity`, deleted ones (held as their delete event) included.
     pub fn count(&self, entity: &str) -> usize {
         self.snapshot
             .as_ref()
@@ -636,13 +618,13 @@ impl View {
             .map_or(0, |n| usize::try_from(n).unwrap_or(0))
     }
 
-    /// The rows of `entity` in key order, deletes left out, read a page at a time as the
-    /// iterator advances.
+    /// The rows of `entity` in key order (a deleted row as its delete event), read a page at
+    /// a time as the iterator advances.
     pub fn rows(self: &Arc<Self>, entity: &str) -> impl Iterator<Item = ViewRow> + Send {
         self.keyed_rows(entity).map(|row| row.map(|(_, stored)| stored))
     }
 
-    /// The rows of `entity` in key order with their keys, deletes left out.
+    /// The rows of `entity` in key order with their keys.
     pub fn keyed_rows(
         self: &Arc<Self>,
         entity: &str,
@@ -654,10 +636,6 @@ impl View {
             page: Vec::new().into_iter(),
             done: self.snapshot.is_none(),
         }
-        .filter(|row| {
-            row.as_ref()
-                .map_or(true, |(_, row)| row.operation != Operation::Delete)
-        })
     }
 
     /// Up to `n` rows under `prefix` after the key `after`.
