@@ -206,7 +206,8 @@ impl FanOut {
                 .collect(),
             None => Vec::new(),
         };
-        let rows = replays.iter().flatten().map(Vec::len).sum::<usize>() + shares.iter().sum::<usize>();
+        let rows =
+            replays.iter().flatten().map(Vec::len).sum::<usize>() + shares.iter().sum::<usize>();
         // What one connection may make the gateway hold for it is bounded: a subscribe whose
         // rows would take its backlog past --max-backlog-rows is refused, not queued.
         let reservation =
@@ -831,11 +832,8 @@ impl Iterator for SnapshotRows {
                         "snapshot"
                     );
                     let mut ack = self.ack.lock().unwrap_or_else(|e| e.into_inner());
-                    let message = Bytes::from((*ack)(
-                        &self.topic,
-                        &self.joined,
-                        Some((count, complete)),
-                    ));
+                    let message =
+                        Bytes::from((*ack)(&self.topic, &self.joined, Some((count, complete))));
                     drop(ack);
                     self.stage = Stage::Rows(rows);
                     return Some(message);

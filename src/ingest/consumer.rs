@@ -288,7 +288,9 @@ impl Ingest {
         }
         discovery.abort();
         if let Err(e) = self.fanout.tables().flush() {
-            tracing::warn!("final table store commit failed (the next start reads those records again): {e}");
+            tracing::warn!(
+                "final table store commit failed (the next start reads those records again): {e}"
+            );
         }
         self.commit();
     }
@@ -543,6 +545,7 @@ impl Ingest {
                 partition: start.partition,
                 first: from.min(held),
                 end: start.next,
+                low: start.low,
             });
         }
         let mut remaining: i64 = spans.iter().map(|s| (s.end - s.first).max(0)).sum();

@@ -36,13 +36,17 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
-/// One partition to read: `[first, end)`.
+/// One partition to read: `[first, end)`, whose log begins at `low`.
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
     pub partition: Partition,
     pub first: i64,
     pub end: i64,
+    pub low: i64,
 }
+
+/// Times the read goes back further when a broker starts a partition later than asked.
+const REWINDS: u32 = 6;
 
 /// Per partition read to its end, the first offset the broker actually handed over (it may
 /// start later than asked); partitions absent were not read to their end.
@@ -91,6 +95,8 @@ impl Warmup {
     ) -> Result<Reached, KafkaError> {
         let mut reached = Reached::new();
         let mut pending: HashMap<Partition, (i64, i64)> = HashMap::new();
+        let lows: HashMap<Partition, i64> = spans.iter().map(|s| (s.partition, s.low)).collect();
+        let mut rewinds: HashMap<Partition, u32> = HashMap::new();
         let mut list = TopicPartitionList::new();
         for span in spans {
             if span.first < span.end {
@@ -126,9 +132,30 @@ impl Warmup {
                     let Some(&(first, end)) = pending.get(&partition) else {
                         continue;
                     };
-                    let first = *first_read
-                        .entry(partition)
-                        .or_insert(message.offset().max(first));
+                    if !first_read.contains_key(&partition) {
+                        let tries = rewinds.entry(partition).or_insert(0);
+                        let low = lows.get(&partition).copied().unwrap_or(0);
+                        if message.offset() > first && first > low && *tries < REWINDS {
+                            // tansu 0.6, asked for an offset inside a record batch, starts at
+                            // the next batch: ask again from further back, and skip what
+                            // comes before the offset wanted.
+                            let back = first.saturating_sub(100 << *tries).max(low);
+                            *tries += 1;
+                            tracing::debug!(%partition, first, got = message.offset(), back, "start-up read began late: reading from further back");
+                            reader.seek(
+                                partition.topic.as_str(),
+                                partition.partition,
+                                Offset::Offset(back),
+                                Duration::from_secs(5),
+                            )?;
+                            continue;
+                        }
+                        first_read.insert(partition, message.offset().max(first));
+                    }
+                    if message.offset() < first {
+                        continue;
+                    }
+                    let first = first_read[&partition];
                     if message.offset() < end {
                         chunk.push(Record {
                             partition,
@@ -269,6 +296,7 @@ mod tests {
             partition,
             first: 0,
             end: high,
+            low: 0,
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 12);
         let result = warmup.read(&[stale], &tx);

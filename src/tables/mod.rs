@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use store::{Applied, Stored, StoreError};
+pub use store::{Applied, StoreError, Stored};
 
 use crate::event::{ChangeEvent, Operation, Row, UNAVAILABLE, UNAVAILABLE_JSON};
 use crate::metrics::TableMetrics;
@@ -107,12 +107,8 @@ impl Tables {
             Some(path) => (path.clone(), false),
             None => (temporary_dir(), true),
         };
-        let (store, opened) = store::Store::open(
-            &path,
-            temporary,
-            settings.max_bytes,
-            settings.cache_bytes,
-        )?;
+        let (store, opened) =
+            store::Store::open(&path, temporary, settings.max_bytes, settings.cache_bytes)?;
         if let Some(why) = &opened.rebuilt {
             tracing::warn!(path = %path.display(), "table store could not be used ({why}): deleted, rebuilding it from the source topics");
         } else if !opened.partitions.is_empty() {
@@ -371,7 +367,9 @@ impl Tables {
                 }
                 if let Some(metrics) = &inner.metrics {
                     metrics.commits.with_label_values(&["ok"]).inc();
-                    metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                 }
                 inner.report(&state);
                 tracing::trace!(rows, "table store commit");
@@ -621,7 +619,8 @@ impl View {
     /// The rows of `entity` in key order (a deleted row as its delete event), read a page at
     /// a time as the iterator advances.
     pub fn rows(self: &Arc<Self>, entity: &str) -> impl Iterator<Item = ViewRow> + Send {
-        self.keyed_rows(entity).map(|row| row.map(|(_, stored)| stored))
+        self.keyed_rows(entity)
+            .map(|row| row.map(|(_, stored)| stored))
     }
 
     /// The rows of `entity` in key order with their keys.

@@ -175,10 +175,7 @@ impl Store {
     pub fn keys(&self, entity: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         self.rows
             .prefix(entity_prefix(entity))
-            .map(|item| {
-                item.map(|(key, _)| key.to_vec())
-                    .map_err(StoreError::Read)
-            })
+            .map(|item| item.map(|(key, _)| key.to_vec()).map_err(StoreError::Read))
             .collect()
     }
 

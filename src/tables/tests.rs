@@ -4,7 +4,12 @@ use super::*;
 use crate::event::SourcePosition;
 use serde_json::json;
 
-fn event(id: Option<&str>, operation: Operation, offset: i64, data: serde_json::Value) -> ChangeEvent {
+fn event(
+    id: Option<&str>,
+    operation: Operation,
+    offset: i64,
+    data: serde_json::Value,
+) -> ChangeEvent {
     ChangeEvent {
         entity_type: "order".into(),
         entity_id: id.map(str::to_owned),
@@ -46,7 +51,10 @@ fn rows(view: View) -> Vec<(String, i64)> {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cdc-gateway-tables-test-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "cdc-gateway-tables-test-{name}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -56,11 +64,26 @@ fn holds_each_rows_latest_image_counts_live_rows_and_keeps_delete_markers() {
     let tables = Tables::temporary();
     let p = Partition::new("cdc.events", 0);
     tables.begin(p, 0);
-    apply(&tables, event(Some("1"), Operation::Insert, 0, json!({"n": 1})));
-    apply(&tables, event(Some("2"), Operation::Insert, 1, json!({"n": 2})));
-    apply(&tables, event(Some("1"), Operation::Update, 2, json!({"n": 10})));
-    apply(&tables, event(Some("3"), Operation::Insert, 3, json!({"n": 3})));
-    apply(&tables, event(Some("3"), Operation::Delete, 4, serde_json::Value::Null));
+    apply(
+        &tables,
+        event(Some("1"), Operation::Insert, 0, json!({"n": 1})),
+    );
+    apply(
+        &tables,
+        event(Some("2"), Operation::Insert, 1, json!({"n": 2})),
+    );
+    apply(
+        &tables,
+        event(Some("1"), Operation::Update, 2, json!({"n": 10})),
+    );
+    apply(
+        &tables,
+        event(Some("3"), Operation::Insert, 3, json!({"n": 3})),
+    );
+    apply(
+        &tables,
+        event(Some("3"), Operation::Delete, 4, serde_json::Value::Null),
+    );
     // Before the commit, the uncommitted rows are what a lookup finds.
     assert!(matches!(
         tables.find(&event(Some("1"), Operation::Update, 5, json!({}))),
@@ -68,18 +91,34 @@ fn holds_each_rows_latest_image_counts_live_rows_and_keeps_delete_markers() {
     ));
     let view = tables.view().unwrap();
     assert!(view.is_complete(), "applied from offset 0");
-    assert_eq!(view.count("order"), 3, "a deleted row is held as its delete event");
+    assert_eq!(
+        view.count("order"),
+        3,
+        "a deleted row is held as its delete event"
+    );
     let deleted = view.row("order", "3").unwrap().unwrap();
     assert_eq!(deleted.operation, Operation::Delete);
     let view = Arc::new(view);
     let ops: Vec<Operation> = view.rows("order").map(|r| r.unwrap().operation).collect();
-    assert_eq!(ops, [Operation::Update, Operation::Insert, Operation::Delete]);
+    assert_eq!(
+        ops,
+        [Operation::Update, Operation::Insert, Operation::Delete]
+    );
     assert_eq!(tables.rows_held(), 3);
 
     // A truncate empties the entity, committed rows and uncommitted ones.
-    apply(&tables, event(Some("4"), Operation::Insert, 5, json!({"n": 4})));
-    apply(&tables, event(None, Operation::Truncate, 6, serde_json::Value::Null));
-    apply(&tables, event(Some("5"), Operation::Insert, 7, json!({"n": 5})));
+    apply(
+        &tables,
+        event(Some("4"), Operation::Insert, 5, json!({"n": 4})),
+    );
+    apply(
+        &tables,
+        event(None, Operation::Truncate, 6, serde_json::Value::Null),
+    );
+    apply(
+        &tables,
+        event(Some("5"), Operation::Insert, 7, json!({"n": 5})),
+    );
     let view = tables.view().unwrap();
     assert_eq!(view.count("order"), 1);
     assert_eq!(rows(view), vec![("5".into(), 5)]);
@@ -90,19 +129,43 @@ fn a_view_is_the_table_as_of_when_it_was_taken() {
     let tables = Tables::temporary();
     tables.begin(Partition::new("cdc.events", 0), 0);
     for i in 0..2000 {
-        apply(&tables, event(Some(&format!("{i:05}")), Operation::Insert, i, json!({"n": i})));
+        apply(
+            &tables,
+            event(
+                Some(&format!("{i:05}")),
+                Operation::Insert,
+                i,
+                json!({"n": i}),
+            ),
+        );
     }
     let view = tables.view().unwrap();
     // Changes after the view: not in it.
     for i in 0..2000 {
-        apply(&tables, event(Some(&format!("{i:05}")), Operation::Update, 2000 + i, json!({"n": -1})));
+        apply(
+            &tables,
+            event(
+                Some(&format!("{i:05}")),
+                Operation::Update,
+                2000 + i,
+                json!({"n": -1}),
+            ),
+        );
     }
-    apply(&tables, event(Some("99999"), Operation::Insert, 4000, json!({"n": 0})));
+    apply(
+        &tables,
+        event(Some("99999"), Operation::Insert, 4000, json!({"n": 0})),
+    );
     tables.flush().unwrap();
     let seen = rows(view);
     assert_eq!(seen.len(), 2000, "paged past several pages");
-    assert!(seen.iter().enumerate().all(|(i, (id, n))| *id == format!("{i:05}") && *n == i as i64));
-    assert!(rows(tables.view().unwrap()).iter().all(|(id, n)| *n == -1 || id == "99999"));
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, (id, n))| *id == format!("{i:05}") && *n == i as i64));
+    assert!(rows(tables.view().unwrap())
+        .iter()
+        .all(|(id, n)| *n == -1 || id == "99999"));
 }
 
 #[test]
@@ -112,12 +175,21 @@ fn a_reopened_store_has_its_rows_offsets_and_counts() {
         let tables = Tables::open(&settings(&dir, u64::MAX)).unwrap();
         let p = Partition::new("cdc.events", 0);
         tables.begin(p, 0);
-        apply(&tables, event(Some("1"), Operation::Insert, 0, json!({"n": 1})));
-        apply(&tables, event(Some("2"), Operation::Insert, 1, json!({"n": 2})));
+        apply(
+            &tables,
+            event(Some("1"), Operation::Insert, 0, json!({"n": 1})),
+        );
+        apply(
+            &tables,
+            event(Some("2"), Operation::Insert, 1, json!({"n": 2})),
+        );
         tables.reached(p, 5);
         tables.flush().unwrap();
         // Applied and never committed (a crash): read again after the restart.
-        apply(&tables, event(Some("3"), Operation::Insert, 5, json!({"n": 3})));
+        apply(
+            &tables,
+            event(Some("3"), Operation::Insert, 5, json!({"n": 3})),
+        );
         assert!(
             Tables::open(&settings(&dir, u64::MAX)).is_err(),
             "a second process on the same store is refused"
@@ -132,13 +204,19 @@ fn a_reopened_store_has_its_rows_offsets_and_counts() {
     let applied = tables.applied();
     assert_eq!(
         applied[&Partition::new("cdc.events", 0)],
-        Applied { next: 5, complete: true }
+        Applied {
+            next: 5,
+            complete: true
+        }
     );
     assert_eq!(tables.rows_held(), 2);
     let view = tables.view().unwrap();
     assert_eq!(rows(view), vec![("1".into(), 1), ("2".into(), 2)]);
     // An offset already applied changes nothing; a replayed change is recognised by its lsn.
-    apply(&tables, event(Some("1"), Operation::Update, 0, json!({"n": 100})));
+    apply(
+        &tables,
+        event(Some("1"), Operation::Update, 0, json!({"n": 100})),
+    );
     let mut again = event(Some("2"), Operation::Update, 6, json!({"n": 2}));
     again.source_lsn = Some(1001);
     assert!(tables.find(&again).replayed(&again));
@@ -166,13 +244,19 @@ fn a_corrupted_store_is_rebuilt_and_says_so() {
     {
         let tables = Tables::open(&settings(&dir, u64::MAX)).unwrap();
         tables.begin(Partition::new("cdc.events", 0), 0);
-        apply(&tables, event(Some("1"), Operation::Insert, 0, json!({"n": 1})));
+        apply(
+            &tables,
+            event(Some("1"), Operation::Insert, 0, json!({"n": 1})),
+        );
         tables.flush().unwrap();
     }
     // Every file of the store overwritten with garbage.
     corrupt(&dir.join("data"));
     let tables = Tables::open(&settings(&dir, u64::MAX)).unwrap();
-    assert!(tables.applied().is_empty(), "nothing trusted: rebuilt from the topics");
+    assert!(
+        tables.applied().is_empty(),
+        "nothing trusted: rebuilt from the topics"
+    );
     assert_eq!(tables.rows_held(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -196,7 +280,15 @@ fn a_full_store_refuses_the_commit_and_keeps_what_it_was_given() {
     tables.begin(Partition::new("cdc.events", 0), 0);
     let pad = "x".repeat(1000);
     for i in 0..100 {
-        apply(&tables, event(Some(&i.to_string()), Operation::Insert, i, json!({"n": i, "pad": pad})));
+        apply(
+            &tables,
+            event(
+                Some(&i.to_string()),
+                Operation::Insert,
+                i,
+                json!({"n": i, "pad": pad}),
+            ),
+        );
     }
     let error = tables.flush().unwrap_err();
     assert!(matches!(error, StoreError::Full { .. }), "{error}");
@@ -214,7 +306,15 @@ fn a_full_store_refuses_the_commit_and_keeps_what_it_was_given() {
 fn completion_fills_before_images_and_toast_values_from_the_stored_row() {
     let tables = Tables::temporary();
     tables.begin(Partition::new("cdc.events", 0), 0);
-    apply(&tables, event(Some("1"), Operation::Insert, 0, json!({"n": 1, "doc": "long text"})));
+    apply(
+        &tables,
+        event(
+            Some("1"),
+            Operation::Insert,
+            0,
+            json!({"n": 1, "doc": "long text"}),
+        ),
+    );
     tables.flush().unwrap();
     let mut update = event(
         Some("1"),
@@ -240,7 +340,10 @@ fn a_partition_not_applied_from_its_beginning_makes_views_incomplete() {
     let tables = Tables::temporary();
     tables.begin(Partition::new("cdc.events", 0), 0);
     tables.begin(Partition::new("cdc.events", 1), 40);
-    assert!(!tables.view().unwrap().is_complete(), "retention deleted 0..40");
+    assert!(
+        !tables.view().unwrap().is_complete(),
+        "retention deleted 0..40"
+    );
     let tables = Tables::temporary();
     tables.begin(Partition::new("cdc.events", 0), 0);
     tables.lose(Partition::new("cdc.events", 0), 10);

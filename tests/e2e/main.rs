@@ -13,3 +13,4 @@ mod ingest;
 mod presence;
 mod schemas;
 mod support;
+mod tables;

@@ -279,6 +279,22 @@ impl Producer {
         }
     }
 
+    /// Produces many keyed records at once (each key's records in order on its partition)
+    /// and waits for all.
+    pub async fn send_keyed_many(&self, topic: &str, records: &[(String, String)]) {
+        for chunk in records.chunks(2000) {
+            let sends = chunk.iter().map(|(key, value)| {
+                let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+                    .key(key.as_str())
+                    .payload(value.as_str());
+                self.producer.send(record, Duration::from_secs(30))
+            });
+            for result in futures_util::future::join_all(sends).await {
+                result.map_err(|(e, _)| e).expect("produce");
+            }
+        }
+    }
+
     pub async fn send_json(&self, topic: &str, key: Option<&str>, value: &Value) {
         self.send(topic, key, Some(&value.to_string())).await
     }
@@ -469,6 +485,11 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {

@@ -351,7 +351,12 @@ async fn resume_is_answered_honestly_and_snapshots_send_the_last_event_of_each_r
     );
     let mut ids = Vec::new();
     for _ in 0..4 {
-        ids.push(late.data().await["payload"]["entity_id"].as_str().unwrap().to_owned());
+        ids.push(
+            late.data().await["payload"]["entity_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(ids, ["1", "2", "3", "4"]);
 
