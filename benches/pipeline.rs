@@ -282,8 +282,66 @@ fn index(c: &mut Criterion) {
     group.finish();
 }
 
+/// The gateway's own cost of building a table (issue 19): records of ~500-byte rows decoded
+/// and applied to the table store as the start-up read applies them, commits included; the
+/// broker's fetch is left out (tansu serves one reader ~35,000 records/s here: the end-to-end
+/// figure is the `tables` bench binary's).
+fn tables(c: &mut Criterion) {
+    use cdc_gateway::tables::Tables;
+    const ROWS: usize = 100_000;
+    let decoder = Decoder::new(InputFormat::Auto, HashMap::new());
+    let records: Vec<Vec<u8>> = (0..ROWS)
+        .map(|i| {
+            let notes: String = (0..24).map(|k| format!("{:016x}", (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(k))).collect();
+            json!({"entity_type": "customer", "entity_id": i.to_string(), "operation": "snapshot",
+                   "data": {"id": i, "bucket": i % 100, "name": format!("customer {i}"), "notes": notes}})
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    let mut group = c.benchmark_group("tables");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("build_100k_rows", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let tables = Arc::new(Tables::temporary());
+                let engine = FanOut::new(
+                    Arc::new(TopicIndex::new()),
+                    Arc::new(Metrics::new()),
+                    Arc::new(Dispatched::default()),
+                    SlowClientPolicy::Close,
+                    Duration::from_secs(5),
+                )
+                .with_tables(Arc::clone(&tables));
+                let started = Instant::now();
+                for (offset, value) in records.iter().enumerate() {
+                    let raw = RawRecord {
+                        key: None,
+                        value: Some(value),
+                        position: SourcePosition::new("bench.public.customer", 0, offset as i64),
+                        timestamp_ms: Some(1),
+                    };
+                    if let Ok(Decoded::Event(event)) = decoder.decode(&raw) {
+                        engine.remember(*event, false);
+                    }
+                    if tables.should_flush() {
+                        tables.flush().unwrap();
+                    }
+                }
+                tables.flush().unwrap();
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    tables,
     decode,
     decode_real,
     filters,

@@ -193,13 +193,15 @@ impl FanOut {
         // the view, filters, orders and renders as it writes ([`Owing`]): the consumer task
         // never reads a table for one client, nor waits for it to read.
         let view: Option<Arc<View>> = join.snapshot.then(|| Arc::new(self.view()));
-        // A snapshot is reserved at its entity's row count (what it sends at most) and given
-        // back as the writer sends its rows or the filter leaves them out.
+        // A snapshot is paged from the store: it holds one page of rows in memory at most,
+        // and is reserved at that (or its entity's row count, when smaller) until its rows
+        // are sent. So a million-row table is one snapshot within the default budget, and a
+        // client that re-subscribes without reading still reaches the bound.
         let shares: Vec<usize> = match &view {
             Some(view) => topics
                 .iter()
                 .map(|(topic, _)| match split_topic(topic) {
-                    Some((entity, None)) => view.count(entity),
+                    Some((entity, None)) => view.count(entity).min(crate::tables::PAGE),
                     Some((_, Some(_))) => 1,
                     None => 0,
                 })
@@ -816,7 +818,7 @@ impl Iterator for SnapshotRows {
             match &mut self.stage {
                 Stage::Start => {
                     let (count, complete, rows) = blocking(|| self.plan());
-                    // Rows the filter left out are not owed.
+                    // Fewer rows than reserved pass the filter: the rest is not held.
                     let unsent = self.share.saturating_sub(count);
                     Reservation::shared_give_back(&self.reservation, unsent);
                     self.share -= unsent;
@@ -841,10 +843,6 @@ impl Iterator for SnapshotRows {
                 Stage::Rows(rows) => match rows.next() {
                     Some(row) => {
                         self.metrics.deliveries.inc();
-                        if self.share > 0 {
-                            self.share -= 1;
-                            Reservation::shared_give_back(&self.reservation, 1);
-                        }
                         return Some(row);
                     }
                     None => {
@@ -875,7 +873,7 @@ impl SnapshotRows {
         };
         let complete = self.view.is_complete();
         if let Some(id) = id {
-            let row = self.view.row(entity, id).and_then(|row| readable(row));
+            let row = self.view.row(entity, id).and_then(readable);
             let found = row.is_some();
             let rows: Vec<Bytes> = row
                 .into_iter()
@@ -1192,13 +1190,15 @@ mod tests {
         fanout.join(join).await;
         assert!(joined.await.unwrap().is_ok(), "10 + 10 rows fit in 25");
         // The second backlog read whole, then the selective one's ack: its 9 filtered-out
-        // rows are given back as it is built, its one row as it is written.
+        // rows are given back as it is built, its one row once its rows are all written.
         for _ in 0..13 {
             rx.recv().await.unwrap();
         }
         assert_eq!(metrics.backlog_rows.get(), 1);
         let row: serde_json::Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
         assert_eq!(row["payload"]["entity_id"], "3");
+        let synced: serde_json::Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(synced["type"], "synced");
         assert_eq!(metrics.backlog_rows.get(), 0);
         drop(rx);
         assert_eq!(metrics.backlog_rows.get(), 0);

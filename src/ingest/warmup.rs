@@ -9,6 +9,7 @@
 //! Chunks go through a bounded channel, so a rebuild of millions of records holds a few
 //! thousand in memory at a time.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -95,8 +96,10 @@ impl Warmup {
     ) -> Result<Reached, KafkaError> {
         let mut reached = Reached::new();
         let mut pending: HashMap<Partition, (i64, i64)> = HashMap::new();
-        let lows: HashMap<Partition, i64> = spans.iter().map(|s| (s.partition, s.low)).collect();
-        let mut rewinds: HashMap<Partition, u32> = HashMap::new();
+        let mut rewinds = Rewinds {
+            lows: spans.iter().map(|s| (s.partition, s.low)).collect(),
+            tries: HashMap::new(),
+        };
         let mut list = TopicPartitionList::new();
         for span in spans {
             if span.first < span.end {
@@ -124,7 +127,31 @@ impl Warmup {
         let send = |chunk: &mut Vec<Record>| {
             !chunk.is_empty() && chunks.blocking_send(std::mem::take(chunk)).is_err()
         };
+        // When each partition was last asked for (assigned, or sought back): one that hands
+        // over nothing for a second is asked from further back (tansu 0.6, asked for an
+        // offset inside its last record batch, may answer with nothing at all).
+        let mut asked: HashMap<Partition, Instant> =
+            pending.keys().map(|p| (*p, Instant::now())).collect();
         while !pending.is_empty() && last_progress.elapsed() < STALL {
+            // tansu 0.6, asked for an offset inside its last record batch, may answer with
+            // nothing at all (no record, no end of partition) however long it is asked:
+            // a partition that handed over nothing for a second is asked from further back.
+            let quiet: Vec<(Partition, i64)> = pending
+                .iter()
+                .filter(|(p, _)| !first_read.contains_key(p))
+                .filter(|(p, _)| {
+                    asked
+                        .get(p)
+                        .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
+                })
+                .map(|(p, (first, _))| (*p, *first))
+                .collect();
+            for (partition, first) in quiet {
+                if rewinds.back(&reader, partition, first, "got nothing yet")? {
+                    asked.insert(partition, Instant::now());
+                    last_progress = Instant::now();
+                }
+            }
             match reader.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     last_progress = Instant::now();
@@ -132,25 +159,17 @@ impl Warmup {
                     let Some(&(first, end)) = pending.get(&partition) else {
                         continue;
                     };
-                    if !first_read.contains_key(&partition) {
-                        let tries = rewinds.entry(partition).or_insert(0);
-                        let low = lows.get(&partition).copied().unwrap_or(0);
-                        if message.offset() > first && first > low && *tries < REWINDS {
-                            // tansu 0.6, asked for an offset inside a record batch, starts at
-                            // the next batch: ask again from further back, and skip what
-                            // comes before the offset wanted.
-                            let back = first.saturating_sub(100 << *tries).max(low);
-                            *tries += 1;
-                            tracing::debug!(%partition, first, got = message.offset(), back, "start-up read began late: reading from further back");
-                            reader.seek(
-                                partition.topic.as_str(),
-                                partition.partition,
-                                Offset::Offset(back),
-                                Duration::from_secs(5),
-                            )?;
+                    if let Entry::Vacant(vacant) = first_read.entry(partition) {
+                        // tansu 0.6, asked for an offset inside a record batch, starts at the
+                        // next batch: ask again from further back, and skip what comes before
+                        // the offset wanted.
+                        if message.offset() > first
+                            && rewinds.back(&reader, partition, first, "began late")?
+                        {
+                            asked.insert(partition, Instant::now());
                             continue;
                         }
-                        first_read.insert(partition, message.offset().max(first));
+                        vacant.insert(message.offset().max(first));
                     }
                     if message.offset() < first {
                         continue;
@@ -185,6 +204,15 @@ impl Warmup {
                     // EOF names only the partition number: finish it where the position
                     // reached says so, which the reader knows per topic.
                     for partition in done {
+                        // Nothing handed over before the end: tansu, asked for an offset
+                        // inside its last record batch, skips to the end. Further back.
+                        let (first, _) = pending[&partition];
+                        if !first_read.contains_key(&partition)
+                            && rewinds.back(&reader, partition, first, "got nothing")?
+                        {
+                            asked.insert(partition, Instant::now());
+                            continue;
+                        }
                         if reached_end(&reader, partition, pending[&partition].1) {
                             let (first, end) = pending.remove(&partition).expect("pending");
                             let first = first_read.get(&partition).copied().unwrap_or(first);
@@ -205,6 +233,40 @@ impl Warmup {
             tracing::warn!(%partition, first, end, "start-up read stalled: that partition's rows may be missing from snapshots");
         }
         Ok(reached)
+    }
+}
+
+/// How far back each partition has been asked for again, above its log's beginning.
+struct Rewinds {
+    lows: HashMap<Partition, i64>,
+    tries: HashMap<Partition, u32>,
+}
+
+impl Rewinds {
+    /// Seeks `partition` back from `first` (100, 200, 400... records, never below its log's
+    /// beginning), at most [`REWINDS`] times; whether it did.
+    fn back(
+        &mut self,
+        reader: &BaseConsumer,
+        partition: Partition,
+        first: i64,
+        why: &str,
+    ) -> Result<bool, KafkaError> {
+        let low = self.lows.get(&partition).copied().unwrap_or(0);
+        let tries = self.tries.entry(partition).or_insert(0);
+        if first <= low || *tries >= REWINDS {
+            return Ok(false);
+        }
+        let back = first.saturating_sub(100 << *tries).max(low);
+        *tries += 1;
+        tracing::debug!(%partition, first, back, why, "start-up read: reading from further back");
+        reader.seek(
+            partition.topic.as_str(),
+            partition.partition,
+            Offset::Offset(back),
+            Duration::from_secs(5),
+        )?;
+        Ok(true)
     }
 }
 

@@ -695,8 +695,8 @@ struct Pages {
     done: bool,
 }
 
-/// Rows read from the store at once.
-const PAGE: usize = 512;
+/// Rows read from the store at once: what one snapshot holds in memory at most.
+pub const PAGE: usize = 512;
 
 impl Iterator for Pages {
     type Item = Result<(Vec<u8>, Stored), StoreError>;
