@@ -27,6 +27,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 
+use super::context::ReaderContext;
 use super::GatewayConsumer;
 use crate::config::OffsetReset;
 use crate::position::Partition;
@@ -176,7 +177,7 @@ fn ends(
     if wanted.is_empty() {
         return Ok(ends);
     }
-    let reader: BaseConsumer = probe.create()?;
+    let reader: BaseConsumer<ReaderContext> = probe.create_with_context(ReaderContext)?;
     let topics: BTreeSet<&str> = wanted.iter().map(|(p, _)| p.topic.as_str()).collect();
     for topic in topics {
         // Per partition: the offset after the last record handed over, at least `from`.

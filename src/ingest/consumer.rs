@@ -463,7 +463,7 @@ impl Ingest {
     }
 
     /// Finds the partitions and their starts (retrying until the brokers answer), warms the
-    /// history and the snapshot cache from what came before, and assigns the partitions.
+    /// history and the tables from what came before, and assigns the partitions.
     /// `None` when stopped first.
     async fn start(&mut self, stop: &CancellationToken) -> Option<BTreeSet<Partition>> {
         let mut retry = Duration::from_millis(200);
@@ -482,7 +482,12 @@ impl Ingest {
             tokio::select! {
                 _ = stop.cancelled() => return None,
                 found = found => match found {
-                    Ok(Ok(found)) => break found,
+                    Ok(Ok(found)) => {
+                        // The brokers just answered: connected now, not at the first
+                        // statistics report (which then keeps it current).
+                        self.health.set_kafka_connected(true);
+                        break found;
+                    }
                     Ok(Err(e)) => tracing::warn!("cannot read the source partitions yet: {e}"),
                     Err(e) => tracing::warn!("cannot read the source partitions yet: {e}"),
                 },

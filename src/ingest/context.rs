@@ -160,6 +160,23 @@ impl ClientContext for GatewayContext {
 /// The consumer assigns its partitions itself (no group rebalances): nothing to hook.
 impl ConsumerContext for GatewayContext {}
 
+/// The context of the group-less readers (the start-up read, the probe of partitions' ends):
+/// they ask for partitions' ends (`enable.partition.eof`), which librdkafka also reports as
+/// global errors; those are how their reads end, not faults, and are not logged as errors.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::trace!("reader at a partition's end: {reason}");
+        } else {
+            tracing::warn!("Kafka client error (reader): {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::context::ReaderContext;
 use crate::config::Config;
 use crate::position::Partition;
 
@@ -27,6 +28,8 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// Records handed over at once.
 pub const CHUNK: usize = 2048;
+
+type Reader = BaseConsumer<ReaderContext>;
 
 /// One record read back, owned.
 pub struct Record {
@@ -48,6 +51,10 @@ pub struct Span {
 
 /// Times the read goes back further when a broker starts a partition later than asked.
 const REWINDS: u32 = 6;
+
+/// How long a partition may hand over nothing before it is asked from further back: a
+/// rescue only, well past a first fetch's time (each seek starts the fetch again).
+const QUIET: Duration = Duration::from_secs(5);
 
 /// Per partition read to its end, the first offset the broker actually handed over (it may
 /// start later than asked); partitions absent were not read to their end.
@@ -100,13 +107,14 @@ impl Warmup {
             lows: spans.iter().map(|s| (s.partition, s.low)).collect(),
             tries: HashMap::new(),
         };
+        let reader: Reader = self.reader.create_with_context(ReaderContext)?;
         let mut list = TopicPartitionList::new();
         for span in spans {
             if span.first < span.end {
                 list.add_partition_offset(
                     span.partition.topic.as_str(),
                     span.partition.partition,
-                    Offset::Offset(span.first),
+                    Offset::Offset(from_batch(&reader, span)),
                 )?;
                 pending.insert(span.partition, (span.first, span.end));
             } else {
@@ -120,30 +128,23 @@ impl Warmup {
         // than asked (tansu 0.6 does, asked for an offset inside a record batch), and
         // nothing may be promised that was not read.
         let mut first_read: HashMap<Partition, i64> = HashMap::new();
-        let reader: BaseConsumer = self.reader.create()?;
         reader.assign(&list)?;
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut last_progress = Instant::now();
         let send = |chunk: &mut Vec<Record>| {
             !chunk.is_empty() && chunks.blocking_send(std::mem::take(chunk)).is_err()
         };
-        // When each partition was last asked for (assigned, or sought back): one that hands
-        // over nothing for a second is asked from further back (tansu 0.6, asked for an
-        // offset inside its last record batch, may answer with nothing at all).
+        // When each partition was last asked for (assigned, or sought back).
         let mut asked: HashMap<Partition, Instant> =
             pending.keys().map(|p| (*p, Instant::now())).collect();
         while !pending.is_empty() && last_progress.elapsed() < STALL {
             // tansu 0.6, asked for an offset inside its last record batch, may answer with
             // nothing at all (no record, no end of partition) however long it is asked:
-            // a partition that handed over nothing for a second is asked from further back.
+            // a partition that handed over nothing for [`QUIET`] is asked from further back.
             let quiet: Vec<(Partition, i64)> = pending
                 .iter()
                 .filter(|(p, _)| !first_read.contains_key(p))
-                .filter(|(p, _)| {
-                    asked
-                        .get(p)
-                        .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
-                })
+                .filter(|(p, _)| asked.get(p).is_none_or(|at| at.elapsed() > QUIET))
                 .map(|(p, (first, _))| (*p, *first))
                 .collect();
             for (partition, first) in quiet {
@@ -236,6 +237,27 @@ impl Warmup {
     }
 }
 
+/// Where to start reading `span` so that its first record is handed over. tansu 0.6 (memory
+/// storage) reports as high watermark its last record batch's base offset + 1, and, asked
+/// for an offset inside that batch, answers with nothing (no record, no end of partition):
+/// a span starting at or past the reported watermark starts at that batch's base instead
+/// (what comes before `first` is skipped). A broker whose watermark is the log's end (Kafka)
+/// never takes this path: the span ends at or before it.
+fn from_batch(reader: &Reader, span: &Span) -> i64 {
+    let watermarks = reader.fetch_watermarks(
+        span.partition.topic.as_str(),
+        span.partition.partition,
+        Duration::from_secs(5),
+    );
+    match watermarks {
+        Ok((_, high)) if span.first >= high && high > span.low => {
+            tracing::debug!(partition = %span.partition, first = span.first, high, "start-up read: from the last record batch's base");
+            high - 1
+        }
+        _ => span.first,
+    }
+}
+
 /// How far back each partition has been asked for again, above its log's beginning.
 struct Rewinds {
     lows: HashMap<Partition, i64>,
@@ -243,11 +265,11 @@ struct Rewinds {
 }
 
 impl Rewinds {
-    /// Seeks `partition` back from `first` (100, 200, 400... records, never below its log's
+    /// Seeks `partition` back from `first` (100, 400, 1,600... records, never below its log's
     /// beginning), at most [`REWINDS`] times; whether it did.
     fn back(
         &mut self,
-        reader: &BaseConsumer,
+        reader: &Reader,
         partition: Partition,
         first: i64,
         why: &str,
@@ -257,7 +279,7 @@ impl Rewinds {
         if first <= low || *tries >= REWINDS {
             return Ok(false);
         }
-        let back = first.saturating_sub(100 << *tries).max(low);
+        let back = first.saturating_sub(100 << (2 * *tries)).max(low);
         *tries += 1;
         tracing::debug!(%partition, first, back, why, "start-up read: reading from further back");
         reader.seek(
@@ -275,7 +297,7 @@ impl Rewinds {
 /// Only that: a partition's end of file, or a high watermark below `end` that a broker may
 /// report for a moment, does not mean the records before `end` were read, and a partition
 /// taken as read before they were would make a snapshot that calls itself complete miss them.
-fn reached_end(reader: &BaseConsumer, partition: Partition, end: i64) -> bool {
+fn reached_end(reader: &Reader, partition: Partition, end: i64) -> bool {
     let Ok(positions) = reader.position() else {
         return false;
     };

@@ -157,7 +157,6 @@ fn gateway(
         ])
         .arg("--table-store-path")
         .arg(store)
-        .args(["--max-backlog-rows", &(args.rows + 1).to_string()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()
