@@ -324,7 +324,7 @@ fn tables(c: &mut Criterion) {
                         timestamp_ms: Some(1),
                     };
                     if let Ok(Decoded::Event(event)) = decoder.decode(&raw) {
-                        engine.remember(*event, false);
+                        engine.remember(*event, false, &mut cdc_gateway::fanout::Earlier::new());
                     }
                     if tables.should_flush() {
                         tables.flush().unwrap();

@@ -269,9 +269,32 @@ impl FanOut {
     }
 
     /// Applies an event that is not dispatched (read at start, before each partition's
-    /// start) to the tables, and to the resume history when `into_history`.
-    pub fn remember(&self, mut event: ChangeEvent, into_history: bool) {
+    /// start) to the tables, and to the resume history when `into_history`. `earlier` holds,
+    /// for the one start-up read, the last event of each row that the store already held a
+    /// later state of: such an event (the resume history's window, read again after a
+    /// restart) is judged against the row's previous event in the read, as it was when it
+    /// was live, not against the store's later row; otherwise a resumed client would get
+    /// updates without their before-image, and a confined one no leave event.
+    pub fn remember(&self, mut event: ChangeEvent, into_history: bool, earlier: &mut Earlier) {
         let found = self.tables.find(&event);
+        if let (true, Some(id)) = (found.holds_later(&event), event.entity_id.clone()) {
+            let key = (event.entity_type.clone(), id);
+            let found = earlier
+                .get(&key)
+                .map_or(Found::Absent, |latest| Found::Pending(Arc::clone(latest)));
+            if found.replayed(&event) {
+                self.metrics.source_replays.inc();
+                return;
+            }
+            self.complete(&mut event, &found);
+            let payload = Bytes::from(event.payload_json());
+            let latest = Arc::new(Latest { event, payload });
+            if into_history && self.history.is_enabled() {
+                self.history.record(&latest);
+            }
+            earlier.insert(key, latest);
+            return;
+        }
         if found.replayed(&event) {
             self.metrics.source_replays.inc();
             return;
@@ -892,22 +915,18 @@ impl SnapshotRows {
                 });
             return (count, complete, Box::new(rows));
         }
-        let keys: Vec<Vec<u8>> = self
-            .view
-            .keyed_rows(entity)
-            .filter_map(|row| match row {
-                Ok((key, stored)) => stored
+        // One pass: rows whose text lacks what the filter compares with are not parsed.
+        let needles = filter.needles();
+        let keys = self.view.keys_where(
+            entity,
+            |text| needles.may_match(text),
+            |stored| {
+                stored
                     .event()
-                    .map_err(|e| tracing::warn!("{e}"))
-                    .ok()
-                    .filter(|event| filter.matches(event))
-                    .map(|_| key),
-                Err(e) => {
-                    tracing::warn!("snapshot read: {e}");
-                    None
-                }
-            })
-            .collect();
+                    .map_err(|e| tracing::warn!("snapshot read: {e}"))
+                    .is_ok_and(|event| filter.matches(&event))
+            },
+        );
         let view = Arc::clone(&self.view);
         let count = keys.len();
         let rows = keys.into_iter().filter_map(move |key| {
@@ -950,6 +969,10 @@ fn blocking<T>(read: impl FnOnce() -> T) -> T {
         _ => read(),
     }
 }
+
+/// Per row (entity, id), the last event a start-up read went through again (see
+/// [`FanOut::remember`]): as many as the resume history's window holds rows at most.
+pub type Earlier = std::collections::HashMap<(String, String), Arc<Latest>>;
 
 /// The entity and row id of a gateway topic; `None` for a topic that is not one.
 fn split_topic(topic: &str) -> Option<(&str, Option<&str>)> {
@@ -1140,7 +1163,7 @@ mod tests {
             .with_tables(Arc::new(Tables::temporary()))
             .with_max_backlog_rows(25);
         for i in 0..10 {
-            fanout.remember(event(&i.to_string(), i), true);
+            fanout.remember(event(&i.to_string(), i), true, &mut Earlier::new());
         }
         let (client, mut rx) = Outbound::new(1, 16);
         let snapshot = |filter: Filter| {

@@ -321,6 +321,26 @@ impl Filter {
         self.matches_as(event, View::Current)
     }
 
+    /// What a row's stored text must contain for this filter to match it ([`Needles`]).
+    pub fn needles(&self) -> Needles {
+        let sets = self
+            .clauses
+            .iter()
+            .chain(&self.claims)
+            .filter(|clause| matches!(clause.path.root, Root::Data | Root::Before | Root::Row))
+            .filter_map(|clause| clause.conditions.iter().find_map(Condition::plain_strings))
+            .map(|strings| {
+                strings
+                    .iter()
+                    .map(|s| {
+                        memchr::memmem::Finder::new(format!("\"{s}\"").as_bytes()).into_owned()
+                    })
+                    .collect()
+            })
+            .collect();
+        Needles { sets }
+    }
+
     /// Whether the row as it was before an update matched: with [`Filter::matches`] false,
     /// the update moved the row out of the subscription (a leave event, protocol section 3.3).
     /// Only updates with a `before` image can leave.
@@ -453,6 +473,29 @@ impl Path {
     }
 }
 
+/// A table scan's first, cheap test: the JSON string tokens a row's text must contain for a
+/// filter to match it, one of each set (a clause comparing a row field with strings: `eq`
+/// or an `in` list of them). A row without them is passed over unparsed; a row with them is
+/// still judged by [`Filter::matches`]. Only strings of printable ASCII other than `"`, `\`
+/// and `/` are used (the only other way JSON may write them is `\uXXXX`, and a text with
+/// that escape is always judged in full), so a row that matches always contains them.
+#[derive(Debug, Default)]
+pub struct Needles {
+    sets: Vec<Vec<memchr::memmem::Finder<'static>>>,
+}
+
+impl Needles {
+    /// False only when `text` cannot hold a row the filter matches.
+    pub fn may_match(&self, text: &[u8]) -> bool {
+        if self.sets.is_empty() || memchr::memmem::find(text, b"\\u").is_some() {
+            return true;
+        }
+        self.sets
+            .iter()
+            .all(|set| set.iter().any(|finder| finder.find(text).is_some()))
+    }
+}
+
 fn conditions_of(key: &str, value: &Value, max: usize) -> Result<Vec<Condition>, FilterError> {
     match value {
         Value::Array(options) => Ok(vec![Condition::In(scalars(key, "array", options, max)?)]),
@@ -527,6 +570,30 @@ fn scalars(key: &str, what: &str, options: &[Value], max: usize) -> Result<Optio
 }
 
 impl Condition {
+    /// The strings a field must equal one of for the condition to hold, when they are all
+    /// plain (see [`Needles`]).
+    fn plain_strings(&self) -> Option<Vec<&str>> {
+        fn plain(value: &Value) -> Option<&str> {
+            match value {
+                Value::String(s)
+                    if s.bytes().all(|b| {
+                        (0x20..0x7f).contains(&b) && !matches!(b, b'"' | b'\\' | b'/')
+                    }) =>
+                {
+                    Some(s.as_str())
+                }
+                _ => None,
+            }
+        }
+        match self {
+            Condition::Eq(value) => plain(value).map(|s| vec![s]),
+            Condition::In(options) if !options.list.is_empty() => {
+                options.list.iter().map(plain).collect()
+            }
+            _ => None,
+        }
+    }
+
     fn holds(&self, field: Field<'_>) -> bool {
         if let Field::Missing = field {
             return matches!(

@@ -569,6 +569,7 @@ impl Ingest {
         let reader = tokio::task::spawn_blocking(move || warmup.read(&owned, &chunks));
         let (started, mut logged) = (Instant::now(), Instant::now());
         let mut events = 0u64;
+        let mut earlier = crate::fanout::Earlier::new();
         loop {
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return None,
@@ -595,7 +596,7 @@ impl Ingest {
                 }
                 if let Ok(Decoded::Event(event)) = self.decoder.decode(&raw) {
                     let into_history = record.offset >= history_from[&record.partition];
-                    self.fanout.remember(*event, into_history);
+                    self.fanout.remember(*event, into_history, &mut earlier);
                     events += 1;
                 }
             }

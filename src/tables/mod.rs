@@ -472,6 +472,12 @@ impl Found {
         }
     }
 
+    /// Whether the row's held change is `event`'s or a later one of its partition: the store
+    /// applied it already (a restart reads the resume history's window again).
+    pub fn holds_later(&self, event: &ChangeEvent) -> bool {
+        self.position().is_some() && !self.older_than(event)
+    }
+
     /// Whether the row's held change came before `event`'s (a restart may have applied later
     /// records of the partition than the one being dispatched again).
     fn older_than(&self, event: &ChangeEvent) -> bool {
@@ -635,6 +641,44 @@ impl View {
             page: Vec::new().into_iter(),
             done: self.snapshot.is_none(),
         }
+    }
+
+    /// The keys of the rows of `entity` that `pick` keeps, in key order, in one pass over the
+    /// entity: a row whose stored bytes `maybe` rules out is not decoded. Rows that cannot be
+    /// read are logged and left out.
+    pub fn keys_where(
+        &self,
+        entity: &str,
+        maybe: impl Fn(&[u8]) -> bool,
+        mut pick: impl FnMut(&Stored) -> bool,
+    ) -> Vec<Vec<u8>> {
+        use std::ops::Bound;
+        let Some(snapshot) = &self.snapshot else {
+            return Vec::new();
+        };
+        let prefix = store::entity_prefix(entity);
+        let mut upper = prefix.clone();
+        *upper.last_mut().expect("a prefix is never empty") += 1;
+        let mut keys = Vec::new();
+        for item in snapshot.range::<Vec<u8>, _>((Bound::Included(prefix), Bound::Excluded(upper)))
+        {
+            let (key, value) = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    tracing::warn!("snapshot read: {}", StoreError::Read(e.into()));
+                    continue;
+                }
+            };
+            if !maybe(&value) {
+                continue;
+            }
+            match Stored::decode(&value) {
+                Ok(stored) if pick(&stored) => keys.push(key.to_vec()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("snapshot read: {e}"),
+            }
+        }
+        keys
     }
 
     /// Up to `n` rows under `prefix` after the key `after`.

@@ -226,6 +226,55 @@ def insert_sql(row: dict) -> tuple[str, dict]:
             {c: adapt(c, row.get(c)) for c in COLUMNS})
 
 
+def bulk_sql(first: int, count: int) -> str:
+    """`count` rows from id `first`, in one statement, varied from their id (every column,
+    NULLs included, and about 400 bytes of note): a table larger than the old 100,000-row
+    cache, written before Debezium starts so that it arrives through its initial snapshot."""
+    return f"""
+insert into orders ({", ".join(COLUMNS)})
+select g,
+       (array['acme','globex','initech'])[1 + g % 3],
+       case when g % 7 = 0 then null else (g % 200000) / 100.0 end,
+       case when g % 11 = 0 then null else g % 21 end,
+       (g % 5000) * 1.25,
+       date '2020-01-01' + (g % 3650),
+       timestamp '2024-01-01' + g * interval '1 second' + (g % 1000) * interval '1 microsecond',
+       timestamptz '2024-06-01 00:00:00+00' + g * interval '7 seconds',
+       case when g % 13 = 0 then null else jsonb_build_object(
+           'plan', (array['gold','silver','bronze'])[1 + g % 3], 'n', g % 500,
+           'nested', jsonb_build_object('tier', 1 + g % 3, 'tags', '["a"]'::jsonb)) end,
+       'bulk-' || repeat(md5(g::text), 12),
+       array['red', 'x,y'],
+       g % 2 = 0,
+       md5(g::text)::uuid,
+       (array['new','paid','shipped','cancelled'])[1 + g % 4]::order_status,
+       time '00:00' + (g % 86400) * interval '1 second',
+       decode(md5(g::text), 'hex')
+from generate_series({first}, {first + count - 1}) g"""
+
+
+def replayed_offsets(records: list[dict], schemas: bool) -> dict[tuple[str, int, int], int]:
+    """From an independent read of the broker: every record that repeats a change already
+    in the topic (a Debezium replay: the same `source.lsn`, a later offset), mapped to the
+    offset of the first record of that change."""
+    first: dict[int, tuple[str, int, int]] = {}
+    repeats: dict[tuple[str, int, int], tuple[str, int, int]] = {}
+    for r in sorted(records, key=lambda r: (r["partition"], r["offset"])):
+        if r["value"] is None:
+            continue
+        value = json.loads(r["value"])
+        value = value.get("payload", value) if schemas else value
+        lsn = (value.get("source") or {}).get("lsn")
+        if lsn is None or value.get("op") == "r":
+            continue
+        key = (r["topic"], r["partition"], r["offset"])
+        if lsn in first:
+            repeats[key] = first[lsn]
+        else:
+            first[lsn] = key
+    return repeats
+
+
 def run_transaction(pg: pipeline.Postgres, statements):
     if not statements:
         return
@@ -365,6 +414,9 @@ class Subscription:
         self.waiting_for_ack = False
         self.seen: set[tuple[str, int, int]] = set()
         self.repeats: list[tuple[str, int, int]] = []
+        # Every live (not snapshot) record delivered, across reloads: judged against the
+        # broker's replays at the end.
+        self.live: list[tuple[str, int, int]] = []
         self.incomplete = 0
         self.acks: list[dict] = []
 
@@ -408,6 +460,7 @@ class Subscription:
             if key in self.seen:
                 self.repeats.append(key)
             self.seen.add(key)
+            self.live.append(key)
             if latencies is not None and payload.get("timestamp"):
                 at = dt.datetime.fromisoformat(payload["timestamp"].replace("Z", "+00:00"))
                 latencies.append(received - at.timestamp())
@@ -624,6 +677,8 @@ class Gateway:
             # Row state must reach back to every row after a restart (docs/delivery.md).
             "--history-warmup", "1000000", "--history-events", "1000000",
             "--history-max-age", "1h", "--log-level", "info",
+            # Its tables on disk: a restart reopens them and reads only what came after.
+            "--table-store-path", str(root / f"tables-{name}"),
         ]
         self.proc = None
         self.starts = 0
@@ -712,6 +767,11 @@ async def run(args) -> int:
         # Rows that exist before Debezium starts reach Kafka through its initial snapshot.
         for _ in range(args.initial):
             run_transaction(p.postgres, [work.insert()])
+        if args.bulk:
+            p.run_sql(bulk_sql(work.next_id, args.bulk))
+            work.ids.extend(range(work.next_id, work.next_id + args.bulk))
+            work.next_id += args.bulk
+            log(f"{args.bulk} rows written in bulk before Debezium starts")
         sentinels = list(range(SENTINEL_BASE, SENTINEL_BASE + 24))
         for sid in sentinels:
             sql, params = insert_sql({"id": sid, "tenant": "acme", "note": "start"})
@@ -796,7 +856,10 @@ async def run(args) -> int:
         await ops(quarter // 2)
         await asyncio.to_thread(g1.start)
         await ops(quarter)
-        log("Debezium: SIGKILL, start again (it re-sends what it had not flushed)")
+        log("Debezium: restart with offsets flushed every 10 min, writes, SIGKILL, start "
+            "again (it re-sends everything since)")
+        await asyncio.to_thread(p.restart_debezium, 180, False, 600_000)
+        await ops(quarter // 2)
         await asyncio.to_thread(p.restart_debezium, 180, True)
         await ops(quarter)
         log("gateway two: SIGKILL, writes while it is down, start again")
@@ -804,6 +867,15 @@ async def run(args) -> int:
         await ops(quarter // 2)
         await asyncio.to_thread(g2.start)
         await ops(args.ops - ops_done)
+        log("gateway three: a new replica with a new store joins late; its clients take "
+            "snapshots from it")
+        g3 = Gateway("three", args.gateway_bin, p.tansu.brokers, topic, p.root, args.schemas)
+        gateways.append(g3)
+        await asyncio.to_thread(g3.start)
+        for c in (ws("ws-all-late", g3, ADMIN, None, None),
+                  ws("ws-acme-late", g3, ACME, None, "tenant = 'acme'")):
+            c.task = asyncio.create_task(c.run())
+        await ops(quarter // 2)
         log(f"{ops_done} transactions; waiting for the pipeline and every client")
         await asyncio.to_thread(p.wait_carried, 120)
         final = f"final-{seed}"
@@ -854,6 +926,19 @@ async def run(args) -> int:
                 if sub.repeats:
                     problems.append(f"{c.name} {sub.topic}: {len(sub.repeats)} records delivered "
                                     f"twice, e.g. {sub.repeats[:3]}")
+        # Once per change, judged against an independent read of the broker: Debezium's
+        # replays are there (records repeating an earlier record's source.lsn), and none
+        # reached a client live.
+        replays = replayed_offsets(p.read_topic(topic), args.schemas)
+        if not replays:
+            problems.append("the topic holds no Debezium replay: the restart proved nothing")
+        for c in everyone:
+            for sub in c.subs.values():
+                got = [k for k in sub.live if k in replays]
+                if got:
+                    problems.append(f"{c.name} {sub.topic}: {len(got)} Debezium replays "
+                                    f"delivered, e.g. {got[:3]} (first sent as {replays[got[0]]})")
+        log(f"the topic holds {len(replays)} replayed records")
         total = len(expected_rows(p.postgres, None))
         log(f"database: {total} rows; tables: " + ", ".join(
             f"{c.name.split('(')[0]}={len([k for k in c.subs['cdc.orders'].rows if k < SENTINEL_BASE])}"
@@ -900,6 +985,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--ops", type=int, default=360, help="transactions in all (CI bound)")
     ap.add_argument("--initial", type=int, default=40, help="rows before Debezium starts")
+    ap.add_argument("--bulk", type=int, default=0,
+                    help="more rows before Debezium starts, in one statement (a large table)")
     ap.add_argument("--filtered", type=int, default=3, help="clients under random filters")
     ap.add_argument("--settle", type=float, default=120, help="seconds to wait for the clients")
     ap.add_argument("--soak", action="store_true", help="a longer run: 10x the transactions")

@@ -383,10 +383,15 @@ class Pipeline:
         self.relay = None
         return code
 
-    def restart_debezium(self, timeout: float = 180, kill: bool = False):
+    def restart_debezium(self, timeout: float = 180, kill: bool = False,
+                         offset_flush_ms: int | None = None):
         """Stops Debezium and starts it again from the file offset store: what it had not
-        committed (everything after the last offset written, with `kill`) is sent again."""
+        committed (everything after the last offset written, with `kill`) is sent again.
+        `offset_flush_ms` changes how often the new run writes its offsets."""
         self.stop_debezium(kill=kill)
+        if offset_flush_ms is not None:
+            at = self.relay_args.index("--offset-flush-ms")
+            self.relay_args[at + 1] = str(offset_flush_ms)
         self._spawn_relay()
         self.wait_carried(timeout=timeout)
 
@@ -437,9 +442,10 @@ class Pipeline:
                 out[int(p)] = int(end)
         return out
 
-    def read_topic(self, topic: str) -> list[dict]:
-        """Every record the relay has put in `topic` (up to the ends its acks reported)."""
-        return self.tansu.read_topic(topic, ends=self.relay_ends(topic))
+    def read_topic(self, topic: str, timeout: float = 300) -> list[dict]:
+        """Every record the relay has put in `topic` (up to the ends its acks reported);
+        a table of 100,000 rows with schemas is about 400 MB to read back."""
+        return self.tansu.read_topic(topic, timeout=timeout, ends=self.relay_ends(topic))
 
     def read_all(self) -> list[dict]:
         out = []
