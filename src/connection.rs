@@ -262,7 +262,10 @@ fn compile(
 
 /// How long a resume waits for the consumer to list its partitions (a client that reconnects
 /// the moment a restarted gateway opens its port) before its position is checked anyway.
-const LISTING_WAIT: Duration = Duration::from_secs(30);
+/// They are listed once the start-up read has brought the tables up to the partitions'
+/// starts, which for a new replica of a large table takes minutes: a valid position must
+/// not be refused meanwhile (the large-table oracle run found resumes refused after 30 s).
+const LISTING_WAIT: Duration = Duration::from_secs(900);
 
 /// Resolves a client's position against the partitions the gateway reads, once it knows them.
 pub async fn resolve(hub: &Hub, since: Since<'_>) -> Result<Position, SubscribeError> {
