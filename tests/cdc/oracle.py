@@ -864,6 +864,9 @@ async def run(args) -> int:
             "again (it re-sends everything since)")
         await asyncio.to_thread(p.restart_debezium, 180, False, 600_000)
         await ops(quarter // 2)
+        # Those changes in the broker (and their offsets not flushed) before the crash: only
+        # then is a replay certain (a kill before the relay sent them made none at all).
+        await asyncio.to_thread(p.wait_carried, 120)
         await asyncio.to_thread(p.restart_debezium, 180, True)
         await ops(quarter)
         log("gateway two: SIGKILL, writes while it is down, start again")
