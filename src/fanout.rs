@@ -915,18 +915,7 @@ impl SnapshotRows {
                 });
             return (count, complete, Box::new(rows));
         }
-        // One pass: rows whose text lacks what the filter compares with are not parsed.
-        let needles = filter.needles();
-        let keys = self.view.keys_where(
-            entity,
-            |text| needles.may_match(text),
-            |stored| {
-                stored
-                    .event()
-                    .map_err(|e| tracing::warn!("snapshot read: {e}"))
-                    .is_ok_and(|event| filter.matches(&event))
-            },
-        );
+        let keys = self.view.keys_matching(entity, &filter);
         let view = Arc::clone(&self.view);
         let count = keys.len();
         let rows = keys.into_iter().filter_map(move |key| {

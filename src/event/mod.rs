@@ -8,7 +8,7 @@ mod row;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use row::Row;
+pub use row::{FieldName, Row, RowSeed};
 
 pub use crate::position::SourcePosition;
 

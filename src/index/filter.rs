@@ -341,6 +341,23 @@ impl Filter {
         Needles { sets }
     }
 
+    /// The top-level fields of the row images (`data`, `before`) that this filter reads, or
+    /// `None` when a clause reads an image whole: judging a stored row needs only those
+    /// ([`crate::event::Row::projected`]).
+    pub fn row_fields(&self) -> Option<Vec<String>> {
+        let mut fields: Vec<String> = Vec::new();
+        for clause in self.clauses.iter().chain(&self.claims) {
+            if !matches!(clause.path.root, Root::Data | Root::Before | Root::Row) {
+                continue;
+            }
+            let first = clause.path.rest.first()?;
+            if !fields.contains(first) {
+                fields.push(first.clone());
+            }
+        }
+        Some(fields)
+    }
+
     /// Whether the row as it was before an update matched: with [`Filter::matches`] false,
     /// the update moved the row out of the subscription (a leave event, protocol section 3.3).
     /// Only updates with a `before` image can leave.

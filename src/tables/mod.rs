@@ -12,6 +12,7 @@
 //! store and reads on from the offsets it finds, and a snapshot is the table exactly as of
 //! the dispatched position.
 
+mod scan;
 mod store;
 
 use std::collections::HashMap;
@@ -21,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use store::{Applied, StoreError, Stored};
+pub use store::{Applied, StoreError, Stored, StoredRef};
 
 use crate::event::{ChangeEvent, Operation, Row, UNAVAILABLE, UNAVAILABLE_JSON};
+use crate::index::Filter;
 use crate::metrics::TableMetrics;
 use crate::position::Partition;
 
@@ -643,42 +645,74 @@ impl View {
         }
     }
 
-    /// The keys of the rows of `entity` that `pick` keeps, in key order, in one pass over the
-    /// entity: a row whose stored bytes `maybe` rules out is not decoded. Rows that cannot be
-    /// read are logged and left out.
-    pub fn keys_where(
-        &self,
-        entity: &str,
-        maybe: impl Fn(&[u8]) -> bool,
-        mut pick: impl FnMut(&Stored) -> bool,
-    ) -> Vec<Vec<u8>> {
+    /// The keys of the rows of `entity` that `filter` matches, in key order, in one pass over
+    /// the entity. A row whose text lacks the strings the filter compares with is passed
+    /// over unparsed ([`crate::index::Needles`]); the others are parsed only as far as the
+    /// fields the filter reads ([`Filter::row_fields`]). A large entity is cut into key
+    /// ranges scanned on several threads when no other scan holds them ([`scan`]). Rows that
+    /// cannot be read are logged and left out.
+    pub fn keys_matching(&self, entity: &str, filter: &Filter) -> Vec<Vec<u8>> {
         use std::ops::Bound;
         let Some(snapshot) = &self.snapshot else {
             return Vec::new();
         };
+        let needles = filter.needles();
+        let fields = filter.row_fields();
+        let judge = |value: &[u8]| -> bool {
+            if !needles.may_match(value) {
+                return false;
+            }
+            match StoredRef::decode(value).and_then(|row| row.event_reading(fields.as_deref())) {
+                Ok(event) => filter.matches(&event),
+                Err(e) => {
+                    tracing::warn!("snapshot read: {e}");
+                    false
+                }
+            }
+        };
+        let scan = |low: Bound<Vec<u8>>, high: Bound<Vec<u8>>| -> Vec<Vec<u8>> {
+            snapshot
+                .range::<Vec<u8>, _>((low, high))
+                .filter_map(|item| {
+                    item.map_err(|e| {
+                        tracing::warn!("snapshot read: {}", StoreError::Read(e.into()))
+                    })
+                    .ok()
+                })
+                .filter(|(_, value)| judge(value))
+                .map(|(key, _)| key.to_vec())
+                .collect()
+        };
         let prefix = store::entity_prefix(entity);
         let mut upper = prefix.clone();
         *upper.last_mut().expect("a prefix is never empty") += 1;
-        let mut keys = Vec::new();
-        for item in snapshot.range::<Vec<u8>, _>((Bound::Included(prefix), Bound::Excluded(upper)))
-        {
-            let (key, value) = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    tracing::warn!("snapshot read: {}", StoreError::Read(e.into()));
-                    continue;
-                }
-            };
-            if !maybe(&value) {
-                continue;
-            }
-            match Stored::decode(&value) {
-                Ok(stored) if pick(&stored) => keys.push(key.to_vec()),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("snapshot read: {e}"),
-            }
-        }
-        keys
+        let whole = || {
+            scan(
+                Bound::Included(prefix.clone()),
+                Bound::Excluded(upper.clone()),
+            )
+        };
+        let Some(helpers) = scan::Helpers::take(self.count(entity)) else {
+            return whole();
+        };
+        let ends = || snapshot.range::<Vec<u8>, _>(prefix.clone()..upper.clone());
+        let (Some(Ok((first, _))), Some(Ok((last, _)))) = (ends().next(), ends().next_back())
+        else {
+            return whole();
+        };
+        let cuts = scan::cuts(&first, &last, helpers.ranges());
+        let bound = |i: usize| match i {
+            0 => Bound::Included(prefix.clone()),
+            i if i > cuts.len() => Bound::Excluded(upper.clone()),
+            i => Bound::Included(cuts[i - 1].clone()),
+        };
+        let edge = |i: usize| match bound(i) {
+            Bound::Included(key) if i > 0 => Bound::Excluded(key),
+            other => other,
+        };
+        helpers
+            .run(cuts.len() + 1, |i| scan(bound(i), edge(i + 1)))
+            .concat()
     }
 
     /// Up to `n` rows under `prefix` after the key `after`.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
-use crate::event::{ChangeEvent, Operation, Row};
+use crate::event::{ChangeEvent, FieldName, Operation, Row, RowSeed};
 use crate::position::{Partition, SourcePosition};
 
 /// The layout of keys and values; a store written with another is rebuilt.
@@ -384,8 +384,19 @@ pub fn encode(event: &ChangeEvent, payload: &[u8]) -> Vec<u8> {
     value
 }
 
-impl Stored {
-    pub fn decode(value: &[u8]) -> Result<Self, StoreError> {
+/// A stored value read in place: its header decoded, its payload borrowed (a table scan
+/// judges rows without copying them).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRef<'a> {
+    pub operation: Operation,
+    pub position: SourcePosition,
+    pub source_lsn: Option<i64>,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> StoredRef<'a> {
+    pub fn decode(value: &'a [u8]) -> Result<Self, StoreError> {
         let corrupt = || StoreError::Corrupt(format!("{} bytes", value.len()));
         let op = *value.first().ok_or_else(corrupt)?;
         let operation = *OPERATIONS.get(op as usize).ok_or_else(corrupt)?;
@@ -407,34 +418,97 @@ impl Stored {
             position: SourcePosition::new(topic, partition, offset),
             source_lsn: (lsn != i64::MIN).then_some(lsn),
             kafka_timestamp_ms: (ts != i64::MIN).then_some(ts),
-            payload: Bytes::copy_from_slice(&value[at..]),
+            payload: &value[at..],
+        })
+    }
+
+    /// The stored event, parsed from its payload; with `fields`, its row images hold only
+    /// those top-level fields ([`Row::projected`]): enough to judge a filter that reads no
+    /// other, never to be sent.
+    pub fn event_reading(&self, fields: Option<&[String]>) -> Result<ChangeEvent, StoreError> {
+        let mut reader = serde_json::Deserializer::from_slice(self.payload);
+        let read = serde::Deserializer::deserialize_map(&mut reader, PayloadVisitor(fields))
+            .and_then(|read| reader.end().map(|()| read));
+        let payload = match read {
+            Ok(payload) => payload,
+            // An image that is not an object cannot be projected: read the payload whole.
+            Err(_) if fields.is_some() => return self.event_reading(None),
+            Err(e) => return Err(StoreError::Corrupt(format!("payload: {e}"))),
+        };
+        let missing = |field| StoreError::Corrupt(format!("payload: missing field `{field}`"));
+        Ok(ChangeEvent {
+            entity_type: payload.entity_type.ok_or_else(|| missing("entity_type"))?,
+            entity_id: payload.entity_id,
+            operation: self.operation,
+            data: payload.data,
+            before: payload.before,
+            timestamp: payload.timestamp.ok_or_else(|| missing("timestamp"))?,
+            position: self.position,
+            kafka_timestamp_ms: self.kafka_timestamp_ms,
+            source_lsn: self.source_lsn,
+        })
+    }
+}
+
+/// The fields of a stored payload that make its event.
+#[derive(Default)]
+struct Payload {
+    entity_type: Option<String>,
+    entity_id: Option<String>,
+    data: Option<Row>,
+    before: Option<Row>,
+    timestamp: Option<String>,
+}
+
+/// Reads a stored payload in one pass, its row images whole or projected ([`RowSeed`]).
+struct PayloadVisitor<'f>(Option<&'f [String]>);
+
+impl<'de> serde::de::Visitor<'de> for PayloadVisitor<'_> {
+    type Value = Payload;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event payload")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
+        let mut payload = Payload::default();
+        while let Some(key) = map.next_key::<FieldName<'de>>()? {
+            match key.0.as_ref() {
+                "entity_type" => payload.entity_type = Some(map.next_value()?),
+                "entity_id" => payload.entity_id = map.next_value()?,
+                "timestamp" => payload.timestamp = Some(map.next_value()?),
+                "data" => payload.data = map.next_value_seed(RowSeed(self.0))?,
+                "before" => payload.before = map.next_value_seed(RowSeed(self.0))?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(payload)
+    }
+}
+
+impl Stored {
+    pub fn decode(value: &[u8]) -> Result<Self, StoreError> {
+        let read = StoredRef::decode(value)?;
+        Ok(Self {
+            operation: read.operation,
+            position: read.position,
+            source_lsn: read.source_lsn,
+            kafka_timestamp_ms: read.kafka_timestamp_ms,
+            payload: Bytes::copy_from_slice(read.payload),
         })
     }
 
     /// The stored event, parsed from its payload.
     pub fn event(&self) -> Result<ChangeEvent, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Payload<'a> {
-            entity_type: String,
-            entity_id: Option<String>,
-            #[serde(borrow)]
-            data: Option<&'a serde_json::value::RawValue>,
-            #[serde(borrow)]
-            before: Option<&'a serde_json::value::RawValue>,
-            timestamp: String,
-        }
-        let payload: Payload<'_> = serde_json::from_slice(&self.payload)
-            .map_err(|e| StoreError::Corrupt(format!("payload: {e}")))?;
-        Ok(ChangeEvent {
-            entity_type: payload.entity_type,
-            entity_id: payload.entity_id,
+        StoredRef {
             operation: self.operation,
-            data: payload.data.map(Row::from_raw),
-            before: payload.before.map(Row::from_raw),
-            timestamp: payload.timestamp,
             position: self.position,
-            kafka_timestamp_ms: self.kafka_timestamp_ms,
             source_lsn: self.source_lsn,
-        })
+            kafka_timestamp_ms: self.kafka_timestamp_ms,
+            payload: &self.payload,
+        }
+        .event_reading(None)
     }
 }

@@ -546,3 +546,68 @@ fn needles_never_rule_out_a_matching_row() {
         "a filter without strings rules nothing out"
     );
 }
+
+#[test]
+fn rows_projected_to_the_fields_read_are_judged_as_whole_rows() {
+    let events = [
+        update(),
+        delete(),
+        event(
+            Operation::Insert,
+            json!({"status": "new", "amount": 7, "tenant": "beta", "customer": {"country": "DE"}}),
+            Value::Null,
+        ),
+        event(
+            Operation::Update,
+            json!({"amount": 7}),
+            json!({"tenant": "acme"}),
+        ),
+    ];
+    let filters = [
+        json!({"data.status": "shipped"}),
+        json!({"row.tenant": "acme"}),
+        json!({"data.customer.country": {"in": ["NZ", "DE"]}}),
+        json!({"before.amount": {"gte": 100}, "operation": "update"}),
+        json!({"data.note": {"exists": true}}),
+        json!({"data.absent": {"ne": 1}}),
+        json!({"row.amount": {"lt": 10}, "entity_id": "42"}),
+    ];
+    let claim = Filter::compile(Some(&json!({"row.tenant": "acme"}))).unwrap();
+    for spec in filters {
+        let own = Filter::compile(Some(&spec)).unwrap();
+        for filter in [own.clone(), own.confined_by(&claim)] {
+            let fields = filter.row_fields().expect("every clause names a field");
+            for event in &events {
+                let project = |row: &Option<Row>| {
+                    row.as_ref().map(|row| {
+                        let raw: Box<serde_json::value::RawValue> =
+                            serde_json::from_str(row.text()).unwrap();
+                        Row::projected(&raw, &fields)
+                    })
+                };
+                let projected = ChangeEvent {
+                    data: project(&event.data),
+                    before: project(&event.before),
+                    ..event.clone()
+                };
+                assert_eq!(
+                    filter.matches(&projected),
+                    filter.matches(event),
+                    "{spec} on {event:?} projected to {fields:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        Filter::compile(Some(&json!({"data": {"exists": true}})))
+            .unwrap()
+            .row_fields(),
+        None
+    );
+    assert_eq!(
+        Filter::compile(Some(&json!({"operation": "insert"})))
+            .unwrap()
+            .row_fields(),
+        Some(Vec::new())
+    );
+}
